@@ -1,0 +1,101 @@
+"""The embedded model: offline build round-trips through HF Auto classes; pretraining smoke run.
+
+`pytest tests/test_tiny.py` (about a minute on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from visplay.tiny.build import SPECIAL_TOKENS, TinyModelConfig
+from visplay.tiny.pretrain import Collator, PretrainConfig, example, pretrain
+from visplay.worlds.scene import WorldConfig
+
+from conftest import MICRO
+
+
+def test_round_trip_with_auto_classes(micro_model_dir, micro):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model, processor = micro
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    tok = processor.tokenizer
+    for t in SPECIAL_TOKENS:
+        assert tok.convert_tokens_to_ids(t) != tok.unk_token_id and len(tok.tokenize(t)) == 1
+    cfg = json.loads((micro_model_dir / "config.json").read_text())
+    assert cfg["image_token_id"] == tok.convert_tokens_to_ids("<|image_pad|>")
+    text = "<think>b2 d4</think>\\boxed{2}"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    again = AutoModelForImageTextToText.from_pretrained(micro_model_dir)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert AutoProcessor.from_pretrained(micro_model_dir).tokenizer.get_vocab() == tok.get_vocab()
+
+
+def test_image_is_one_token_per_cell(micro):
+    _, processor = micro
+    from visplay.worlds.scene import make_scene
+
+    s = make_scene("train", 0, WorldConfig(grid=5))
+    enc = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[s.render()], return_tensors="pt")
+    assert enc["image_grid_thw"].tolist() == [[1, 10, 10]]
+    assert (enc["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum() == 25
+
+
+def test_mrope_positions_rotate_visibly():
+    """Pitfall from the headroom issue: with tiny theta/head_dim, height/width rotate ~0 rad per cell."""
+    cfg = TinyModelConfig()
+    head_dim = cfg.hidden_size // cfg.heads
+    inv = [cfg.rope_theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    t, h, w = cfg.mrope_section
+    assert min(inv[t:t + h]) > 0.1 and min(inv[t + h:]) > 0.1  # radians per grid step, slowest frequency
+
+
+def test_bad_mrope_section():
+    with pytest.raises(ValueError, match="mrope_section"):
+        TinyModelConfig(mrope_section=(8, 8, 8))
+
+
+def test_collator_masks_prompt(micro):
+    _, processor = micro
+    cfg = PretrainConfig(model=MICRO)
+    batch = Collator(processor)([example(i, cfg) for i in range(4)])
+    tok = processor.tokenizer
+    for row in range(4):
+        kept = batch["labels"][row][batch["labels"][row] != -100]
+        text = tok.decode(kept)
+        assert text.endswith("<|im_end|>") and ("<think>" in text or "<type>" in text)
+        assert "Reason in" not in text and "<|image_pad|>" not in text
+
+
+def test_pretrain_smoke_saves_and_resumes(tmp_path):
+    cfg = PretrainConfig(steps=6, batch_size=4, save_steps=3, logging_steps=1, warmup_steps=1, model=MICRO)
+    out = pretrain(tmp_path / "m", cfg)
+    from visplay.models import load_model
+
+    model, _ = load_model(out)
+    assert all(math.isfinite(p.sum().item()) for p in model.parameters())
+    ckpts = sorted((tmp_path / "m.ckpt").glob("checkpoint-*"))
+    assert [c.name for c in ckpts] == ["checkpoint-3", "checkpoint-6"]
+    # The vision tower is frozen at its init, its merger trains.
+    from visplay.tiny.pretrain import init_model_dir
+
+    init, _ = init_model_dir(tmp_path, cfg)
+    sd, sd0 = model.state_dict(), init.state_dict()
+    blocks = [k for k in sd if ".visual.blocks." in f".{k}"]
+    merger = [k for k in sd if ".merger." in k]
+    assert blocks and all(torch.equal(sd[k], sd0[k]) for k in blocks)
+    assert any(not torch.equal(sd[k], sd0[k]) for k in merger)
+    # Resuming a finished run trains nothing more and gives the same weights.
+    again = pretrain(tmp_path / "m", cfg)
+    model2, _ = load_model(again)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+
+
+def test_examples_are_deterministic():
+    cfg = PretrainConfig()
+    a, b = example(5, cfg), example(5, cfg)
+    assert a["target"] == b["target"] and a["messages"] == b["messages"]

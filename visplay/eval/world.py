@@ -1,0 +1,138 @@
+"""World evaluation: greedy accuracy, maj@k, pass@k and the answer-prior baseline, by family.
+
+Self-evolution can only turn into greedy accuracy what the majority vote already knows, so this
+reports maj@k - greedy (the headroom), the agreement distribution, and majority-label accuracy per
+agreement band next to plain accuracy. Questions come from held-out seeds only.
+Run: `visplay eval --model tiny --n 500`; test: `pytest tests/test_eval_world.py`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from visplay.labeling import majority_vote
+from visplay.roles.parsing import parse_reasoner
+from visplay.roles.prompts import reasoner_messages
+from visplay.sampling.base import Prompt, Sampler, SamplingParams
+from visplay.worlds.questions import Question, grade, make_question
+from visplay.worlds.scene import Scene, WorldConfig, make_scene
+
+BANDS = {"0.25-0.75": (0.25, 0.75), ">=0.5": (0.5, 1.0), ">=0.7": (0.7, 1.0)}
+
+
+def eval_items(split: str, n: int, world: WorldConfig, families, seed: int) -> list[tuple[Scene, Question]]:
+    """``n`` (scene, question) pairs from ``split``; the same arguments give the same items.
+
+    Different seeds draw disjoint scenes (indices ``seed·10⁶ + i``)."""
+    items = []
+    for i in range(n):
+        scene = make_scene(split, seed * 10**6 + i, world)
+        items.append((scene, make_question(scene, random.Random(f"eval:{seed}:{split}:{i}"), families)))
+    return items
+
+
+def answer_prior(world: WorldConfig, families, n: int = 3000, seed: int = 0) -> dict[str, str]:
+    """Each family's most common true answer on *training* scenes: the no-image baseline."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    rng = random.Random(f"prior:{seed}")
+    for i in range(n):
+        q = make_question(make_scene("train", i, world), rng, families)
+        counts[q.family][q.answer] += 1
+    return {fam: c.most_common(1)[0][0] for fam, c in counts.items()}
+
+
+@dataclass
+class WorldEval:
+    rows: list[dict]
+    summary: dict
+
+    def table(self) -> str:
+        head = f"{'family':<10} {'n':>5} {'prior':>7} {'greedy':>7} {'maj@k':>7} {'pass@k':>7} {'maj-gr':>7}"
+        lines = [head, "-" * len(head)]
+        for fam, s in sorted(self.summary["by_family"].items()) + [("ALL", self.summary["overall"])]:
+            lines.append(
+                f"{fam:<10} {s['n']:>5} {s['prior']:>7.1%} {s['greedy']:>7.1%} {s['maj']:>7.1%} "
+                f"{s['pass']:>7.1%} {100 * (s['maj'] - s['greedy']):>+6.1f}p"
+            )
+        bands = self.summary["label_accuracy_by_band"]
+        lines.append("majority-label accuracy by agreement: " + ", ".join(
+            f"c {b}: {v['accuracy']:.1%} (n={v['n']})" for b, v in bands.items()))
+        return "\n".join(lines)
+
+
+def _rate(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows) if rows else 0.0
+
+
+def summarize(rows: list[dict]) -> dict:
+    def stats(rs):
+        return {"n": len(rs), "prior": _rate(rs, "prior_correct"), "greedy": _rate(rs, "greedy_correct"),
+                "maj": _rate(rs, "maj_correct"), "pass": _rate(rs, "pass_at_k")}
+
+    fams = sorted({r["family"] for r in rows})
+    bands = {}
+    for name, (lo, hi) in BANDS.items():
+        rs = [r for r in rows if r["majority"] is not None and lo <= r["agreement"] <= hi]
+        bands[name] = {"n": len(rs), "accuracy": _rate(rs, "maj_correct")}
+    hist = Counter(round(r["agreement"], 1) for r in rows)
+    return {
+        "overall": stats(rows),
+        "by_family": {f: stats([r for r in rows if r["family"] == f]) for f in fams},
+        "label_accuracy_by_band": bands,
+        "agreement_histogram": {str(k): v for k, v in sorted(hist.items())},
+        "greedy_format_ok": _rate(rows, "greedy_format_ok"),
+    }
+
+
+def evaluate_world(
+    sampler: Sampler,
+    world: WorldConfig,
+    split: str = "heldout",
+    n: int = 500,
+    k: int = 10,
+    temperature: float = 1.0,
+    top_k: int = 40,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    families=None,
+) -> WorldEval:
+    from visplay.worlds.questions import FAMILIES
+
+    families = tuple(families or FAMILIES)
+    items = eval_items(split, n, world, families, seed)
+    prior = answer_prior(world, families, seed=seed)
+    prompts = [Prompt(reasoner_messages(q.text), (scene.render(),)) for scene, q in items]
+    greedy = sampler.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens, seed=seed))
+    samples = sampler.generate(
+        prompts, SamplingParams(n=k, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
+    )
+    rows = []
+    for (scene, q), g, ss in zip(items, greedy, samples):
+        gp = parse_reasoner(g[0])
+        answers = [parse_reasoner(s).answer for s in ss]
+        label, count, total = majority_vote(answers)
+        rows.append({
+            "id": scene.id, "split": split, "index": scene.index, "family": q.family, "qtype": q.qtype,
+            "question": q.text, "truth": q.answer,
+            "greedy_output": g[0], "greedy_answer": gp.answer, "greedy_format_ok": gp.format_ok,
+            "greedy_correct": grade(q.text, gp.answer, q.answer),
+            "samples": ss, "sample_answers": answers,
+            "majority": label, "agreement": count / k,  # share of all k samples, invalid ones included
+            "maj_correct": grade(q.text, label, q.answer),
+            "pass_at_k": any(grade(q.text, a, q.answer) for a in answers),
+            "prior_answer": prior.get(q.family), "prior_correct": grade(q.text, prior.get(q.family), q.answer),
+        })
+    return WorldEval(rows, summarize(rows))
+
+
+def write_eval(result: WorldEval, out_dir: str | Path, meta: dict) -> Path:
+    from visplay.io import atomic_write_json, atomic_write_parquet, atomic_write_text
+
+    out = Path(out_dir)
+    atomic_write_parquet(out / "items.parquet", result.rows)
+    atomic_write_json(out / "summary.json", {**result.summary, "meta": meta})
+    atomic_write_text(out / "summary.md", "```\n" + result.table() + "\n```\n")
+    return out
