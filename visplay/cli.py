@@ -2,6 +2,7 @@
 
     visplay pretrain [--out models/tiny]      rebuild the embedded model from the world
     visplay eval [--model tiny] [--n 500]     held-out world accuracy: greedy, maj@k, pass@k, prior
+    visplay evolve [--run DIR] [--resume]     the self-evolution loop, with a before/after table
 
 Every subcommand takes `--preset NAME|PATH` and `--set key=value` overrides (dotted keys).
 Errors in input (missing model, bad preset key) print one clear line and exit with status 2.
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 from visplay.config import REPO_ROOT, Config, ConfigError, load_config, resolve_model, to_dict
+from visplay.eval.run import add_benchmark_args, run_benchmark_eval
+from visplay.evolve.rundir import RunError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,7 +44,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a model on held-out world scenes and write per-item results."""
+    """Evaluate a model: held-out world scenes, or --benchmarks from parquet files (see docs/evaluation.md)."""
+    if args.benchmarks or args.compare:
+        return run_benchmark_eval(args)
     from visplay.eval.world import evaluate_world, write_eval
     from visplay.models import load_model
     from visplay.sampling.hf import TransformersSampler
@@ -60,6 +65,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         write_eval(result, args.out, {"model": str(model_path), "config": to_dict(cfg)})
         print(f"per-item results: {Path(args.out) / 'items.parquet'}")
+    return 0
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
+    """Run the self-evolution loop (questioner GRPO -> questions -> silver labels -> reasoner GRPO -> eval)."""
+    from visplay.evolve.loop import run_evolve, summary_table
+
+    extra = [f"evolve.iterations={args.iterations}"] if args.iterations else []
+    if args.model:
+        extra.append(f"model={args.model}")
+    run_dir = Path(args.run or f"runs/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:
+        from visplay.config import from_dict
+        from visplay.evolve.rundir import RunDir
+
+        cfg = from_dict(Config, RunDir(run_dir).manifest()["config"], f"{run_dir}/manifest.json")
+    else:
+        cfg = _config(args, extra)
+    print(f"run directory: {run_dir}  (resume with: visplay evolve --run {run_dir} --resume)")
+    try:
+        results = run_evolve(cfg, run_dir, resume=args.resume, command=["visplay", *sys.argv[1:]])
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: visplay evolve --run {run_dir} --resume", file=sys.stderr)
+        return 130
+    print(summary_table(results))
     return 0
 
 
@@ -82,7 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, help="which held-out scenes: different seeds draw disjoint scenes")
     p.add_argument("--split", help="held-out split: heldout (default), compositional or unlabeled")
     p.add_argument("--out", help="directory for items.parquet and summary.json/md")
+    add_benchmark_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("evolve", help=cmd_evolve.__doc__, description=cmd_evolve.__doc__)
+    _common(p)
+    p.add_argument("--model", help="base model directory or embedded name (default: the preset's, 'tiny')")
+    p.add_argument("--run", help="run directory (default: runs/<preset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run from its last finished stage")
+    p.add_argument("--iterations", type=int, help="self-evolution iterations (default 3)")
+    p.set_defaults(func=cmd_evolve)
     return parser
 
 
@@ -93,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_flush_denormal(True)  # subnormal floats slow CPU matmuls ~10x once a model is confident
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, RunError) as e:
         print(f"visplay {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,11 +51,76 @@ class EvalConfig:
 
 
 @dataclass
+class GRPOPhase:
+    """One GRPO phase (questioner or reasoner): `prompts_per_step` x `num_generations` rollouts a step."""
+
+    steps: int = 10
+    prompts_per_step: int = 8
+    num_generations: int = 8
+    lr: float = 5e-5
+    beta: float = 0.04  # KL to the phase's starting model; > 0 guards against reward hacking
+    temperature: float = 1.0
+    top_k: int = 40
+    max_completion_length: int = 64
+    save_steps: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ConfigError("GRPO needs num_generations >= 2 (advantages are relative within a group)")
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ConfigError("steps and prompts_per_step must be >= 1")
+        if self.beta < 0:
+            raise ConfigError(f"beta (KL coefficient) must be >= 0, got {self.beta}")
+
+
+@dataclass
+class EvolveConfig:
+    """The self-evolution loop. Ablations are the three switches at the end."""
+
+    iterations: int = 3
+    source: str = "world:unlabeled"  # or folder:/path, parquet:/path (Vision-SR1 layout)
+    questioner_images: int = 64  # images for the questioner's GRPO phase, per iteration
+    images_per_iteration: int = 128  # images the trained questioner writes questions for
+    questions_per_image: int = 1
+    reward_samples: int = 10  # m: frozen-reasoner answers per question in the questioner reward
+    label_samples: int = 9  # m: reasoner answers per question for the silver label
+    band_low: float = 0.25
+    band_high: float = 0.75
+    diversity_threshold: float = 0.5
+    temperature: float = 1.0
+    top_k: int = 40
+    max_new_tokens: int = 64
+    seed: int = 0
+    grader_timeout: float = 5.0
+    grader_workers: int = 1
+    report_to: tuple[str, ...] = ("tensorboard",)
+    questioner: GRPOPhase = field(default_factory=GRPOPhase)
+    reasoner: GRPOPhase = field(default_factory=GRPOPhase)
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n=300, k=5))
+    diversity_penalty: bool = True  # ablation: False drops the penalty
+    train_questioner: bool = True  # ablation: False keeps the base questioner frozen
+    labels: str = "majority"  # ablation: "questioner" trains on the questioner's own answers
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"evolve.iterations must be >= 1, got {self.iterations}")
+        if not 0 <= self.band_low <= self.band_high <= 1:
+            raise ConfigError(f"need 0 <= evolve.band_low <= evolve.band_high <= 1, got {self.band_low}, {self.band_high}")
+        if self.labels not in ("majority", "questioner"):
+            raise ConfigError(f"evolve.labels must be 'majority' or 'questioner', got {self.labels!r}")
+        if min(self.questioner_images, self.images_per_iteration, self.questions_per_image,
+               self.reward_samples, self.label_samples) < 1:
+            raise ConfigError("evolve image/question/sample counts must be >= 1")
+
+
+@dataclass
 class Config:
     model: str = "tiny"
     world: WorldConfig = field(default_factory=WorldConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
 
 
 def resolve_model(name_or_path: str) -> Path:

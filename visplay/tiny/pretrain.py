@@ -25,7 +25,7 @@ from visplay.worlds.scene import WorldConfig, make_scene
 
 @dataclass
 class PretrainConfig:
-    steps: int = 3000
+    steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200

@@ -1,0 +1,161 @@
+"""Benchmark: ``cluster_shares`` (sparse n-gram counts + scipy linkage) vs the nltk/sklearn reference.
+
+Measures, in one run and side by side for each batch size: wall time of the reference
+(``visplay.testing.reference.reference_cluster_shares``: nltk ``sentence_bleu`` double loop +
+sklearn ``AgglomerativeClustering``) and of ``visplay.rewards.diversity.cluster_shares``, the speed
+ratio, whether the shares are identical (max absolute difference), and our peak memory
+(tracemalloc: numpy/scipy allocations in this process). Targets: >= 100x at N=4096 and N=1024.
+
+Inputs are realistic questioner output built from a seed: ~30 question templates with slots
+(colours, shapes, sizes, sides, numbers), adjacent-word swaps, dropped words, appended tails,
+exact duplicates, and a few one-word, short and empty questions.
+
+Run (the reference at N=4096 takes ~15 minutes on a slow 2-core machine):
+    nice -n 19 python benchmarks/bench_diversity.py                 # N = 1024 and 4096
+    nice -n 19 python benchmarks/bench_diversity.py --n 256 512     # quick
+    nice -n 19 python benchmarks/bench_diversity.py --n 4096 --skip-reference   # ours only
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import tracemalloc
+from collections.abc import Sequence
+
+import numpy as np
+
+from visplay.rewards.diversity import cluster_shares
+from visplay.testing.reference import reference_cluster_shares
+
+COLORS = ["red", "blue", "green", "yellow", "purple", "gray", "brown", "cyan", "orange", "black"]
+SHAPES = ["circle", "square", "triangle", "cube", "sphere", "cylinder", "star", "hexagon"]
+SIZES = ["small", "large", "tiny", "big", "medium"]
+SIDES = ["left", "right", "top", "bottom", "center"]
+TEMPLATES = [
+    "How many {c} {s}s are there in the image?",
+    "How many {c} {s}s are there?",
+    "What is the color of the {z} {s} on the {d}?",
+    "Is the {c} {s} to the {d} of the {c2} {s2}?",
+    "How many objects are either {c} or {s}-shaped?",
+    "What is the total number of {s}s and {s2}s in the picture?",
+    "If all {c} objects are removed, how many {s}s remain?",
+    "Which shape is closest to the {c} {s}?",
+    "What fraction of the {s}s are {c}? Give your answer as a fraction.",
+    "Are there more {c} {s}s than {c2} {s2}s?",
+    "What is the area of the {z} {c} {s} in square units if its side is {k}?",
+    "Count the {s}s.",
+    "What shape is the {c} object?",
+    "How many {s}s are {z}er than the {c} {s2}?",
+    "What is the sum of the numbers written on the {c} {s}s?",
+    "If you add {k} more {c} {s}s, how many {s}s will there be in total?",
+    "What is the ratio of {c} {s}s to {c2} {s2}s?",
+    "Which object is on the far {d} of the image?",
+    "What color is the {s} that is next to the {z} {c2} {s2}?",
+    "Is there a {c} {s} in the image? Answer yes or no.",
+    "How many {s}s touch the {d} edge of the image?",
+    "What is the perimeter of the {c} {s} if each side measures {k} units?",
+    "Of the {s}s in the image, how many are not {c}?",
+    "What is the probability that a randomly chosen object is a {c} {s}?",
+    "Which is larger: the {c} {s} or the {c2} {s2}?",
+    "How many {c} objects are {d} of the {z} {s}?",
+    "Estimate the angle at the top vertex of the {c} triangle in degrees.",
+    "What is {k} times the number of {c} {s}s?",
+]
+TAILS = ["Answer with a single number.", "Explain briefly.", "Choose from (A) {k} (B) {k2} (C) {k3}.", "Think step by step."]
+ODD = ["Why?", "Count.", "What?", "How many?", "Describe the image.", "", "Which one is bigger?"]
+
+
+def make_questions(n: int, seed: int) -> list[str]:
+    """A seeded batch of ``n`` questioner-style questions with near-duplicates and duplicates."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for _ in range(n):
+        roll = rng.random()
+        if out and roll < 0.12:
+            out.append(rng.choice(out))  # exact duplicate of an earlier question
+        elif roll < 0.16:
+            out.append(rng.choice(ODD))
+        else:
+            out.append(_perturb(_fill(rng.choice(TEMPLATES), rng), rng))
+    return out
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    ks = [str(rng.randint(2, 12)) for _ in range(3)]
+    return template.format(
+        c=rng.choice(COLORS), c2=rng.choice(COLORS), s=rng.choice(SHAPES), s2=rng.choice(SHAPES),
+        z=rng.choice(SIZES), d=rng.choice(SIDES), k=ks[0], k2=ks[1], k3=ks[2],
+    )
+
+
+def _perturb(question: str, rng: random.Random) -> str:
+    words = question.split()
+    if rng.random() < 0.3 and len(words) > 2:
+        i = rng.randrange(len(words) - 1)
+        words[i], words[i + 1] = words[i + 1], words[i]
+    if rng.random() < 0.2 and len(words) > 3:
+        del words[rng.randrange(len(words))]
+    if rng.random() < 0.25:
+        words += _fill(rng.choice(TAILS), rng).split()
+    return " ".join(words)
+
+
+def _timed(fn, *args) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    result = fn(*args)
+    return np.asarray(result), time.perf_counter() - start
+
+
+def _ours_with_memory(questions: list[str], threshold: float) -> tuple[np.ndarray, float, float]:
+    tracemalloc.start()
+    shares, seconds = _timed(cluster_shares, questions, threshold)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return shares, seconds, peak / 2**20
+
+
+def run(sizes: Sequence[int], seed: int, threshold: float, skip_reference: bool) -> list[dict[str, object]]:
+    rows = []
+    for n in sizes:
+        questions = make_questions(n, seed)
+        ours, t_ours, peak_mb = _ours_with_memory(questions, threshold)
+        row: dict[str, object] = {"n": n, "ours_s": t_ours, "peak_mb": peak_mb, "clusters": len(set(ours.tolist()))}
+        if not skip_reference:
+            ref, t_ref = _timed(reference_cluster_shares, questions, threshold)
+            row.update(ref_s=t_ref, ratio=t_ref / t_ours, max_abs_diff=float(np.max(np.abs(ref - ours))))
+        rows.append(row)
+        _print_row(row)
+    return rows
+
+
+def _print_header() -> None:
+    print(f"{'N':>6} | {'reference s':>11} | {'ours s':>8} | {'speed-up':>9} | {'max |diff|':>10} | {'identical':>9} | {'our peak MB':>11}")
+    print("-" * 84)
+
+
+def _print_row(row: dict[str, object]) -> None:
+    ref = f"{row['ref_s']:11.2f}" if "ref_s" in row else f"{'skipped':>11}"
+    ratio = f"{row['ratio']:8.0f}x" if "ratio" in row else f"{'-':>9}"
+    diff = f"{row['max_abs_diff']:10.1e}" if "max_abs_diff" in row else f"{'-':>10}"
+    same = ("yes" if row["max_abs_diff"] <= 1e-9 else "NO") if "max_abs_diff" in row else "-"
+    print(f"{row['n']:>6} | {ref} | {row['ours_s']:8.3f} | {ratio} | {diff} | {same:>9} | {row['peak_mb']:11.1f}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1024, 4096], help="batch sizes (default: 1024 4096)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--skip-reference", action="store_true", help="time only cluster_shares")
+    args = parser.parse_args(argv)
+    print(f"cluster_shares vs reference (nltk sentence_bleu loop + sklearn), threshold={args.threshold}, seed={args.seed}")
+    _print_header()
+    rows = run(args.n, args.seed, args.threshold, args.skip_reference)
+    failed = [r for r in rows if "max_abs_diff" in r and r["max_abs_diff"] > 1e-9]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

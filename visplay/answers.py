@@ -1,0 +1,421 @@
+"""Answer normalisation and equivalence — the one module shared by rewards, labeling and evaluation.
+
+* ``normalize_answer(s)``: a small, documented canonical form (see its docstring).
+* ``equivalent(a, b)``: normalised strings equal, or mathruler's ``grade_answer`` accepts the pair
+  in either direction. ``grade_answer`` is applied to the *normalised* strings, so the verdict is
+  a function of the normalised pair and symmetric; that is what makes caching and de-duplication
+  exact.
+* ``Grader``: the same verdict for many pairs. Cheap pairs are decided in this process (normalised
+  equality; two plain decimal numbers compared numerically with ``grade_answer``'s own rules);
+  the rest run in worker processes with a hard timeout per comparison: a comparison that runs
+  past it (e.g. sympy hanging) is killed with its worker, counted as *not equivalent* with reason
+  ``"timeout"``, the worker is replaced, and the batch goes on. Verdicts are cached for the
+  Grader's lifetime under the unordered normalised pair (the verdict is symmetric). Use it as a
+  context manager so no process outlives it; ``workers=0`` compares in-process (no timeout).
+
+>>> normalize_answer("  $\\\\text{Red}$. ")
+'red'
+>>> normalize_answer("(B)")
+'B'
+>>> equivalent("0.5", "\\\\frac{1}{2}")
+True
+
+Test: ``pytest -q tests/test_answers.py``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import signal
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+Compare = Callable[[str, str], bool]
+
+_OPTION = re.compile(r"^(?:\(([A-Z])\)|([A-Z])[.):])$")
+_WORDS = re.compile(r"^[A-Za-z][A-Za-z '\-]*$")
+_TEXT = re.compile(r"^\\text\{(.*)\}$", re.DOTALL)
+_PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)$")
+_SYMPY_FLOAT_DIGITS = 15  # sympy parses a decimal with <= 15 digits as a 53-bit Float, i.e. Python's float
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def normalize_answer(s: object) -> str:
+    """Canonical form of an answer string, for equality checks and as the cache key.
+
+    Steps (each one simple, applied until nothing changes):
+    1. ``None`` -> ``""``; other non-strings -> ``str(s)``; strip; collapse whitespace runs to one space.
+    2. Remove a surrounding ``$...$`` / ``$$...$$`` and a whole-string ``\\text{...}``.
+    3. Remove one trailing period (``"3."`` -> ``"3"``; a leading ``"."`` as in ``".5"`` is kept).
+    4. Option letters: ``"(B)"``, ``"B."``, ``"B)"``, ``"B:"`` -> ``"B"`` (capital letters only).
+    5. Plain words (letters, spaces, hyphens, apostrophes; more than one letter) are lowercased:
+       ``"Red"`` -> ``"red"``. Single letters keep their case (option letters, variables).
+    Numbers and LaTeX are otherwise left alone: ``grade_answer`` handles their equivalence.
+    """
+    text = "" if s is None else (s if isinstance(s, str) else str(s))
+    text = " ".join(text.split())
+    previous = None
+    while text != previous:
+        previous = text
+        text = _strip_wrappers(text)
+    option = _OPTION.match(text)
+    if option:
+        return option.group(1) or option.group(2)
+    if len(text) > 1 and _WORDS.match(text):
+        return text.lower()
+    return text
+
+
+def _strip_wrappers(text: str) -> str:
+    for fence in ("$$", "$"):
+        if len(text) > 2 * len(fence) and text.startswith(fence) and text.endswith(fence):
+            return text[len(fence) : -len(fence)].strip()
+    match = _TEXT.match(text)
+    if match and _balanced(match.group(1)):
+        return match.group(1).strip()
+    if len(text) > 1 and text.endswith(".") and not text.endswith(".."):
+        return text[:-1].rstrip()
+    return text
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def grade_pair(a: str, b: str) -> bool:
+    """mathruler's ``grade_answer`` in both directions (sympy; may be slow or hang on odd input)."""
+    from mathruler.grader import grade_answer
+
+    return bool(grade_answer(a, b)) or bool(grade_answer(b, a))
+
+
+def fast_verdict(na: str, nb: str) -> tuple[bool, str] | None:
+    """The verdict for two normalised answers when it needs no sympy, else None.
+
+    Equal strings -> (True, "equal"). Two plain decimal numbers -> (verdict, "numeric"), computed
+    with ``grade_answer``'s own rules: a number within 1e-7 of an integer becomes that integer
+    (via float, as mathruler does); two such integers match iff they are the same integer, an
+    integer never matches a non-integer, and two non-integers with <= 15 significant digits match
+    iff their floats are equal (sympy's 53-bit Floats). Longer decimals go to the grader.
+    """
+    if na == nb:
+        return True, "equal"
+    if not (_PLAIN_NUMBER.match(na) and _PLAIN_NUMBER.match(nb)):
+        return None
+    ia, ib = _integer_form(na), _integer_form(nb)
+    if ia is not None or ib is not None:
+        return ia == ib, "numeric"
+    if _digits(na) > _SYMPY_FLOAT_DIGITS or _digits(nb) > _SYMPY_FLOAT_DIGITS:
+        return None
+    return float(na) == float(nb), "numeric"
+
+
+def _integer_form(number: str) -> str | None:
+    """mathruler's ``_normalize`` for a plain number: ``str(int(round(x)))`` when |x - round(x)| <= 1e-7."""
+    try:
+        value = float(number)
+        rounded = int(round(value))
+    except (OverflowError, ValueError):
+        return None
+    return str(rounded) if abs(value - rounded) <= 1e-7 else None
+
+
+def _digits(number: str) -> int:
+    try:
+        return len(Decimal(number).as_tuple().digits)
+    except InvalidOperation:  # pragma: no cover - the regex only lets decimals through
+        return _SYMPY_FLOAT_DIGITS + 1
+
+
+def equivalent(a: object, b: object, grader: Grader | None = None) -> bool:
+    """Normalised equality, or ``grade_answer`` in either direction on the normalised strings.
+
+    Without a ``grader`` the symbolic comparison runs in this process with no timeout; pass a
+    ``Grader`` for untrusted input (hard timeout, shared cache).
+    """
+    if grader is not None:
+        return grader.equivalent(a, b)
+    na, nb = normalize_answer(a), normalize_answer(b)
+    fast = fast_verdict(na, nb)
+    if fast is not None:
+        return fast[0]
+    try:
+        return grade_pair(na, nb)
+    except Exception:  # mathruler/sympy failures mean "not shown equivalent"
+        return False
+
+
+# ---------------------------------------------------------------- the grader with worker processes
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether two answers are equivalent, and how that was decided.
+
+    reason: "equal" (normalised strings equal), "numeric" (plain numbers), "grader" (mathruler in
+    a worker or in-process), "timeout" (killed after the hard timeout), "error" (the comparison
+    raised or its worker died).
+    """
+
+    equal: bool
+    reason: str
+
+
+def pair_key(na: str, nb: str) -> tuple[str, str]:
+    """Cache key: the unordered normalised pair (the verdict is symmetric by construction)."""
+    return (na, nb) if na <= nb else (nb, na)
+
+
+def _worker_main(conn: Connection, compare: Compare, preload: tuple[str, ...]) -> None:
+    """Worker loop: import, say ready, then answer (key, a, b) requests until None or EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
+    for module in preload:
+        __import__(module)
+    conn.send(("ready", None))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        key, a, b = message
+        try:
+            reply: tuple[Any, Any] = (key, bool(compare(a, b)))
+        except BaseException as exc:  # report, keep serving
+            reply = (key, f"{type(exc).__name__}: {exc}"[:300])
+        conn.send(reply)
+
+
+class _Worker:
+    """One worker process and the request it is running."""
+
+    def __init__(self, context: Any, compare: Compare, preload: tuple[str, ...]) -> None:
+        parent, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, compare, preload), daemon=True)
+        self.process.start()
+        child.close()
+        self.conn: Connection = parent
+        self.ready = False
+        self.task: tuple[str, str] | None = None
+        self.deadline = 0.0
+
+    def send(self, key: tuple[str, str], a: str, b: str, deadline: float) -> None:
+        self.conn.send((key, a, b))
+        self.task, self.deadline = key, deadline
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Ask politely, then kill; always reaps the process and closes the pipe."""
+        if self.process.is_alive() and self.task is None and self.ready:
+            try:
+                self.conn.send(None)
+            except (OSError, ValueError):
+                pass
+            self.process.join(grace)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    while workers:
+        workers.pop().stop()
+
+
+class Grader:
+    """Equivalence verdicts for many answer pairs: fast path, shared cache, hard-timeout workers.
+
+    Parameters
+    ----------
+    timeout: seconds one symbolic comparison may run before its worker is killed.
+    workers: worker processes (started lazily, on the first pair that needs one); 0 compares
+        in this process without a timeout.
+    compare: the symbolic comparison, ``compare(na, nb) -> bool`` on normalised strings; must be
+        picklable (a module-level function). Defaults to ``grade_pair``; tests inject slow ones.
+    start_method: multiprocessing start method ("spawn" by default: safe next to threads and CUDA).
+    startup_timeout: seconds a new worker may take to import its modules.
+    preload: modules a worker imports before it reports ready (so imports don't eat the timeout).
+
+    ``stats`` counts verdicts by reason plus "cache_hit".
+
+    >>> with Grader(workers=0) as grader:
+    ...     grader.equivalent("1/2", "0.5"), grader.verdict("3", "4").reason
+    (True, 'numeric')
+    """
+
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        workers: int = 1,
+        compare: Compare | None = None,
+        start_method: str = "spawn",
+        startup_timeout: float = 120.0,
+        preload: Sequence[str] = ("mathruler.grader",),
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = compare in-process), got {workers!r}")
+        self.timeout = float(timeout)
+        self.n_workers = int(workers)
+        self.compare: Compare = compare or grade_pair
+        self.startup_timeout = float(startup_timeout)
+        self.preload = tuple(preload)
+        self.stats: Counter[str] = Counter()
+        self._context = multiprocessing.get_context(start_method)
+        self._cache: dict[tuple[str, str], Verdict] = {}
+        self._workers: list[_Worker] = []
+        self._finalizer = weakref.finalize(self, _stop_all, self._workers)
+
+    # -- lifecycle
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every worker process (the cache is kept; new work starts new workers)."""
+        _stop_all(self._workers)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
+
+    # -- verdicts
+    def lookup(self, na: str, nb: str) -> Verdict | None:
+        """Verdict for two normalised answers from the fast path or the cache; None if it needs a worker."""
+        fast = fast_verdict(na, nb)
+        if fast is not None:
+            self.stats[fast[1]] += 1
+            return Verdict(*fast)
+        cached = self._cache.get(pair_key(na, nb))
+        if cached is not None:
+            self.stats["cache_hit"] += 1
+        return cached
+
+    def verdict(self, a: object, b: object) -> Verdict:
+        """Verdict for two raw answers (normalised here)."""
+        na, nb = normalize_answer(a), normalize_answer(b)
+        found = self.lookup(na, nb)
+        if found is not None:
+            return found
+        self.resolve([(na, nb)])
+        return self._cache[pair_key(na, nb)]
+
+    def equivalent(self, a: object, b: object) -> bool:
+        return self.verdict(a, b).equal
+
+    def resolve(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Compute and cache verdicts for normalised pairs (fast path and cache first, then workers)."""
+        todo: dict[tuple[str, str], None] = {}
+        for na, nb in pairs:
+            key = pair_key(na, nb)
+            if key not in self._cache and key not in todo and fast_verdict(na, nb) is None:
+                todo[key] = None
+        if not todo:
+            return
+        if self.n_workers == 0:
+            for key in todo:
+                self._store(key, self._compare_inline(*key))
+        else:
+            self._run_workers(list(todo))
+
+    def _store(self, key: tuple[str, str], verdict: Verdict) -> None:
+        self._cache[key] = verdict
+        self.stats[verdict.reason] += 1
+
+    def _compare_inline(self, na: str, nb: str) -> Verdict:
+        try:
+            return Verdict(bool(self.compare(na, nb)), "grader")
+        except Exception:
+            return Verdict(False, "error")
+
+    # -- the worker pool
+    def _run_workers(self, keys: list[tuple[str, str]]) -> None:
+        queue = list(reversed(keys))
+        while queue or any(w.task is not None for w in self._workers):
+            self._top_up(len(queue))
+            for worker in self._workers:
+                if worker.ready and worker.task is None and queue:
+                    key = queue.pop()
+                    worker.send(key, key[0], key[1], time.monotonic() + self.timeout)
+            self._collect()
+            self._expire()
+
+    def _top_up(self, pending: int) -> None:
+        """Start workers (up to ``n_workers``) while there is work for them."""
+        idle = sum(1 for w in self._workers if w.task is None)
+        while len(self._workers) < self.n_workers and pending > idle:
+            worker = _Worker(self._context, self.compare, self.preload)
+            worker.deadline = time.monotonic() + self.startup_timeout
+            self._workers.append(worker)
+            idle += 1
+
+    def _collect(self) -> None:
+        """Wait for the next message (or the nearest deadline) and record what arrived."""
+        waiting = [w for w in self._workers if w.task is not None or not w.ready]
+        if not waiting:
+            return
+        delay = max(0.0, min(w.deadline for w in waiting) - time.monotonic())
+        ready = wait([w.conn for w in waiting], timeout=delay)
+        for worker in [w for w in waiting if w.conn in ready]:
+            try:
+                key, value = worker.conn.recv()
+            except (EOFError, OSError):
+                if not worker.ready:
+                    self._workers.remove(worker)
+                    worker.stop(grace=0.0)
+                    raise RuntimeError(
+                        f"a grader worker exited while starting (exit code {worker.process.exitcode}); "
+                        "check that the compare function and preload modules import in a fresh process"
+                    ) from None
+                self._retire(worker, "error")
+                continue
+            if key == "ready":
+                worker.ready = True
+                continue
+            worker.task = None
+            if isinstance(value, bool):
+                self._store(key, Verdict(value, "grader"))
+            else:
+                self._store(key, Verdict(False, "error"))
+
+    def _expire(self) -> None:
+        """Kill workers past their deadline: the running pair times out, a startup failure raises."""
+        now = time.monotonic()
+        for worker in [w for w in self._workers if (w.task is not None or not w.ready) and w.deadline <= now]:
+            if not worker.ready:
+                self._workers.remove(worker)
+                worker.stop()
+                raise RuntimeError(
+                    f"a grader worker did not start within {self.startup_timeout:.0f}s; "
+                    "check that the compare function and preload modules import in a fresh process"
+                )
+            self._retire(worker, "timeout")
+
+    def _retire(self, worker: _Worker, reason: str) -> None:
+        """Drop a worker (killed or dead); its running pair gets ``reason``. A fresh one starts on demand."""
+        if worker.task is not None:
+            self._store(worker.task, Verdict(False, reason))
+        worker.task = None
+        self._workers.remove(worker)
+        worker.stop(grace=0.0)

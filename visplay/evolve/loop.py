@@ -1,0 +1,204 @@
+"""The self-evolution loop: the one place that knows the order of the stages.
+
+    iter0/eval                               held-out accuracy of the base model
+    for t in 1..N:
+      iter<t>/questioner    Q_t = GRPO(Q_{t-1}), reward from the frozen reasoner R_{t-1}
+      iter<t>/questions     Q_t writes k questions per unseen image
+      iter<t>/labels        R_{t-1} samples m answers; majority = silver label; keep c in band
+      iter<t>/reasoner      R_t = GRPO(R_{t-1}) on the kept silver labels
+      iter<t>/eval          held-out accuracy of R_t (world seeds never used in training)
+
+Two lineages from the same base model, as in the reference. Each stage's outputs are written
+atomically, then the manifest marks it done; `--resume` skips done stages and GRPO phases resume
+from their last checkpoint. Run: `visplay evolve`; test: `pytest tests/test_evolve.py`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from visplay.answers import Grader
+from visplay.config import Config, resolve_model, to_dict
+from visplay.data.sources import open_source, skip_seen
+from visplay.eval.world import evaluate_world, write_eval
+from visplay.evolve.rundir import RunDir
+from visplay.evolve.stages import (
+    generate_questions,
+    label_accuracy,
+    label_questions,
+    questioner_dataset,
+    reasoner_dataset,
+)
+from visplay.io import atomic_write_parquet
+from visplay.models import load_model
+from visplay.sampling.base import SamplingParams
+from visplay.sampling.hf import TransformersSampler
+from visplay.train import QuestionerRewardFn, ReasonerRewardFn, train_grpo
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Lineage:
+    questioner: Path
+    reasoner: Path
+
+
+def _seen_ids(run: RunDir, upto: int) -> set[str]:
+    seen: set[str] = set()
+    for t in range(1, upto):
+        info = run.stage_info(f"iter{t}/questions")
+        seen.update(info.get("image_ids", []))
+    return seen
+
+
+def _take_images(cfg: Config, run: RunDir, t: int, n: int):
+    ev = cfg.evolve
+    source = open_source(ev.source, world_config=cfg.world)
+    items = list(itertools.islice(skip_seen(source, _seen_ids(run, t)), n))
+    if not items:
+        raise ValueError(f"image source {ev.source} has no unseen images left for iteration {t}")
+    return items, dict(source.skipped)
+
+
+def _eval_stage(cfg: Config, run: RunDir, model_dir: Path, stage: str, say: Say) -> dict:
+    out = run.root / stage
+    model, processor = load_model(model_dir)
+    e = cfg.evolve.eval
+    result = evaluate_world(TransformersSampler(model, processor), cfg.world, e.split, e.n, e.k, e.temperature, e.top_k,
+                            e.max_new_tokens, e.seed, e.families)
+    write_eval(result, out, {"model": str(model_dir)})
+    o = result.summary["overall"]
+    say(f"{stage}: greedy {o['greedy']:.1%}, maj@{e.k} {o['maj']:.1%}, pass@{e.k} {o['pass']:.1%}")
+    return {"greedy": o["greedy"], "maj": o["maj"], "pass": o["pass"], "n": o["n"]}
+
+
+def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: list[str] | None = None,
+               say: Say = print) -> dict:
+    """Run (or resume) the loop; returns {iteration: eval metrics}."""
+    run = RunDir(run_dir)
+    base = resolve_model(cfg.model)
+    if not resume:
+        run.create(to_dict(cfg), command or [])
+    elif not run.exists():
+        raise ValueError(f"nothing to resume at {run.root}: start the run without --resume")
+    with run:
+        if resume and run.manifest()["config"] != json.loads(json.dumps(to_dict(cfg))):
+            raise ValueError(f"{run.manifest_path}: the run was started with another config; resume without changes")
+        return _loop(cfg, run, base, say)
+
+
+def _stage(run: RunDir, name: str, say: Say, fn: Callable[[], dict]) -> dict:
+    if run.is_done(name):
+        say(f"{name}: done (resumed)")
+        return run.stage_info(name)
+    t0 = time.time()
+    info = fn()
+    info["seconds"] = round(time.time() - t0, 1)
+    run.mark(name, "done", **info)
+    run.log({"stage": name, **{k: v for k, v in info.items() if isinstance(v, (int, float, str)) or v is None}})
+    return info
+
+
+def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
+    ev = cfg.evolve
+    results = {0: _stage(run, "iter0/eval", say, lambda: _eval_stage(cfg, run, base, "iter0/eval", say))}
+    lineage = Lineage(base, base)
+    grader = Grader(timeout=ev.grader_timeout, workers=ev.grader_workers)
+    try:
+        for t in range(1, ev.iterations + 1):
+            lineage = _iteration(cfg, run, t, lineage, grader, say)
+            results[t] = _stage(run, f"iter{t}/eval", say,
+                                lambda: _eval_stage(cfg, run, lineage.reasoner, f"iter{t}/eval", say))
+    finally:
+        grader.close()
+    return results
+
+
+def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, say: Say) -> Lineage:
+    ev = cfg.evolve
+    it = run.root / f"iter{t}"
+    q_dir, r_dir = it / "questioner", it / "reasoner"
+    sample = SamplingParams(temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens, seed=ev.seed + t)
+
+    def questioner_stage() -> dict:
+        if not ev.train_questioner:
+            return {"model": str(prev.questioner), "skipped": "frozen questioner (ablation)"}
+        items, skipped = _take_images(cfg, run, t, ev.questioner_images)
+        model, processor = load_model(prev.questioner)
+        frozen, fproc = load_model(prev.reasoner)
+        reward = QuestionerRewardFn(TransformersSampler(frozen, fproc), grader, m=ev.reward_samples,
+                                    temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
+                                    threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0, seed=ev.seed + t)
+        _, history = train_grpo(model, processor, questioner_dataset(items), reward, ev.questioner, q_dir,
+                                log_dir=run.root / "tb" / f"iter{t}-questioner", report_to=ev.report_to)
+        for h in history:
+            run.log({"stage": f"iter{t}/questioner", **h})
+        return {"model": str(q_dir), "images": len(items), "skipped_images": skipped}
+
+    q_info = _stage(run, f"iter{t}/questioner", say, questioner_stage)
+    questioner_dir = Path(q_info["model"])
+
+    def questions_stage() -> dict:
+        items, skipped = _take_images(cfg, run, t, ev.images_per_iteration)
+        model, processor = load_model(questioner_dir)
+        rows = generate_questions(TransformersSampler(model, processor, progress=True), items, ev.questions_per_image,
+                                  sample, cfg.world)
+        atomic_write_parquet(it / "questions.parquet", rows)
+        valid = sum(r["valid"] for r in rows)
+        say(f"iter{t}/questions: {len(rows)} questions for {len(items)} images, {valid / len(rows):.0%} valid")
+        return {"rows": len(rows), "valid": valid, "image_ids": sorted({r["image_id"] for r in rows}),
+                "skipped_images": skipped}
+
+    _stage(run, f"iter{t}/questions", say, questions_stage)
+
+    def labels_stage() -> dict:
+        rows = pq.read_table(it / "questions.parquet").to_pylist()
+        model, processor = load_model(prev.reasoner)
+        labeled, skipped = label_questions(TransformersSampler(model, processor, progress=True), rows,
+                                           ev.label_samples, sample, grader, (ev.band_low, ev.band_high))
+        atomic_write_parquet(it / "labels.parquet", labeled)
+        stats = label_accuracy(labeled)
+        say(f"iter{t}/labels: kept {stats['n_kept']}/{len(rows)}; pseudo-label accuracy (kept) "
+            f"{_pct(stats['label_accuracy_kept'])}")
+        return {**stats, "skipped": dict(skipped)}
+
+    _stage(run, f"iter{t}/labels", say, labels_stage)
+
+    def reasoner_stage() -> dict:
+        rows = pq.read_table(it / "labels.parquet").to_pylist()
+        label_col = "questioner_answer" if ev.labels == "questioner" else "label"
+        if not any(r["kept"] for r in rows):
+            say(f"iter{t}/reasoner: no question kept in the agreement band; the reasoner is carried over unchanged")
+            return {"model": str(prev.reasoner), "skipped": "no kept questions", "train_rows": 0}
+        ds = reasoner_dataset(rows, label_col)
+        model, processor = load_model(prev.reasoner)
+        _, history = train_grpo(model, processor, ds, ReasonerRewardFn(grader), ev.reasoner, r_dir,
+                                log_dir=run.root / "tb" / f"iter{t}-reasoner", report_to=ev.report_to)
+        for h in history:
+            run.log({"stage": f"iter{t}/reasoner", **h})
+        return {"model": str(r_dir), "train_rows": len(ds)}
+
+    r_info = _stage(run, f"iter{t}/reasoner", say, reasoner_stage)
+    return Lineage(questioner_dir, Path(r_info["model"]))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def summary_table(results: dict) -> str:
+    lines = [f"{'model':<12} {'greedy':>8} {'maj@k':>8} {'pass@k':>8}"]
+    for t, r in sorted(results.items()):
+        lines.append(f"{'base' if t == 0 else f'iter {t}':<12} {r['greedy']:>8.1%} {r['maj']:>8.1%} {r['pass']:>8.1%}")
+    gain = results[max(results)]["greedy"] - results[0]["greedy"]
+    lines.append(f"held-out greedy gain: {100 * gain:+.1f} points")
+    return "\n".join(lines)
+

@@ -1,0 +1,132 @@
+"""The loop's data stages as plain functions: images -> questions -> silver labels -> datasets.
+
+Each takes data and returns rows (list of dicts, written as parquet by the loop). Rows carry the
+image as PNG bytes, so every stage output is self-contained and a resumed stage needs nothing but
+the previous stage's file. Where the images come from the world, the oracle's answer is recorded
+next to each question, so pseudo-label accuracy is known (never used for training).
+Test: `pytest tests/test_evolve.py`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from PIL import Image
+
+from visplay.answers import Grader
+from visplay.data.sources import ImageItem
+from visplay.labeling import majority_vote_batch
+from visplay.roles.parsing import parse_questioner, parse_reasoner
+from visplay.roles.prompts import questioner_messages, reasoner_messages
+from visplay.sampling.base import Prompt, Sampler, SamplingParams
+from visplay.worlds.questions import grade, oracle
+from visplay.worlds.scene import WorldConfig, make_scene
+
+_WORLD_ID = re.compile(r"world/(\w+)/(\d+)")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def from_png(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def world_truth(image_id: str, question: str | None, world: WorldConfig | None) -> str | None:
+    """The oracle's answer when the image is a world scene and the question is in the grammar."""
+    m = _WORLD_ID.fullmatch(image_id)
+    if world is None or m is None or not question:
+        return None
+    return oracle(make_scene(m.group(1), int(m.group(2)), world), question)
+
+
+def generate_questions(
+    questioner: Sampler, items: Sequence[ImageItem], k: int, params: SamplingParams, world: WorldConfig | None
+) -> list[dict]:
+    """k questions per image from the questioner; invalid ones are kept with their reason."""
+    prompts = [Prompt(questioner_messages(), (it.image,)) for it in items]
+    outs = questioner.generate(prompts, SamplingParams(**{**params.__dict__, "n": k}))
+    rows = []
+    for it, texts in zip(items, outs):
+        png = png_bytes(it.image)
+        for j, text in enumerate(texts):
+            p = parse_questioner(text)
+            rows.append({
+                "image_id": it.id, "origin": it.origin, "sample": j, "image_png": png, "raw": text,
+                "valid": p.valid, "reason": p.reason, "qtype": p.qtype, "question": p.question,
+                "questioner_answer": p.answer,
+                "true_answer": world_truth(it.id, p.question, world) if p.valid else None,
+            })
+    return rows
+
+
+def label_questions(
+    reasoner: Sampler, rows: Sequence[dict], m: int, params: SamplingParams, grader: Grader,
+    band: tuple[float, float] = (0.25, 0.75),
+) -> tuple[list[dict], Counter]:
+    """Majority-vote silver labels from m reasoner samples; returns (labeled rows, skip reasons).
+
+    ``agreement`` c = majority count / m. Rows keep ``kept`` = c in the band (inclusive).
+    """
+    skipped: Counter = Counter()
+    todo = []
+    for r in rows:
+        if not r["valid"]:
+            skipped[f"invalid question: {r['reason']}"] += 1
+        else:
+            todo.append(r)
+    prompts = [Prompt(reasoner_messages(r["question"]), (from_png(r["image_png"]),)) for r in todo]
+    samples = reasoner.generate(prompts, SamplingParams(**{**params.__dict__, "n": m}))
+    answers = [[parse_reasoner(s).answer for s in row] for row in samples]
+    votes = majority_vote_batch(answers, grader)
+    out = []
+    for r, ss, ans, v in zip(todo, samples, answers, votes):
+        if v.label is None:
+            skipped["no boxed answer in any sample"] += 1
+            continue
+        c = v.count / m
+        truth = r.get("true_answer")
+        out.append({
+            **r, "samples": list(ss), "answers": ans, "label": v.label, "count": v.count, "answered": v.total,
+            "agreement": c, "kept": band[0] <= c <= band[1],
+            "label_correct": None if truth is None else grade(r["question"], v.label, truth),
+            "questioner_correct": None if truth is None else grade(r["question"], r["questioner_answer"], truth),
+        })
+    return out, skipped
+
+
+def questioner_dataset(items: Iterable[ImageItem]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": questioner_messages(), "image": it.image, "image_id": it.id} for it in items])
+
+
+def reasoner_dataset(rows: Sequence[dict], label_column: str = "label"):
+    """GRPO rows (prompt, image, label) from kept silver labels (or another label column, for ablations)."""
+    from datasets import Dataset
+
+    data = [{"prompt": reasoner_messages(r["question"]), "image": from_png(r["image_png"]), "label": str(r[label_column])}
+            for r in rows if r["kept"] and r.get(label_column) not in (None, "")]
+    if not data:
+        raise ValueError("no questions kept for reasoner training (all outside the agreement band?)")
+    return Dataset.from_list(data)
+
+
+def label_accuracy(rows: Sequence[dict]) -> dict:
+    """Pseudo-label accuracy overall and inside the kept band (rows with an oracle answer only)."""
+    known = [r for r in rows if r.get("label_correct") is not None]
+    kept = [r for r in known if r["kept"]]
+    rate = lambda rs, k: (sum(bool(r[k]) for r in rs) / len(rs)) if rs else None  # noqa: E731
+    return {
+        "n_labeled": len(rows), "n_kept": sum(r["kept"] for r in rows), "n_with_truth": len(known),
+        "label_accuracy": rate(known, "label_correct"), "label_accuracy_kept": rate(kept, "label_correct"),
+        "questioner_answer_accuracy": rate(known, "questioner_correct"),
+        "mean_agreement": sum(r["agreement"] for r in rows) / len(rows) if rows else None,
+    }
+

@@ -1,0 +1,158 @@
+"""Silver labels: majority vote over the reasoner's sampled answers, and the agreement band filter.
+
+Pure functions, no torch. Semantics (those of ``visplay.testing.reference.reference_majority_vote``):
+
+* Answers that are None or empty after ``strip()`` are dropped; ``total`` counts the kept ones.
+* Greedy grouping in order of first appearance: each new answer is compared with the
+  representative (first member) of each existing group, in order, and joins the first group it is
+  equivalent to (``visplay.answers``: normalised strings equal or ``grade_answer`` either way);
+  otherwise it opens a new group.
+* The label is the representative of the largest group (ties: the earliest group), returned as it
+  was given; no answers -> label None, count 0, total 0.
+
+Speed without changing the result: the verdict depends only on the normalised strings, so every
+answer with the same normalised string lands in the same group — each distinct normalised string
+is placed once, with its multiplicity. Verdicts come from one ``Grader`` (fast path, cache shared
+across the whole batch, worker processes with a hard timeout). ``majority_vote_batch`` advances all
+questions together and sends the comparisons they wait on to the workers in one round at a time.
+
+Test: ``pytest -q tests/test_labeling.py``; speed: ``python benchmarks/bench_majority_vote.py``.
+
+>>> majority_vote(["1/2", " 0.5", "\\\\frac{1}{2}", "3", "3.0", None, " "])
+('1/2', 3, 5)
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from visplay.answers import Grader, normalize_answer
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The majority answer of one question's samples.
+
+    share is count / total (0.0 when nothing was kept); dropped counts removed answers by reason
+    ("none", "empty"); timeouts counts comparisons that hit the grader's hard timeout (they count
+    as "not equivalent").
+    """
+
+    label: str | None
+    count: int
+    total: int
+    share: float
+    dropped: dict[str, int] = field(default_factory=dict)
+    timeouts: int = 0
+
+    def as_tuple(self) -> tuple[str | None, int, int]:
+        return self.label, self.count, self.total
+
+
+@dataclass
+class _Group:
+    key: str  # normalised representative
+    label: str  # the representative as it was given
+    count: int
+
+
+class _Question:
+    """One question's greedy grouping, resumable while it waits for a verdict."""
+
+    def __init__(self, answers: Sequence[str | None]) -> None:
+        self.dropped: Counter[str] = Counter()
+        self.distinct: list[tuple[str, str, int]] = []  # (normalised, first raw, multiplicity)
+        self.total = 0
+        self._collect(answers)
+        self.groups: list[_Group] = []
+        self.position = 0  # next distinct answer to place
+        self.candidate = 0  # next group to compare it with
+        self.timeouts = 0
+
+    def _collect(self, answers: Sequence[str | None]) -> None:
+        order: dict[str, int] = {}
+        first: list[str] = []
+        counts: list[int] = []
+        for answer in answers:
+            if answer is None:
+                self.dropped["none"] += 1
+                continue
+            text = answer if isinstance(answer, str) else str(answer)
+            if not text.strip():
+                self.dropped["empty"] += 1
+                continue
+            key = normalize_answer(text)
+            index = order.setdefault(key, len(first))
+            if index == len(first):
+                first.append(text)
+                counts.append(0)
+            counts[index] += 1
+            self.total += 1
+        self.distinct = [(key, first[i], counts[i]) for key, i in order.items()]
+
+    def advance(self, grader: Grader) -> tuple[str, str] | None:
+        """Place answers until done (None) or until a verdict is missing (the pair to compute)."""
+        while self.position < len(self.distinct):
+            key, raw, count = self.distinct[self.position]
+            while self.candidate < len(self.groups):
+                group = self.groups[self.candidate]
+                verdict = grader.lookup(key, group.key)
+                if verdict is None:
+                    return key, group.key
+                self.timeouts += verdict.reason == "timeout"
+                if verdict.equal:
+                    group.count += count
+                    break
+                self.candidate += 1
+            else:
+                self.groups.append(_Group(key, raw, count))
+            self.position += 1
+            self.candidate = 0
+        return None
+
+    def vote(self) -> Vote:
+        if not self.groups:
+            return Vote(None, 0, 0, 0.0, dict(self.dropped), self.timeouts)
+        best = max(self.groups, key=lambda g: g.count)  # max keeps the earliest of equal groups
+        return Vote(best.label, best.count, self.total, best.count / self.total, dict(self.dropped), self.timeouts)
+
+
+def majority_vote_batch(answer_lists: Sequence[Sequence[str | None]], grader: Grader | None = None) -> list[Vote]:
+    """One ``Vote`` per question. Without a grader, comparisons run in-process (no timeout)."""
+    if grader is None:
+        with Grader(workers=0) as inline:
+            return majority_vote_batch(answer_lists, inline)
+    questions = [_Question(answers) for answers in answer_lists]
+    waiting = questions
+    while waiting:
+        needed: dict[tuple[str, str], None] = {}
+        still_waiting = []
+        for question in waiting:
+            pair = question.advance(grader)
+            if pair is not None:
+                needed[pair] = None
+                still_waiting.append(question)
+        if needed:
+            grader.resolve(needed)
+        waiting = still_waiting
+    return [q.vote() for q in questions]
+
+
+def majority_vote(answers: Sequence[str | None], grader: Grader | None = None) -> tuple[str | None, int, int]:
+    """(label, count, total) for one question's answers; see the module docstring."""
+    return majority_vote_batch([answers], grader)[0].as_tuple()
+
+
+def keep_in_band(votes: Sequence[Vote], low: float = 0.25, high: float = 0.75) -> list[bool]:
+    """Silver-label filter: keep questions whose agreement share is in [low, high] (both inclusive).
+
+    Questions without any kept answer (label None) are never kept.
+    """
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"need 0 <= low <= high <= 1, got low={low!r}, high={high!r}")
+    return [v.label is not None and low <= v.share <= high for v in votes]
+
+
+__all__ = ["Vote", "keep_in_band", "majority_vote", "majority_vote_batch"]

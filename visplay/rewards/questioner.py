@@ -1,0 +1,83 @@
+"""Questioner reward: hardest at 50 % reasoner agreement, minus a diversity penalty; -1 if malformed.
+
+For each generated question (one batched call for the whole GRPO batch):
+  valid    = the output parses as <type>…</type><question>…</question><answer>…</answer>
+  c        = share of the majority answer among m answers the *frozen* reasoner samples for the
+             image + question (answers grouped by `visplay.answers` equivalence; unanswered
+             samples count in m, so a question the reasoner cannot answer has low c)
+  reward   = min(c, 1 - c) - cluster share of the question in the batch   (valid)
+           = -1                                                           (invalid)
+Test: `pytest tests/test_rewards.py`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from visplay.answers import Grader
+from visplay.labeling import majority_vote_batch
+from visplay.rewards.diversity import cluster_shares
+from visplay.roles.parsing import parse_questioner, parse_reasoner
+from visplay.roles.prompts import reasoner_messages
+from visplay.sampling.base import Prompt, Sampler, SamplingParams
+
+INVALID_REWARD = -1.0
+
+
+@dataclass
+class QuestionerScores:
+    reward: list[float]
+    valid: list[bool]
+    uncertainty: list[float]  # min(c, 1 - c); 0 for invalid questions
+    agreement: list[float]  # c; 0 for invalid questions
+    diversity_penalty: list[float]
+    questions: list[str]
+    reasons: Counter = field(default_factory=Counter)
+
+    def means(self) -> dict[str, float]:
+        n = max(1, len(self.reward))
+        ok = [i for i, v in enumerate(self.valid) if v] or [None]
+        pick = lambda xs: sum(xs[i] for i in ok if i is not None) / max(1, len([i for i in ok if i is not None]))  # noqa: E731
+        return {
+            "reward": sum(self.reward) / n,
+            "valid": sum(self.valid) / n,
+            "uncertainty": pick(self.uncertainty),
+            "agreement": pick(self.agreement),
+            "diversity_penalty": sum(self.diversity_penalty) / n,
+        }
+
+
+def questioner_reward(
+    completions: Sequence[str],
+    images: Sequence[Image.Image],
+    reasoner: Sampler,
+    m: int = 10,
+    temperature: float = 1.0,
+    top_k: int = 40,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    grader: Grader | None = None,
+    threshold: float = 0.5,
+) -> QuestionerScores:
+    parsed = [parse_questioner(c) for c in completions]
+    questions = [p.question if p.valid else "" for p in parsed]
+    penalty = cluster_shares(questions, threshold).tolist() if questions else []
+    valid_idx = [i for i, p in enumerate(parsed) if p.valid]
+    agreement = [0.0] * len(parsed)
+    if valid_idx:
+        prompts = [Prompt(reasoner_messages(questions[i]), (images[i],)) for i in valid_idx]
+        samples = reasoner.generate(
+            prompts, SamplingParams(n=m, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
+        )
+        votes = majority_vote_batch([[parse_reasoner(s).answer for s in row] for row in samples], grader)
+        for i, v in zip(valid_idx, votes):
+            agreement[i] = v.count / m
+    uncertainty = [min(c, 1 - c) if p.valid else 0.0 for c, p in zip(agreement, parsed)]
+    reward = [u - d if p.valid else INVALID_REWARD for u, d, p in zip(uncertainty, penalty, parsed)]
+    return QuestionerScores(
+        reward, [p.valid for p in parsed], uncertainty, agreement, penalty, questions, Counter(p.reason for p in parsed)
+    )
