@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 evolve: setup
-	$(BIN)/visplay eval --model tiny --n 300
+	$(BIN)/visplay evolve
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow"

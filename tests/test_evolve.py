@@ -71,7 +71,10 @@ def test_full_tiny_loop(tmp_path):
     assert len({q["image_id"] for q in questions}) == 12
     assert any(q["true_answer"] is not None for q in questions)  # the world's oracle answered
     labels = pq.read_table(run / "iter1/labels.parquet").to_pylist()
-    assert labels and all(len(r["samples"]) == 4 and r["agreement"] == r["count"] / 4 for r in labels)
+    assert [r["image_id"] for r in labels] == [q["image_id"] for q in questions]  # one row per question, in order
+    labeled = [r for r in labels if r["label"] is not None]
+    assert labeled and all(len(r["samples"]) == 4 and r["agreement"] == r["count"] / 4 for r in labeled)
+    assert all(r["skip_reason"] for r in labels if r["label"] is None)
     assert m["iter1/reasoner"]["train_rows"] == sum(r["kept"] for r in labels) > 0
     for d in ("iter1/questioner", "iter1/reasoner"):
         model, _ = load_model(run / d)

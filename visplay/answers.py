@@ -25,13 +25,16 @@ Test: ``pytest -q tests/test_answers.py``.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import os
 import re
 import signal
+import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from multiprocessing.connection import Connection, wait
@@ -39,10 +42,12 @@ from typing import Any
 
 Compare = Callable[[str, str], bool]
 
-_OPTION = re.compile(r"^(?:\(([A-Z])\)|([A-Z])[.):])$")
-_WORDS = re.compile(r"^[A-Za-z][A-Za-z '\-]*$")
-_TEXT = re.compile(r"^\\text\{(.*)\}$", re.DOTALL)
-_PLAIN_NUMBER = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)$")
+_OPTION = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.):])")
+_WORDS = re.compile(r"[A-Za-z][A-Za-z '\-]*")
+_TEXT = re.compile(r"\\text\{(.*)\}", re.DOTALL)
+_PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)", re.ASCII)
+_FRACTION = re.compile(r"(-?)(?:(\d+)/(\d+)|\\[dt]?frac\{(-?)(\d+)\}\{(\d+)\}|\\[dt]?frac(\d)(\d))", re.ASCII)
+_SINGLE_LETTER = re.compile(r"[A-Za-z]")
 _SYMPY_FLOAT_DIGITS = 15  # sympy parses a decimal with <= 15 digits as a 53-bit Float, i.e. Python's float
 
 
@@ -67,10 +72,10 @@ def normalize_answer(s: object) -> str:
     while text != previous:
         previous = text
         text = _strip_wrappers(text)
-    option = _OPTION.match(text)
+    option = _OPTION.fullmatch(text)
     if option:
         return option.group(1) or option.group(2)
-    if len(text) > 1 and _WORDS.match(text):
+    if len(text) > 1 and _WORDS.fullmatch(text):
         return text.lower()
     return text
 
@@ -79,7 +84,7 @@ def _strip_wrappers(text: str) -> str:
     for fence in ("$$", "$"):
         if len(text) > 2 * len(fence) and text.startswith(fence) and text.endswith(fence):
             return text[len(fence) : -len(fence)].strip()
-    match = _TEXT.match(text)
+    match = _TEXT.fullmatch(text)
     if match and _balanced(match.group(1)):
         return match.group(1).strip()
     if len(text) > 1 and text.endswith(".") and not text.endswith(".."):
@@ -109,15 +114,40 @@ def grade_pair(a: str, b: str) -> bool:
 def fast_verdict(na: str, nb: str) -> tuple[bool, str] | None:
     """The verdict for two normalised answers when it needs no sympy, else None.
 
-    Equal strings -> (True, "equal"). Two plain decimal numbers -> (verdict, "numeric"), computed
-    with ``grade_answer``'s own rules: a number within 1e-7 of an integer becomes that integer
-    (via float, as mathruler does); two such integers match iff they are the same integer, an
-    integer never matches a non-integer, and two non-integers with <= 15 significant digits match
-    iff their floats are equal (sympy's 53-bit Floats). Longer decimals go to the grader.
+    Each rule reproduces ``grade_pair`` exactly on its inputs (tests compare them on random input):
+
+    * equal strings -> (True, "equal");
+    * two plain decimal numbers -> "numeric": a number within 1e-7 of an integer becomes that
+      integer (via float, as mathruler does); two such integers match iff they are the same
+      integer; an integer never matches a non-integer; two non-integers with <= 15 significant
+      digits match iff their floats are equal (sympy parses them as 53-bit Floats);
+    * simple fractions (``p/q``, ``\\frac{p}{q}``, ``\\dfrac``/``\\tfrac``, ``\\frac12``, one
+      optional minus, <= 15 digits) -> "fraction": two fractions match iff they have the same sign,
+      numerator and denominator as written (mathruler does not reduce: 2/4 != 1/2); a fraction
+      and a non-integer decimal match iff equal as floats (sympy: Rational - Float at 53 bits);
+      a fraction never matches an integer;
+    * two single letters -> "letter": equal ignoring case (mathruler lowercases; distinct letters
+      are distinct sympy symbols).
+    Anything else (or longer numbers) goes to the grader.
     """
     if na == nb:
         return True, "equal"
-    if not (_PLAIN_NUMBER.match(na) and _PLAIN_NUMBER.match(nb)):
+    if _SINGLE_LETTER.fullmatch(na) and _SINGLE_LETTER.fullmatch(nb):
+        return na.lower() == nb.lower(), "letter"
+    fa, fb = _fraction(na), _fraction(nb)
+    if fa is not None and fb is not None:
+        return fa[0] == fb[0], "fraction"
+    if fa is not None or fb is not None:
+        fraction, other = (fa, nb) if fa is not None else (fb, na)
+        assert fraction is not None
+        if not _PLAIN_NUMBER.fullmatch(other):
+            return None
+        if _integer_form(other) is not None:
+            return False, "fraction"
+        if _digits(other) > _SYMPY_FLOAT_DIGITS:
+            return None
+        return fraction[1] == float(other), "fraction"
+    if not (_PLAIN_NUMBER.fullmatch(na) and _PLAIN_NUMBER.fullmatch(nb)):
         return None
     ia, ib = _integer_form(na), _integer_form(nb)
     if ia is not None or ib is not None:
@@ -125,6 +155,24 @@ def fast_verdict(na: str, nb: str) -> tuple[bool, str] | None:
     if _digits(na) > _SYMPY_FLOAT_DIGITS or _digits(nb) > _SYMPY_FLOAT_DIGITS:
         return None
     return float(na) == float(nb), "numeric"
+
+
+def _fraction(text: str) -> tuple[str, float] | None:
+    """(mathruler's normalised "-p/q", value) for a simple fraction, else None."""
+    match = _FRACTION.fullmatch(text)
+    if match is None:
+        return None
+    outer, p1, q1, inner, p2, q2, p3, q3 = match.groups()
+    if outer and inner:
+        return None
+    p, q = p1 or p2 or p3, q1 or q2 or q3
+    if len(p) > _SYMPY_FLOAT_DIGITS or len(q) > _SYMPY_FLOAT_DIGITS or q == "0":
+        return None
+    if (len(p) > 1 and p[0] == "0") or q[0] == "0":
+        return None
+    sign = "-" if (outer or inner) else ""
+    value = int(p) / int(q)
+    return f"{sign}{p}/{q}", -value if sign else value
 
 
 def _integer_form(number: str) -> str | None:
@@ -169,9 +217,9 @@ def equivalent(a: object, b: object, grader: Grader | None = None) -> bool:
 class Verdict:
     """Whether two answers are equivalent, and how that was decided.
 
-    reason: "equal" (normalised strings equal), "numeric" (plain numbers), "grader" (mathruler in
-    a worker or in-process), "timeout" (killed after the hard timeout), "error" (the comparison
-    raised or its worker died).
+    reason: "equal" (normalised strings equal), "numeric" / "fraction" / "letter" (the fast path,
+    see ``fast_verdict``), "grader" (mathruler in a worker or in-process), "timeout" (killed after
+    the hard timeout), "error" (the comparison raised or its worker died).
     """
 
     equal: bool
@@ -183,11 +231,34 @@ def pair_key(na: str, nb: str) -> tuple[str, str]:
     return (na, nb) if na <= nb else (nb, na)
 
 
-def _worker_main(conn: Connection, compare: Compare, preload: tuple[str, ...]) -> None:
-    """Worker loop: import, say ready, then answer (key, a, b) requests until None or EOF."""
+def prepare_mathruler() -> None:
+    """Worker start-up for ``grade_pair``: import mathruler/sympy, memoise its string normalisers.
+
+    ``grade_answer`` re-normalises both strings (LaTeX parsing included) on every call; its
+    ``normalize_answer`` and ``_normalize`` are pure str -> str functions, so caching them per
+    worker process changes no verdict. Only ever called inside worker processes.
+    """
+    from mathruler import grader
+
+    for name in ("normalize_answer", "_normalize"):
+        function = getattr(grader, name)
+        if not hasattr(function, "cache_info"):
+            setattr(grader, name, functools.lru_cache(maxsize=65536)(function))
+
+
+def _exit_when_orphaned(parent_pid: int, period: float = 1.0) -> None:
+    """Watchdog thread body: a worker whose parent died (e.g. SIGKILL) exits even mid-comparison."""
+    while os.getppid() == parent_pid:
+        time.sleep(period)
+    os._exit(0)
+
+
+def _worker_main(conn: Connection, compare: Compare, init: Callable[[], None] | None) -> None:
+    """Worker loop: initialise, say ready, then answer (key, a, b) requests until None or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
-    for module in preload:
-        __import__(module)
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    if init is not None:
+        init()
     conn.send(("ready", None))
     while True:
         try:
@@ -207,9 +278,9 @@ def _worker_main(conn: Connection, compare: Compare, preload: tuple[str, ...]) -
 class _Worker:
     """One worker process and the request it is running."""
 
-    def __init__(self, context: Any, compare: Compare, preload: tuple[str, ...]) -> None:
+    def __init__(self, context: Any, compare: Compare, init: Callable[[], None] | None) -> None:
         parent, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, compare, preload), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, compare, init), daemon=True)
         self.process.start()
         child.close()
         self.conn: Connection = parent
@@ -251,10 +322,14 @@ class Grader:
     compare: the symbolic comparison, ``compare(na, nb) -> bool`` on normalised strings; must be
         picklable (a module-level function). Defaults to ``grade_pair``; tests inject slow ones.
     start_method: multiprocessing start method ("spawn" by default: safe next to threads and CUDA).
-    startup_timeout: seconds a new worker may take to import its modules.
-    preload: modules a worker imports before it reports ready (so imports don't eat the timeout).
+    startup_timeout: seconds a new worker may take to start and run ``worker_init``.
+    worker_init: picklable function a worker runs before it reports ready, so imports don't eat
+        the timeout (default ``prepare_mathruler``; pass None with a custom ``compare``).
 
-    ``stats`` counts verdicts by reason plus "cache_hit".
+    ``stats`` counts verdicts by reason plus "cache_hit". Not thread-safe: one Grader per thread.
+    ``close()`` (or leaving the ``with`` block, or garbage collection) stops and reaps every
+    worker; a worker whose parent is killed exits on its own within a second. (With "spawn",
+    multiprocessing also keeps its own resource-tracker process, which exits with the parent.)
 
     >>> with Grader(workers=0) as grader:
     ...     grader.equivalent("1/2", "0.5"), grader.verdict("3", "4").reason
@@ -268,7 +343,7 @@ class Grader:
         compare: Compare | None = None,
         start_method: str = "spawn",
         startup_timeout: float = 120.0,
-        preload: Sequence[str] = ("mathruler.grader",),
+        worker_init: Callable[[], None] | None = prepare_mathruler,
     ) -> None:
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -278,7 +353,7 @@ class Grader:
         self.n_workers = int(workers)
         self.compare: Compare = compare or grade_pair
         self.startup_timeout = float(startup_timeout)
-        self.preload = tuple(preload)
+        self.worker_init = worker_init
         self.stats: Counter[str] = Counter()
         self._context = multiprocessing.get_context(start_method)
         self._cache: dict[tuple[str, str], Verdict] = {}
@@ -295,6 +370,10 @@ class Grader:
     def close(self) -> None:
         """Stop every worker process (the cache is kept; new work starts new workers)."""
         _stop_all(self._workers)
+
+    def start(self) -> None:
+        """Start all workers now without waiting for them (they are otherwise started on demand)."""
+        self._top_up(self.n_workers)
 
     @property
     def worker_pids(self) -> list[int]:
@@ -365,7 +444,7 @@ class Grader:
         """Start workers (up to ``n_workers``) while there is work for them."""
         idle = sum(1 for w in self._workers if w.task is None)
         while len(self._workers) < self.n_workers and pending > idle:
-            worker = _Worker(self._context, self.compare, self.preload)
+            worker = _Worker(self._context, self.compare, self.worker_init)
             worker.deadline = time.monotonic() + self.startup_timeout
             self._workers.append(worker)
             idle += 1
@@ -386,7 +465,7 @@ class Grader:
                     worker.stop(grace=0.0)
                     raise RuntimeError(
                         f"a grader worker exited while starting (exit code {worker.process.exitcode}); "
-                        "check that the compare function and preload modules import in a fresh process"
+                        "check that compare and worker_init import in a fresh process"
                     ) from None
                 self._retire(worker, "error")
                 continue
@@ -408,7 +487,7 @@ class Grader:
                 worker.stop()
                 raise RuntimeError(
                     f"a grader worker did not start within {self.startup_timeout:.0f}s; "
-                    "check that the compare function and preload modules import in a fresh process"
+                    "check that compare and worker_init import in a fresh process"
                 )
             self._retire(worker, "timeout")
 

@@ -62,6 +62,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             e.families)
     print(f"model {model_path} on {e.n} {e.split} scenes (seed {e.seed}), k={e.k}, T={e.temperature}")
     print(result.table())
+    if args.probe:
+        from visplay.eval.probe import colour_probe
+
+        probe = colour_probe(model, processor, cfg.world, e.split, n=e.n, seed=e.seed)
+        result.summary["colour_probe"] = probe
+        print(f"perception probe (teacher-forced colour of the object in a cell): {probe['accuracy']:.1%} "
+              f"(chance {probe['chance']:.0%}, n={probe['n']})")
     if args.out:
         write_eval(result, args.out, {"model": str(model_path), "config": to_dict(cfg)})
         print(f"per-item results: {Path(args.out) / 'items.parquet'}")
@@ -112,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, help="which held-out scenes: different seeds draw disjoint scenes")
     p.add_argument("--split", help="held-out split: heldout (default), compositional or unlabeled")
     p.add_argument("--out", help="directory for items.parquet and summary.json/md")
+    p.add_argument("--probe", action="store_true", help="also run the perception probe (colour of the object in a cell)")
     add_benchmark_args(p)
     p.set_defaults(func=cmd_eval)
 

@@ -92,6 +92,7 @@ class EvolveConfig:
     top_k: int = 40
     max_new_tokens: int = 64
     seed: int = 0
+    chunk_size: int = 32  # images (questions) per durable part of the generation and labeling stages
     grader_timeout: float = 5.0
     grader_workers: int = 1
     report_to: tuple[str, ...] = ("tensorboard",)

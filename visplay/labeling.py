@@ -3,6 +3,7 @@
 Pure functions, no torch. Semantics (those of ``visplay.testing.reference.reference_majority_vote``):
 
 * Answers that are None or empty after ``strip()`` are dropped; ``total`` counts the kept ones.
+  Other non-strings are converted with ``str()``.
 * Greedy grouping in order of first appearance: each new answer is compared with the
   representative (first member) of each existing group, in order, and joins the first group it is
   equivalent to (``visplay.answers``: normalised strings equal or ``grade_answer`` either way);

@@ -19,7 +19,7 @@ import itertools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,6 +28,7 @@ from visplay.answers import Grader
 from visplay.config import Config, resolve_model, to_dict
 from visplay.data.sources import open_source, skip_seen
 from visplay.eval.world import evaluate_world, write_eval
+from visplay.evolve.chunks import run_chunked
 from visplay.evolve.rundir import RunDir
 from visplay.evolve.stages import (
     generate_questions,
@@ -35,6 +36,7 @@ from visplay.evolve.stages import (
     label_questions,
     questioner_dataset,
     reasoner_dataset,
+    skip_reasons,
 )
 from visplay.io import atomic_write_parquet
 from visplay.models import load_model
@@ -149,8 +151,9 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
     def questions_stage() -> dict:
         items, skipped = _take_images(cfg, run, t, ev.images_per_iteration)
         model, processor = load_model(questioner_dir)
-        rows = generate_questions(TransformersSampler(model, processor, progress=True), items, ev.questions_per_image,
-                                  sample, cfg.world)
+        sampler = TransformersSampler(model, processor)
+        rows = run_chunked(it / "questions.parts", items, ev.chunk_size, lambda chunk, i: generate_questions(
+            sampler, chunk, ev.questions_per_image, replace(sample, seed=sample.seed + 7919 * i), cfg.world))
         atomic_write_parquet(it / "questions.parquet", rows)
         valid = sum(r["valid"] for r in rows)
         say(f"iter{t}/questions: {len(rows)} questions for {len(items)} images, {valid / len(rows):.0%} valid")
@@ -162,13 +165,15 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
     def labels_stage() -> dict:
         rows = pq.read_table(it / "questions.parquet").to_pylist()
         model, processor = load_model(prev.reasoner)
-        labeled, skipped = label_questions(TransformersSampler(model, processor, progress=True), rows,
-                                           ev.label_samples, sample, grader, (ev.band_low, ev.band_high))
+        sampler = TransformersSampler(model, processor)
+        labeled = run_chunked(it / "labels.parts", rows, ev.chunk_size, lambda chunk, i: label_questions(
+            sampler, chunk, ev.label_samples, replace(sample, seed=sample.seed + 7919 * i), grader,
+            (ev.band_low, ev.band_high)))
         atomic_write_parquet(it / "labels.parquet", labeled)
         stats = label_accuracy(labeled)
         say(f"iter{t}/labels: kept {stats['n_kept']}/{len(rows)}; pseudo-label accuracy (kept) "
             f"{_pct(stats['label_accuracy_kept'])}")
-        return {**stats, "skipped": dict(skipped)}
+        return {**stats, "skipped": skip_reasons(labeled)}
 
     _stage(run, f"iter{t}/labels", say, labels_stage)
 

@@ -69,36 +69,41 @@ def generate_questions(
 def label_questions(
     reasoner: Sampler, rows: Sequence[dict], m: int, params: SamplingParams, grader: Grader,
     band: tuple[float, float] = (0.25, 0.75),
-) -> tuple[list[dict], Counter]:
-    """Majority-vote silver labels from m reasoner samples; returns (labeled rows, skip reasons).
+) -> list[dict]:
+    """Majority-vote silver labels from m reasoner samples, one output row per input row.
 
-    ``agreement`` c = majority count / m. Rows keep ``kept`` = c in the band (inclusive).
+    ``agreement`` c = majority count / m; ``kept`` = c in the band (inclusive). Rows that cannot be
+    labeled keep ``label`` None and say why in ``skip_reason`` (invalid question, no boxed answer).
     """
-    skipped: Counter = Counter()
-    todo = []
-    for r in rows:
-        if not r["valid"]:
-            skipped[f"invalid question: {r['reason']}"] += 1
-        else:
-            todo.append(r)
+    todo = [r for r in rows if r["valid"]]
     prompts = [Prompt(reasoner_messages(r["question"]), (from_png(r["image_png"]),)) for r in todo]
-    samples = reasoner.generate(prompts, SamplingParams(**{**params.__dict__, "n": m}))
+    samples = reasoner.generate(prompts, SamplingParams(**{**params.__dict__, "n": m})) if todo else []
     answers = [[parse_reasoner(s).answer for s in row] for row in samples]
-    votes = majority_vote_batch(answers, grader)
+    votes = iter(zip(samples, answers, majority_vote_batch(answers, grader)))
     out = []
-    for r, ss, ans, v in zip(todo, samples, answers, votes):
+    for r in rows:
+        base = {**r, "samples": [], "answers": [], "label": None, "count": 0, "answered": 0, "agreement": 0.0,
+                "kept": False, "label_correct": None, "questioner_correct": None, "skip_reason": None}
+        if not r["valid"]:
+            out.append({**base, "skip_reason": f"invalid question: {r['reason']}"})
+            continue
+        ss, ans, v = next(votes)
+        base.update(samples=list(ss), answers=ans, count=v.count, answered=v.total)
         if v.label is None:
-            skipped["no boxed answer in any sample"] += 1
+            out.append({**base, "skip_reason": "no boxed answer in any sample"})
             continue
         c = v.count / m
         truth = r.get("true_answer")
         out.append({
-            **r, "samples": list(ss), "answers": ans, "label": v.label, "count": v.count, "answered": v.total,
-            "agreement": c, "kept": band[0] <= c <= band[1],
+            **base, "label": v.label, "agreement": c, "kept": band[0] <= c <= band[1],
             "label_correct": None if truth is None else grade(r["question"], v.label, truth),
             "questioner_correct": None if truth is None else grade(r["question"], r["questioner_answer"], truth),
         })
-    return out, skipped
+    return out
+
+
+def skip_reasons(rows: Sequence[dict]) -> dict[str, int]:
+    return dict(Counter(r["skip_reason"] for r in rows if r.get("skip_reason")))
 
 
 def questioner_dataset(items: Iterable[ImageItem]):
@@ -120,6 +125,7 @@ def reasoner_dataset(rows: Sequence[dict], label_column: str = "label"):
 
 def label_accuracy(rows: Sequence[dict]) -> dict:
     """Pseudo-label accuracy overall and inside the kept band (rows with an oracle answer only)."""
+    rows = [r for r in rows if r["label"] is not None]
     known = [r for r in rows if r.get("label_correct") is not None]
     kept = [r for r in known if r["kept"]]
     rate = lambda rs, k: (sum(bool(r[k]) for r in rs) / len(rs)) if rs else None  # noqa: E731

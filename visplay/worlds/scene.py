@@ -55,6 +55,7 @@ class WorldConfig:
     min_objects: int = 1
     max_objects: int = 8
     noise: float = 4.0  # std of per-pixel Gaussian noise, 0 = clean
+    position_tint: bool = False  # cell backgrounds tinted by row (red) and column (blue)
 
     def __post_init__(self) -> None:
         if not 2 <= self.grid <= len(ROWS):
@@ -80,6 +81,7 @@ class Scene:
     objects: tuple[Obj, ...]
     noise: float = 0.0
     style_seed: int = 0
+    position_tint: bool = False
 
     @property
     def id(self) -> str:
@@ -122,7 +124,7 @@ def make_scene(split: str, index: int, cfg: WorldConfig = WorldConfig()) -> Scen
         o = objs[rng.randrange(len(objs))]
         colour, shape = rng.choice(sorted(HELD_OUT_COMBOS))
         objs[objs.index(o)] = Obj(o.row, o.col, colour, shape, o.size)
-    return Scene(split, index, cfg.grid, tuple(objs), cfg.noise, rng.randrange(2**31))
+    return Scene(split, index, cfg.grid, tuple(objs), cfg.noise, rng.randrange(2**31), cfg.position_tint)
 
 
 def render(scene: Scene) -> Image.Image:
@@ -131,6 +133,13 @@ def render(scene: Scene) -> Image.Image:
     bg = tuple(rng.randint(225, 250) for _ in range(3))
     img = Image.new("RGB", (px, px), bg)
     draw = ImageDraw.Draw(img)
+    if scene.position_tint:
+        # Each cell's background encodes its row (red level) and column (blue level): the cell a
+        # question names is then findable by content, not only through M-RoPE positions.
+        for r in range(scene.grid):
+            for c in range(scene.grid):
+                x, y = c * CELL_PX, r * CELL_PX
+                draw.rectangle((x, y, x + CELL_PX - 1, y + CELL_PX - 1), fill=(200 + 12 * r, 235, 200 + 12 * c))
     for o in scene.objects:
         r = 7 if o.size == "small" else 12
         cx = o.col * CELL_PX + CELL_PX // 2 + rng.randint(-1, 1)
