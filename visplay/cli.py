@@ -64,6 +64,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(result.table())
     if args.probe:
         from visplay.eval.probe import colour_probe
+        from visplay.eval.world import questioner_validity
+
+        qv = questioner_validity(sampler, cfg.world, e.split, n=min(e.n, 200), seed=e.seed)
+        result.summary["questioner"] = qv
+        print(f"questioner at T=1.0: {qv['valid']:.1%} valid, {qv['answerable']:.1%} answerable by the oracle, "
+              f"own answer right {qv['own_answer_correct']:.1%}, {qv['distinct_questions']} distinct of {qv['n']}")
 
         probe = colour_probe(model, processor, cfg.world, e.split, n=e.n, seed=e.seed)
         result.summary["colour_probe"] = probe
@@ -119,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, help="which held-out scenes: different seeds draw disjoint scenes")
     p.add_argument("--split", help="held-out split: heldout (default), compositional or unlabeled")
     p.add_argument("--out", help="directory for items.parquet and summary.json/md")
-    p.add_argument("--probe", action="store_true", help="also run the perception probe (colour of the object in a cell)")
+    p.add_argument("--probe", action="store_true", help="also run the perception probe and measure questioner validity")
     add_benchmark_args(p)
     p.set_defaults(func=cmd_eval)
 

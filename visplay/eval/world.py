@@ -136,3 +136,22 @@ def write_eval(result: WorldEval, out_dir: str | Path, meta: dict) -> Path:
     atomic_write_json(out / "summary.json", {**result.summary, "meta": meta})
     atomic_write_text(out / "summary.md", "```\n" + result.table() + "\n```\n")
     return out
+
+
+def questioner_validity(sampler: Sampler, world: WorldConfig, split: str = "heldout", n: int = 200,
+                        temperature: float = 1.0, top_k: int = 0, max_new_tokens: int = 64, seed: int = 0) -> dict:
+    """Share of questioner outputs (sampled at ``temperature``) that parse, and that the world's
+    oracle can answer (grammatical and answerable for that scene)."""
+    from visplay.roles.parsing import parse_questioner
+    from visplay.roles.prompts import questioner_messages
+    from visplay.worlds.questions import oracle
+
+    scenes = [make_scene(split, seed * 10**6 + i, world) for i in range(n)]
+    outs = sampler.generate([Prompt(questioner_messages(), (s.render(),)) for s in scenes],
+                            SamplingParams(temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed))
+    parsed = [parse_questioner(o[0]) for o in outs]
+    answerable = [p.valid and oracle(s, p.question) is not None for p, s in zip(parsed, scenes)]
+    correct = [a and grade(p.question, p.answer, oracle(s, p.question)) for a, p, s in zip(answerable, parsed, scenes)]
+    return {"n": n, "valid": sum(p.valid for p in parsed) / n, "answerable": sum(answerable) / n,
+            "own_answer_correct": sum(correct) / n, "reasons": dict(Counter(p.reason for p in parsed)),
+            "distinct_questions": len({p.question for p in parsed if p.valid})}

@@ -1,0 +1,197 @@
+"""Everything the report shows, read from a run directory into plain Python, tolerating a crash.
+
+A run that stopped mid-way has stages missing from the manifest and files missing on disk; a torn
+last line in metrics.jsonl or an unreadable parquet file is recorded in ``Run.problems`` and the
+rest still loads. Nothing here draws or formats (see plots.py and html.py), nothing is written.
+Parquet files are read column by column: image bytes only for the few gallery rows.
+Test: `pytest -q tests/test_report.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from visplay.status import LockState, expected_stages, is_done, iterations, lock_state, next_stage, read_manifest
+
+#: Columns of questions.parquet / labels.parquet the report uses (samples and image bytes excluded).
+ROW_COLUMNS = ("image_id", "origin", "raw", "valid", "reason", "qtype", "question", "questioner_answer",
+               "true_answer", "label", "count", "answered", "agreement", "kept", "label_correct",
+               "questioner_correct", "skip_reason")
+GALLERY_SIZE = 8
+
+
+@dataclass
+class Iteration:
+    t: int
+    eval: dict | None = None  # iter<t>/eval/summary.json
+    bench: dict | None = None  # iter<t>/bench/summary.json (optional benchmark evaluation)
+    questions: list[dict] | None = None  # iter<t>/questions.parquet rows, no image bytes
+    labels: list[dict] | None = None  # iter<t>/labels.parquet rows, no image bytes or samples
+    gallery: list[dict] = field(default_factory=list)  # a few rows with their image_png bytes
+
+
+@dataclass
+class Run:
+    root: Path
+    manifest: dict
+    lock: LockState
+    metrics: list[dict]
+    iterations: dict[int, Iteration]
+    problems: list[str]
+
+    @property
+    def config(self) -> dict:
+        return self.manifest.get("config") or {}
+
+    @property
+    def evolve(self) -> dict:
+        return self.config.get("evolve") or {}
+
+    @property
+    def stages(self) -> dict:
+        return self.manifest["stages"]
+
+    @property
+    def expected(self) -> list[str]:
+        return expected_stages(self.manifest)
+
+    @property
+    def current(self) -> str | None:
+        return next_stage(self.manifest)
+
+    @property
+    def state(self) -> str:
+        """finished | running | stopped."""
+        if self.current is None:
+            return "finished"
+        return "running" if self.lock.held else "stopped"
+
+    def done(self, stage: str) -> bool:
+        return is_done(self.manifest, stage)
+
+    def info(self, stage: str) -> dict:
+        return self.stages.get(stage, {}) if self.done(stage) else {}
+
+    def steps(self, stage: str) -> list[dict]:
+        """GRPO step logs of ``stage`` (lines with a reward), one per step: a repeated step keeps its last line."""
+        by_step: dict = {}
+        for r in self.metrics:
+            if r.get("stage") == stage and "reward" in r and "step" in r:
+                by_step[r["step"]] = r
+        return [by_step[s] for s in sorted(by_step)]
+
+
+def _read_json(path: Path, problems: list[str], required: bool) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        if required:
+            problems.append(f"{path.name} missing: {path}")
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        problems.append(f"unreadable {path}: {e}")
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_metrics(path: Path, problems: list[str]) -> list[dict]:
+    records: list[dict] = []
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return records
+    bad = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(r, dict):
+            records.append(r)
+    if bad:
+        problems.append(f"metrics.jsonl: {bad} unparseable line(s) skipped (a torn last line after a crash?)")
+    return records
+
+
+def _read_rows(path: Path, problems: list[str]) -> list[dict] | None:
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        names = set(pq.read_schema(path).names)
+        return pq.read_table(path, columns=[c for c in ROW_COLUMNS if c in names]).to_pylist()
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported, never fatal
+        problems.append(f"unreadable {path}: {e}")
+        return None
+
+
+def pick_gallery(rows: list[dict], size: int = GALLERY_SIZE) -> list[int]:
+    """Row indices to show: mostly kept questions, some outside the band, some invalid; spread out.
+
+    >>> pick_gallery([{"valid": True, "label": "1", "kept": True}] * 3 + [{"valid": False}] * 3, 4)
+    [0, 1, 2, 3]
+    """
+    kept = [i for i, r in enumerate(rows) if r.get("kept")]
+    outside = [i for i, r in enumerate(rows) if r.get("valid") and not r.get("kept") and r.get("label") is not None]
+    other = [i for i, r in enumerate(rows) if i not in set(kept) | set(outside)]
+
+    def spread(ix: list[int], k: int) -> list[int]:
+        return ix if len(ix) <= k else [ix[j * len(ix) // k] for j in range(k)]
+
+    quota = {"kept": size // 2, "outside": size // 4}
+    picked = spread(kept, quota["kept"]) + spread(outside, quota["outside"])
+    picked += spread(other, size - len(picked))
+    for pool in (kept, outside, other):  # fill up from whatever is left
+        picked += [i for i in pool if i not in picked][: size - len(picked)]
+    return sorted(picked)
+
+
+def _gallery(path: Path, rows: list[dict], problems: list[str]) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    idx = pick_gallery(rows)
+    if not idx:
+        return []
+    try:
+        images = pq.read_table(path, columns=["image_png"]).column(0).take(idx).to_pylist()
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"images of {path}: {e}")
+        images = [None] * len(idx)
+    return [{**rows[i], "image_png": img, "row": i} for i, img in zip(idx, images)]
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory; raises StatusError only when there is no readable manifest."""
+    root = Path(run_dir)
+    manifest = read_manifest(root)
+    problems: list[str] = []
+    metrics = read_metrics(root / "metrics.jsonl", problems)
+    its: dict[int, Iteration] = {}
+    for t in range(iterations(manifest) + 1):
+        it = Iteration(t)
+        d = root / f"iter{t}"
+        it.eval = _read_json(d / "eval" / "summary.json", problems, is_done(manifest, f"iter{t}/eval"))
+        it.bench = _read_json(d / "bench" / "summary.json", problems, False)
+        if t > 0:
+            it.questions = _read_rows(d / "questions.parquet", problems)
+            it.labels = _read_rows(d / "labels.parquet", problems)
+            for name, rows in (("questions", it.questions), ("labels", it.labels)):
+                if rows is None and is_done(manifest, f"iter{t}/{name}"):
+                    problems.append(f"iter{t}/{name} is marked done but {name}.parquet is missing or unreadable")
+            source, rows = (("labels.parquet", it.labels) if it.labels is not None else ("questions.parquet", it.questions))
+            if rows:
+                it.gallery = _gallery(d / source, rows, problems)
+        its[t] = it
+    return Run(root, manifest, lock_state(root), metrics, its, problems)
+
+
+def qtype_mix(rows: list[dict]) -> Counter:
+    """Valid questions per type, invalid ones counted as "invalid"."""
+    return Counter((r.get("qtype") or "unknown") if r.get("valid") else "invalid" for r in rows)

@@ -1,0 +1,519 @@
+"""`visplay report RUN_DIR [--out FILE]`: one self-contained HTML page that shows what a run did.
+
+Sections, in the order of the loop: where the run stands; held-out accuracy per iteration (overall,
+by family, and the benchmark table when RUN/iter<t>/bench/summary.json exists); the questioner's
+GRPO (reward and its parts, question-type mix); the silver labels (agreement c per iteration with
+the kept band, pseudo-label accuracy — the paper's Table 2); the reasoner's GRPO (accuracy and
+format rewards, response length); a gallery of generated questions with their images; what was
+skipped and why; the exact config and command.
+
+Every number is copied from manifest.json, metrics.jsonl or a summary.json and printed with
+`visplay.status.fmt` (3 decimals); each table cell also carries the exact value in ``data-value``
+(and tables have ids: ``accuracy``, ``accuracy-by-family``, ``benchmarks``, ``label-accuracy``,
+``qtype-mix``, ``agreement``, ``skipped``, ``stages``, ``questioner-steps-<t>``,
+``reasoner-steps-<t>``), so the page can be checked by a program. Plots and thumbnails are
+base64 PNG data URIs; the page loads nothing from the network. Parts a crashed run never reached
+are marked ``class="missing"`` with ``data-missing="<stage>"``. The file is written atomically.
+
+Run: `visplay report runs/NAME` (writes runs/NAME/report.html); from code: `write_report(run_dir)`.
+Test: `pytest -q tests/test_report.py` (includes a headless-chromium check when chromium is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from html import escape
+from pathlib import Path
+
+from visplay.report import plots
+from visplay.report.data import Iteration, Run, load_run, qtype_mix
+from visplay.status import StatusError, duration, fmt, stage_summary
+
+QUESTIONER_PANELS = (("reward", "reward (total)"), ("questioner/uncertainty", "uncertainty"),
+                     ("questioner/diversity_penalty", "diversity penalty"), ("questioner/valid", "format validity"),
+                     ("questioner/agreement", "reasoner agreement"), ("kl", "KL"))
+REASONER_PANELS = (("reward", "reward (total)"), ("reasoner/accuracy", "accuracy reward"),
+                   ("reasoner/format", "format reward"), ("completions/mean_length", "response length (tokens)"),
+                   ("kl", "KL"), ("entropy", "entropy"))
+STEP_COLUMNS = {"questioner": ("reward", "questioner/uncertainty", "questioner/diversity_penalty", "questioner/valid",
+                               "questioner/agreement", "loss", "kl", "entropy", "completions/mean_length"),
+                "reasoner": ("reward", "reasoner/accuracy", "reasoner/format", "loss", "kl", "entropy",
+                             "completions/mean_length")}
+THUMB_PX = 160
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;color:#1d2330}
+h1{font-size:22px;margin:8px 0}h2{font-size:18px;border-bottom:2px solid #dde3ea;padding-bottom:4px;margin-top:32px}
+h3{font-size:15px;margin:18px 0 6px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #dde3ea;padding:3px 8px}
+th{background:#f2f5f8;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.missing td,td.na{color:#9aa3ad}
+.missing{background:#fff4e5;border-left:4px solid #f0a030;padding:6px 10px;margin:8px 0}
+.banner{padding:8px 12px;border-radius:4px;margin:8px 0}.banner.finished{background:#e8f6ec;border-left:4px solid #2e9e52}
+.banner.running{background:#e8f0fb;border-left:4px solid #3672c9}
+.problem,.error{background:#fdecec;border-left:4px solid #d0453f;padding:6px 10px;margin:6px 0}
+img.plot{max-width:100%;display:block;margin:6px 0}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:10px}
+.card{border:1px solid #dde3ea;border-radius:6px;padding:8px;margin:0;background:#fbfcfd}
+.card.kept{border-top:4px solid #2e9e52}.card.outside{border-top:4px solid #8a939c}.card.invalid{border-top:4px solid #d0453f}
+.card img{width:140px;height:auto;image-rendering:pixelated;display:block;margin-bottom:6px}
+.card .q{font-weight:600;margin-bottom:4px}.card dl{display:grid;grid-template-columns:auto 1fr;gap:1px 8px;margin:0;font-size:12px}
+.card dt{color:#5b6570}.card dd{margin:0}.card pre{white-space:pre-wrap;font-size:11px;margin:4px 0 0}
+pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}details{margin:6px 0}
+.ok{color:#2e9e52}.bad{color:#d0453f}.muted{color:#5b6570}
+"""
+
+# Counts images that decoded, so a headless browser's --dump-dom shows whether they all loaded.
+LOAD_CHECK = """
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  document.body.setAttribute("data-images-total", String(imgs.length));
+  document.body.setAttribute("data-images-loaded", String(ok));
+});
+"""
+
+
+# ---------------------------------------------------------------- small HTML helpers
+
+
+def _attrs(attrs: dict) -> str:
+    return "".join(f' {k.replace("_", "-")}="{escape(str(v))}"' for k, v in attrs.items() if v is not None)
+
+
+def _value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def num(key: str, value, **attrs) -> str:
+    """A table cell showing ``fmt(value)`` with the exact value in data-value."""
+    cls = "num na" if value is None else "num"
+    return f'<td class="{cls}" data-key="{escape(key)}" data-value="{escape(_value(value))}"{_attrs(attrs)}>{escape(fmt(value))}</td>'
+
+
+def text(value) -> str:
+    return f"<td>{escape(str(value))}</td>"
+
+
+def table(tid: str | None, head: Iterable[str], rows: Iterable[str], cls: str | None = None) -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    return f"<table{_attrs({'id': tid, 'class': cls})}><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def img(uri: str | None, alt: str, cls: str = "plot") -> str:
+    return "" if uri is None else f'<img class="{cls}" src="{uri}" alt="{escape(alt)}">'
+
+
+def missing(run: Run, stage: str, what: str) -> str:
+    """The marker for a part the run has not produced (yet)."""
+    if run.state == "running":
+        why = f"the run is still at {run.current}"
+    elif run.state == "stopped":
+        why = f"the run stopped before {run.current}"
+    else:
+        why = "stage output not found"
+    return f'<p class="missing" data-missing="{escape(stage)}">Not available: {escape(what)} — {escape(why)}.</p>'
+
+
+def _label(t: int) -> str:
+    return "base" if t == 0 else f"iter {t}"
+
+
+# ---------------------------------------------------------------- sections
+
+
+def overview(run: Run) -> str:
+    m = run.manifest
+    created = m.get("created")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created)) if isinstance(created, (int, float)) else "?"
+    done = [s for s in run.expected if run.done(s)]
+    if run.state == "finished":
+        msg = f"Finished: all {len(run.expected)} stages done."
+    elif run.state == "running":
+        msg = f"In progress: {run.current} is running ({run.lock.describe()}); {len(done)}/{len(run.expected)} stages done."
+    else:
+        msg = (f"Incomplete: the run stopped before {run.current} ({run.lock.describe()}); "
+               f"{len(done)}/{len(run.expected)} stages done. Missing parts are marked below. "
+               f"Resume with: visplay evolve --run {shlex.quote(str(run.root))} --resume")
+    cls = "banner " + ("missing" if run.state == "stopped" else run.state)
+    banner = (f'<div id="run-state" class="{cls}" data-state="{run.state}"'
+              f'{_attrs({"data_next_stage": run.current})}>{escape(msg)}</div>')
+    rows = []
+    for s in run.expected:
+        info = run.stages.get(s, {})
+        state = info.get("state", "missing") if s in run.stages else ("running" if s == run.current and run.state == "running"
+                                                                      else "missing")
+        secs = info.get("seconds")
+        cls = "" if state == "done" else ' class="missing"'
+        rows.append(f'<tr data-stage="{escape(s)}" data-state="{escape(state)}"{cls}>'
+                    f"{text(s)}{text(state)}<td class='num'>{escape(duration(secs)) if isinstance(secs, (int, float)) else ''}</td>"
+                    f"{text(stage_summary(s, info) if state == 'done' else '')}</tr>")
+    problems = "".join(f'<p class="problem">{escape(p)}</p>' for p in run.problems)
+    return (f"<p class='muted'>Run directory <code>{escape(str(run.root))}</code>, created {escape(when)}; "
+            f"report written {escape(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>{banner}{problems}"
+            f"<details><summary>Stages ({len(done)}/{len(run.expected)} done)</summary>"
+            f"{table('stages', ['stage', 'state', 'time', 'result'], rows)}</details>")
+
+
+def accuracy(run: Run) -> str:
+    k = (run.evolve.get("eval") or {}).get("k")
+    n_iter = len(run.iterations) - 1
+    rows, points, parts = [], {}, []
+    for t in run.iterations:
+        stage = f"iter{t}/eval"
+        info = run.info(stage)
+        if info:
+            points[t] = {key: info.get(key) for key in ("greedy", "maj", "pass")}
+            gain = None if t == 0 or 0 not in points or info.get("greedy") is None or points[0]["greedy"] is None \
+                else info["greedy"] - points[0]["greedy"]
+            rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}'
+                        + "".join(num(key, info.get(key)) for key in ("greedy", "maj", "pass", "n"))
+                        + num("gain", gain) + "</tr>")
+        else:
+            rows.append(f'<tr data-iter="{t}" data-stage="{stage}" class="missing" data-missing="{stage}">{text(_label(t))}'
+                        f'<td colspan="5">not reached</td></tr>')
+            parts.append(missing(run, stage, f"held-out accuracy of {_label(t)}"))
+    head = ["model", "greedy", f"maj@{k or 'k'}", f"pass@{k or 'k'}", "n", "greedy gain vs base"]
+    out = [f"<p>Held-out world questions (scenes never used in training), {escape(str(k or '?'))} samples for maj/pass. "
+           "Values from manifest.json.</p>", table("accuracy", head, rows), *parts, img(plots.accuracy(points, k), "held-out accuracy per iteration")]
+    out.append("<h3>By question family</h3>" + by_family(run))
+    out.append("<h3>Benchmarks</h3>" + benchmarks(run))
+    return "".join(out)
+
+
+def by_family(run: Run) -> str:
+    evals = {t: it.eval for t, it in run.iterations.items() if it.eval and it.eval.get("by_family")}
+    if not evals:
+        return missing(run, "iter0/eval", "per-family accuracy (no eval summary.json)")
+    ts = sorted(evals)
+    fams = sorted({f for e in evals.values() for f in e["by_family"]})
+    first = evals[ts[0]]["by_family"]
+    rows = []
+    for f in fams:
+        cells = num("n", first.get(f, {}).get("n")) + num("prior", first.get(f, {}).get("prior"))
+        for t in ts:
+            s = evals[t]["by_family"].get(f, {})
+            cells += num("greedy", s.get("greedy"), data_iter=t) + num("maj", s.get("maj"), data_iter=t)
+        rows.append(f'<tr data-family="{escape(f)}">{text(f)}{cells}</tr>')
+    head = ["family", "n", "prior"] + [f"{_label(t)} {m}" for t in ts for m in ("greedy", "maj@k")]
+    marks = "".join(missing(run, f"iter{t}/eval", f"per-family accuracy of {_label(t)}")
+                    for t in run.iterations if t not in evals)
+    chart = plots.by_family({t: {f: s.get("greedy", 0) for f, s in evals[t]["by_family"].items()} for t in ts},
+                            len(run.iterations) - 1)
+    return ("<p>From iter&lt;t&gt;/eval/summary.json; prior = the family's most common training answer "
+            "(the no-image baseline).</p>" + table("accuracy-by-family", head, rows) + marks + img(chart, "accuracy by family"))
+
+
+def benchmarks(run: Run) -> str:
+    runs = {t: it.bench for t, it in run.iterations.items() if it.bench and isinstance(it.bench.get("benchmarks"), dict)}
+    if not runs:
+        return ("<p class='muted' id='benchmarks-none'>No benchmark evaluations in this run (optional: "
+                "<code>visplay eval --model RUN/iter&lt;t&gt;/reasoner --benchmarks … --out RUN/iter&lt;t&gt;/bench</code>).</p>")
+    names: list[str] = []
+    for b in runs.values():
+        names += [n for n in b.get("order", list(b["benchmarks"])) if n not in names]
+    titles = {n: b["benchmarks"][n].get("title", n) for b in runs.values() for n in b["benchmarks"]}
+    rows = []
+    for t, b in sorted(runs.items()):
+        cells = "".join(num("accuracy", (b["benchmarks"].get(n) or {}).get("accuracy"), data_benchmark=n) for n in names)
+        cells += num("average", (b.get("average") or {}).get("accuracy"))
+        judge = (b.get("judge") or {}).get("model", "rule-based")
+        rows.append(f'<tr data-iter="{t}">{text(_label(t))}{cells}{text(judge)}</tr>')
+    return ("<p>Accuracy from iter&lt;t&gt;/bench/summary.json (judge verdicts where a judge was used).</p>"
+            + table("benchmarks", ["model", *(titles[n] for n in names), "average", "graded by"], rows))
+
+
+def _series(run: Run, role: str, key: str) -> dict[int, list[tuple[float, float]]]:
+    out = {}
+    for t in run.iterations:
+        if t:
+            out[t] = [(r["step"], r[key]) for r in run.steps(f"iter{t}/{role}") if isinstance(r.get(key), (int, float))]
+    return out
+
+
+def _step_tables(run: Run, role: str) -> str:
+    out = []
+    for t in run.iterations:
+        if not t:
+            continue
+        stage = f"iter{t}/{role}"
+        steps = run.steps(stage)
+        info = run.info(stage)
+        if not steps:
+            if info.get("skipped"):
+                out.append(f"<p class='muted' data-skipped='{escape(stage)}'>{escape(stage)}: no training — "
+                           f"{escape(str(info['skipped']))}.</p>")
+            elif not run.done(stage):
+                out.append(missing(run, stage, f"{role} GRPO curves of iteration {t}"))
+            else:
+                out.append(f"<p class='muted'>{escape(stage)}: no step logs in metrics.jsonl.</p>")
+            continue
+        cols = [c for c in STEP_COLUMNS[role] if any(c in r for r in steps)]
+        rows = [f'<tr data-step="{escape(str(r["step"]))}">' + num("step", r["step"]) + "".join(num(c, r.get(c)) for c in cols)
+                + "</tr>" for r in steps]
+        out.append(f"<details><summary>{escape(stage)}: {len(steps)} steps, last reward {escape(fmt(steps[-1].get('reward')))}"
+                   f"</summary>{table(f'{role}-steps-{t}', ['step', *cols], rows, 'steps')}</details>")
+    return "".join(out)
+
+
+def questioner(run: Run) -> str:
+    n_iter = len(run.iterations) - 1
+    chart = plots.curves([(title, _series(run, "questioner", key)) for key, title in QUESTIONER_PANELS], n_iter)
+    ev = run.evolve
+    intro = ("<p>Questioner GRPO per step (metrics.jsonl): the reward is uncertainty (1 − |2c − 1|, c = the frozen "
+             "reasoner's agreement) minus the diversity penalty, for well-formed questions; format validity = share "
+             f"of completions that parse. m = {escape(str(ev.get('reward_samples', '?')))} reasoner samples per question, "
+             f"diversity threshold {escape(fmt(ev.get('diversity_threshold')))}.</p>")
+    return intro + img(chart, "questioner reward curves") + _step_tables(run, "questioner") + "<h3>Question-type mix</h3>" + qtypes(run)
+
+
+def qtypes(run: Run) -> str:
+    mix = {t: qtype_mix(it.questions) for t, it in run.iterations.items() if t and it.questions is not None}
+    marks = "".join(missing(run, f"iter{t}/questions", f"generated questions of iteration {t}")
+                    for t in run.iterations if t and t not in mix)
+    if not mix:
+        return marks
+    kinds = sorted({k for c in mix.values() for k in c if k != "invalid"}) + ["invalid"]
+    rows = [f'<tr data-iter="{t}">{text(_label(t))}' + "".join(num(k, c.get(k, 0)) for k in kinds)
+            + num("total", sum(c.values())) + "</tr>" for t, c in sorted(mix.items())]
+    return ("<p>Questions written by the trained questioner (iter&lt;t&gt;/questions.parquet), by declared type.</p>"
+            + table("qtype-mix", ["questions", *kinds, "total"], rows) + marks + img(plots.qtype_mix(mix, kinds), "question type mix"))
+
+
+def labels(run: Run) -> str:
+    ev = run.evolve
+    lo, hi = ev.get("band_low", 0.25), ev.get("band_high", 0.75)
+    m = ev.get("label_samples")
+    hists, marks = {}, []
+    for t, it in run.iterations.items():
+        if not t:
+            continue
+        if it.labels is None:
+            marks.append(missing(run, f"iter{t}/labels", f"silver labels of iteration {t}"))
+            continue
+        hists[t] = Counter(round(r["agreement"], 6) for r in it.labels if r.get("label") is not None and r.get("agreement") is not None)
+    cs = sorted({c for h in hists.values() for c in h})
+    rows = [f'<tr data-iter="{t}">{text(_label(t))}' + "".join(num(f"{c:.3f}", h.get(c, 0), data_c=c) for c in cs)
+            + num("in_band", sum(v for c, v in h.items() if lo <= c <= hi)) + num("labeled", sum(h.values())) + "</tr>"
+            for t, h in sorted(hists.items())]
+    out = [f"<p>m = {escape(str(m or '?'))} reasoner samples per valid question; the majority answer is the silver label "
+           f"and c = its share. Kept band: c in [{escape(fmt(lo))}, {escape(fmt(hi))}] (evolve.band_low/high).</p>"]
+    if hists:
+        out += [table("agreement", ["agreement c", *(f"{c:.3f}" for c in cs), "in band", "labeled"], rows),
+                img(plots.agreement(hists, (lo, hi), len(run.iterations) - 1), "agreement distribution")]
+    out += marks
+    out.append("<h3>Pseudo-label accuracy (Table 2)</h3>" + label_accuracy(run))
+    return "".join(out)
+
+
+LABEL_KEYS = (("n_labeled", "labeled"), ("n_kept", "kept"), ("n_with_truth", "with true answer"),
+              ("label_accuracy", "silver-label accuracy"), ("label_accuracy_kept", "silver-label accuracy (kept)"),
+              ("questioner_answer_accuracy", "questioner's own answer accuracy"), ("mean_agreement", "mean agreement"))
+
+
+def label_accuracy(run: Run) -> str:
+    rows, marks = [], []
+    for t in run.iterations:
+        if not t:
+            continue
+        stage = f"iter{t}/labels"
+        info = run.info(stage)
+        if info:
+            rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}'
+                        + "".join(num(k, info.get(k)) for k, _ in LABEL_KEYS) + "</tr>")
+        else:
+            rows.append(f'<tr data-iter="{t}" data-stage="{stage}" class="missing" data-missing="{stage}">{text(_label(t))}'
+                        f'<td colspan="{len(LABEL_KEYS)}">not reached</td></tr>')
+            marks.append(missing(run, stage, f"pseudo-label accuracy of iteration {t}"))
+    return ("<p>Share of silver labels that match the world oracle's answer (questions whose image is a world scene "
+            "and whose text parses in the grammar); from manifest.json. Never used for training.</p>"
+            + table("label-accuracy", ["iteration", *(h for _, h in LABEL_KEYS)], rows) + "".join(marks))
+
+
+def reasoner(run: Run) -> str:
+    chart = plots.curves([(title, _series(run, "reasoner", key)) for key, title in REASONER_PANELS], len(run.iterations) - 1)
+    rows_info = "".join(f"<li>{escape(f'iter{t}/reasoner')}: trained on {escape(fmt(run.info(f'iter{t}/reasoner').get('train_rows')))} "
+                        f"kept questions</li>" for t in run.iterations if t and run.done(f"iter{t}/reasoner"))
+    return ("<p>Reasoner GRPO per step (metrics.jsonl) on the kept silver labels: accuracy reward (answer equals the "
+            "label) and format reward (think + boxed).</p>" + (f"<ul>{rows_info}</ul>" if rows_info else "")
+            + img(chart, "reasoner reward curves") + _step_tables(run, "reasoner"))
+
+
+def _thumb(data: bytes | None) -> str | None:
+    if not data:
+        return None
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data)).convert("RGB")
+        im.thumbnail((THUMB_PX, THUMB_PX))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    except Exception:  # noqa: BLE001 - an undecodable image is shown as such
+        return None
+    return plots.png_uri(buf.getvalue())
+
+
+def _mark(ok) -> str:
+    if ok is None:
+        return ""
+    return ' <span class="ok">✓</span>' if ok else ' <span class="bad">✗</span>'
+
+
+def _card(t: int, r: dict) -> str:
+    uri = _thumb(r.get("image_png"))
+    picture = img(uri, r.get("image_id", ""), "thumb") if uri else '<p class="bad">image unreadable</p>'
+    labeled = "label" in r
+    if not r.get("valid"):
+        kind, body = "invalid", (f"<dt>invalid</dt><dd>{escape(str(r.get('reason') or r.get('skip_reason') or '?'))}</dd>"
+                                 f"</dl><pre>{escape(str(r.get('raw') or '')[:400])}</pre><dl>")
+    else:
+        kind = "kept" if r.get("kept") else "outside"
+        if labeled and r.get("label") is not None:
+            silver = (f"{escape(str(r['label']))}{_mark(r.get('label_correct'))} "
+                      f"<span class='muted'>(c = {escape(fmt(r.get('agreement')))}, {'kept' if r.get('kept') else 'not kept'})</span>")
+        elif labeled:
+            silver = f"<span class='muted'>none — {escape(str(r.get('skip_reason') or '?'))}</span>"
+        else:
+            kind, silver = "outside", "<span class='muted'>not labeled yet</span>"
+        body = (f"<dt>type</dt><dd>{escape(str(r.get('qtype') or '?'))}</dd>"
+                f"<dt>questioner's answer</dt><dd>{escape(str(r.get('questioner_answer')))}{_mark(r.get('questioner_correct'))}</dd>"
+                f"<dt>silver label</dt><dd>{silver}</dd>"
+                f"<dt>true answer</dt><dd>{escape(str(r['true_answer'])) if r.get('true_answer') is not None else '<span class=muted>unknown</span>'}</dd>")
+    question = escape(str(r.get("question"))) if r.get("question") else "<span class='muted'>(no question parsed)</span>"
+    return (f'<figure class="card {kind}" data-iter="{t}" data-row="{r.get("row")}" data-agreement="{escape(_value(r.get("agreement")))}">'
+            f"{picture}<figcaption><div class='q'>{question}</div><dl>{body}"
+            f"<dt>image</dt><dd class='muted'>{escape(str(r.get('image_id', '?')))}</dd></dl></figcaption></figure>")
+
+
+def gallery(run: Run) -> str:
+    out = ["<p>A few generated questions per iteration (mostly kept ones, some outside the band, some invalid). "
+           "✓/✗ compare with the world oracle's true answer where it is known.</p>"]
+    for t, it in run.iterations.items():
+        if not t:
+            continue
+        if not it.gallery:
+            out.append(missing(run, f"iter{t}/questions", f"generated questions of iteration {t}"))
+            continue
+        note = "" if it.labels is not None else missing(run, f"iter{t}/labels", f"silver labels of iteration {t}")
+        out.append(f"<h3>{_label(t)}</h3>{note}<div class='gallery' id='gallery-{t}'>"
+                   + "".join(_card(t, r) for r in it.gallery) + "</div>")
+    return "".join(out)
+
+
+def skipped(run: Run) -> str:
+    rows = []
+
+    def add(stage: str, reason: str, count) -> None:
+        rows.append(f'<tr data-stage="{escape(stage)}" data-reason="{escape(reason)}">{text(stage)}{text(reason)}'
+                    + num("count", count) + "</tr>")
+
+    for t, it in run.iterations.items():
+        for kind in ("questioner", "questions", "labels", "reasoner"):
+            stage = f"iter{t}/{kind}"
+            info = run.info(stage)
+            for reason, count in sorted((info.get("skipped_images") or {}).items()):
+                add(stage, f"image skipped: {reason}", count)
+            sk = info.get("skipped")
+            if isinstance(sk, dict):
+                for reason, count in sorted(sk.items()):
+                    add(stage, reason, count)
+            elif sk:
+                add(stage, f"stage skipped: {sk}", None)
+        for name, b in sorted(((it.bench or {}).get("benchmarks") or {}).items()):
+            for reason, count in sorted((b.get("skipped") or {}).items()):
+                add(f"iter{t}/bench/{name}", reason, count)
+    if not rows:
+        return "<p id='skipped-none'>Nothing was skipped in the stages done so far.</p>"
+    return ("<p>Counts per reason from manifest.json (image sources, questions that could not be labeled, stages "
+            "skipped by an ablation or for lack of data) and benchmark summaries.</p>" + table("skipped", ["stage", "reason", "count"], rows))
+
+
+def config(run: Run) -> str:
+    command = run.manifest.get("command") or []
+    cmd = shlex.join(map(str, command)) if command else "(not recorded)"
+    cfg = json.dumps(run.config, indent=2, sort_keys=True)
+    return (f"<h3>Command</h3><pre id='command'>{escape(cmd)}</pre>"
+            f"<h3>Config (manifest.json)</h3><pre id='config'>{escape(cfg)}</pre>")
+
+
+SECTIONS: tuple[tuple[str, str, Callable[[Run], str]], ...] = (
+    ("overview", "Where the run stands", overview),
+    ("accuracy-section", "Held-out accuracy", accuracy),
+    ("questioner", "Questioner training", questioner),
+    ("labels", "Silver labels", labels),
+    ("reasoner", "Reasoner training", reasoner),
+    ("gallery", "Generated questions", gallery),
+    ("skipped-section", "Skipped, and why", skipped),
+    ("config-section", "Config and command", config),
+)
+
+
+def _json_script(obj) -> str:
+    data = json.dumps(obj, sort_keys=True, default=str)
+    return data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def render(run: Run) -> str:
+    """The whole page. A section that fails renders as an error box; the page itself always renders."""
+    body = []
+    for sid, title, fn in SECTIONS:
+        try:
+            html = fn(run)
+        except Exception as e:  # noqa: BLE001 - a report must never take the run down with it
+            html = f'<p class="error" data-section-error="{sid}">This section failed to render: {escape(repr(e))}</p>'
+        body.append(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>')
+    stages = {s: {k: v for k, v in i.items() if k != "image_ids"} for s, i in run.stages.items() if isinstance(i, dict)}
+    data = {"state": run.state, "next_stage": run.current, "stages": stages, "command": run.manifest.get("command"),
+            "config": run.config, "problems": run.problems}
+    name = escape(run.root.resolve().name)
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>visplay report — {name}</title>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
+            f"<body data-run-state='{run.state}'><h1>visplay run <code>{name}</code></h1>{''.join(body)}"
+            f"<script type='application/json' id='report-data'>{_json_script(data)}</script>"
+            f"<script>{LOAD_CHECK}</script></body></html>\n")
+
+
+def build_report(run_dir: str | Path) -> str:
+    return render(load_run(run_dir))
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of ``run_dir`` (default RUN/report.html) atomically; returns its path."""
+    from visplay.io import atomic_write_text
+
+    out = Path(run_dir) / "report.html" if out is None else Path(out)
+    return atomic_write_text(out, build_report(run_dir))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a self-contained HTML report of a run: accuracy, rewards, labels, sample questions, config."""
+    try:
+        path = write_report(args.run_dir, args.out)
+    except StatusError as e:
+        print(f"visplay report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
+def add_report_parser(sub) -> argparse.ArgumentParser:
+    """Add `visplay report RUN_DIR [--out FILE]` to an argparse subparsers object."""
+    doc = cmd_report.__doc__
+    p = sub.add_parser("report", help=doc, description=doc + " Works on a finished, crashed or running run; the config "
+                       "is the run's own (manifest.json), so --preset/--set do not apply.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `visplay evolve`")
+    p.add_argument("--out", help="output HTML file (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
+    return p
