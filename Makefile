@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup evolve test test-all model bench clean-venv
+.PHONY: setup evolve test test-all model bench eval-demo clean-venv
 
 setup: $(STAMP)
 
@@ -24,6 +24,12 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# the benchmark table on fixture benchmarks made from world scenes (docs/evaluation.md)
+eval-demo: setup
+	$(BIN)/python scripts/make_benchmark_fixtures.py runs/bench-fixtures --force
+	$(BIN)/visplay eval --model tiny --benchmarks mmmu,mm-vet,realworldqa,visnumbench,mathverse,mathvision,hallusionbench,world \
+		--data-dir runs/bench-fixtures --out runs/bench-fixtures/eval --min-pixels 19600 --max-pixels 19600 --n 50
 
 model: setup
 	$(BIN)/visplay pretrain --out models/tiny

@@ -1,19 +1,19 @@
 """Benchmark: ``majority_vote_batch`` (dedup + fast path + batch cache + worker processes) vs the reference.
 
-Measures, in one run and side by side: wall time of the reference
+Measures, in one run and side by side: wall and CPU time of the reference
 (``visplay.testing.reference.reference_majority_vote``: mathruler ``grade_answer`` in both
 directions for every new answer against every group representative, question by question) and of
-``visplay.labeling.majority_vote_batch`` with a fresh ``Grader`` (worker start-up included), the
-speed ratio, whether labels and counts are identical, grader statistics, and our peak memory
-(tracemalloc, this process). Target: >= 20x on 2,000 questions x 9 answers.
+``visplay.labeling.majority_vote_batch`` with a fresh ``Grader`` (worker start-up included; CPU
+time includes the worker processes), both speed ratios (CPU is the fairer one on a shared, loaded
+machine), whether labels and counts are identical, grader statistics, and our peak memory
+(tracemalloc, this process, second run). Target: >= 20x on 2,000 questions x 9 answers.
 
 Inputs are built from a seed: per question a true answer of one kind — integer 37%, decimal 12%,
 fraction incl. LaTeX \\frac 20%, option letter 18%, yes/no or colour word 13% — sampled 9 times
 in varying surface forms ("1/2", "0.5", "\\frac{1}{2}", "$\\dfrac{1}{2}$", "(B)", "B.", "Red")
 mixed with plausible wrong answers, the occasional None or empty answer. ``--radicals 0.03`` adds
 radical/pi answers ("5\\sqrt{2}", "\\frac{\\pi}{3}"): every distinct pair of those costs ~30 ms of
-sympy in both implementations, so they bound the speed-up (see the numbers in the docstring
-of ``run``).
+sympy in both implementations, so they bound the speed-up.
 
 Run:
     nice -n 19 python benchmarks/bench_majority_vote.py                  # 2000 x 9
@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import argparse
 import random
+import resource
 import time
 import tracemalloc
 from collections.abc import Sequence
 
 from visplay.answers import Grader
-from visplay.labeling import majority_vote_batch
+from visplay.labeling import Vote, majority_vote_batch
 from visplay.testing.reference import reference_majority_vote
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "gray"]
@@ -103,36 +104,60 @@ def make_answer_sets(n: int, k: int, seed: int, radicals: float = 0.0) -> list[l
     return out
 
 
-def run(n: int, k: int, seed: int, radicals: float, workers: int, timeout: float, skip_reference: bool) -> int:
-    sets = make_answer_sets(n, k, seed, radicals)
-    start = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of this process and of its reaped children (the grader workers, once closed)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def _ours(sets: list[list[str | None]], workers: int, timeout: float) -> tuple[list[Vote], dict[str, int], float, float]:
+    """Votes, grader stats, wall and CPU seconds of a fresh Grader (start-up included)."""
+    wall, cpu = time.perf_counter(), _cpu()
     with Grader(workers=workers, timeout=timeout) as grader:
         votes = majority_vote_batch(sets, grader)
         stats = dict(grader.stats)
-    t_ours = time.perf_counter() - start
-    tracemalloc.start()  # a second, traced run for the peak memory (tracing slows it down)
+    return votes, stats, time.perf_counter() - wall, _cpu() - cpu
+
+
+def _peak_mb(sets: list[list[str | None]], workers: int, timeout: float) -> float:
+    """Peak traced memory of this process in a second run (tracing slows it down)."""
+    tracemalloc.start()
     with Grader(workers=workers, timeout=timeout) as grader:
         majority_vote_batch(sets, grader)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    ours = [v.as_tuple() for v in votes]
+    return peak / 2**20
+
+
+HEADER = ("questions", "ref wall s", "ref CPU s", "ours wall s", "ours CPU s", "x wall", "x CPU", "identical", "mismatches", "peak MB")
+
+
+def run(n: int, k: int, seed: int, radicals: float, workers: int, timeout: float, skip_reference: bool) -> int:
+    sets = make_answer_sets(n, k, seed, radicals)
+    votes, stats, wall, cpu = _ours(sets, workers, timeout)
+    peak = _peak_mb(sets, workers, timeout)
     print(f"majority vote vs reference (grade_answer pair loop), {n} questions x {k} answers, "
           f"radicals={radicals:.0%}, seed={seed}, workers={workers}")
-    print(f"{'questions':>9} | {'reference s':>11} | {'ours s':>8} | {'speed-up':>9} | {'identical':>9} | {'mismatches':>10} | {'our peak MB':>11}")
-    print("-" * 86)
+    print(" | ".join(f"{h:>11}" for h in HEADER))
+    print("-" * (14 * len(HEADER) - 3))
+    cells = [str(n)]
+    mismatches = 0
     if skip_reference:
-        print(f"{n:>9} | {'skipped':>11} | {t_ours:8.2f} | {'-':>9} | {'-':>9} | {'-':>10} | {peak / 2**20:11.1f}")
-        print(f"grader stats: {stats}")
-        return 0
-    start = time.perf_counter()
-    reference = [reference_majority_vote(answers) for answers in sets]
-    t_ref = time.perf_counter() - start
-    mismatches = sum(a != b for a, b in zip(ours, reference))
-    same = "yes" if mismatches == 0 else "NO"
-    print(f"{n:>9} | {t_ref:11.2f} | {t_ours:8.2f} | {t_ref / t_ours:8.0f}x | {same:>9} | {mismatches:>10} | {peak / 2**20:11.1f}")
+        cells += ["skipped", "-", f"{wall:.2f}", f"{cpu:.2f}", "-", "-", "-", "-"]
+    else:
+        ref_wall, ref_cpu = time.perf_counter(), _cpu()
+        reference = [reference_majority_vote(answers) for answers in sets]
+        ref_wall, ref_cpu = time.perf_counter() - ref_wall, _cpu() - ref_cpu
+        ours = [v.as_tuple() for v in votes]
+        diffs = [(i, a, b) for i, (a, b) in enumerate(zip(ours, reference)) if a != b]
+        mismatches = len(diffs)
+        cells += [f"{ref_wall:.2f}", f"{ref_cpu:.2f}", f"{wall:.2f}", f"{cpu:.2f}", f"{ref_wall / wall:.0f}x",
+                  f"{ref_cpu / cpu:.0f}x", "yes" if not diffs else "NO", str(mismatches)]
+    cells.append(f"{peak:.1f}")
+    print(" | ".join(f"{c:>11}" for c in cells))
     print(f"grader stats: {stats}")
-    for i, (a, b) in enumerate(zip(ours, reference)):
-        if a != b:
+    if not skip_reference:
+        for i, a, b in diffs:
             print(f"  question {i}: ours={a} reference={b} answers={sets[i]}")
     return 1 if mismatches else 0
 

@@ -21,14 +21,15 @@ Per benchmark (answer type as in ``visplay.eval.benchmarks``):
   MMMU's string form; multiple-choice world questions (attribute, compare, left-most).
 * ``mm-vet``: free text (``3<OR>three``), ``category`` = question family; the same questions
   without options, plus counting ones.
-* ``realworldqa``: option letter, options written in the problem (as RealWorldQA does).
+* ``realworldqa``: option letter, options written in the problem (as RealWorldQA does), worded
+  exactly as the world's questions.
 * ``visnumbench``: option letter over four numbers; counting, sums and columns.
 * ``mathverse``, ``mathvision``: a number; counting, sums and columns.
 * ``hallusionbench``: yes/no; "Is there a red circle?" from the scene's objects (balanced) and
   "Are there more red objects than blue objects?".
 
 Scenes are drawn from the held-out split at indices from 10^9 up, so they never coincide with the
-world benchmark's (``seed·10^6 + i``) nor with each other. Output depends only on ``--n`` and
+world benchmark's (``seed·10^6 + i``, world seeds < 1000) nor with each other. Output depends only on ``--n`` and
 ``--seed``: the same arguments give byte-identical files. Files are written atomically; existing
 ones are refused (naming the file) unless ``--force``. Test: ``pytest -q tests/test_benchmark_fixtures.py``.
 """
@@ -103,11 +104,8 @@ def _mm_vet(scene: Scene, rng: random.Random, i: int) -> dict:
 
 
 def _realworldqa(scene: Scene, rng: random.Random, i: int) -> dict:
-    q = make_question(scene, rng, CHOICE_FAMILIES)
-    stem, options, _ = _split_options(q)
-    listed = "\n".join(f"{LETTERS[k]}. {opt}" for k, opt in enumerate(options))
-    return {"problem": f"{stem}\n{listed}\nPlease answer directly with only the letter of the correct option.",
-            "answer": q.answer}
+    q = make_question(scene, rng, CHOICE_FAMILIES)  # options stay in the text, in the world's own grammar
+    return {"problem": q.text, "answer": q.answer}
 
 
 def _visnumbench(scene: Scene, rng: random.Random, i: int) -> dict:

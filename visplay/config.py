@@ -64,6 +64,8 @@ class GRPOPhase:
     max_completion_length: int = 64
     save_steps: int = 5
     seed: int = 0
+    gradient_checkpointing: bool = False  # on for 3B/7B presets
+    freeze_vision: bool = True  # train the LM and the merger, as in pretraining and the reference
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:

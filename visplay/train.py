@@ -86,6 +86,10 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
     from trl import GRPOConfig, GRPOTrainer
 
     torch.set_flush_denormal(True)
+    if phase.freeze_vision:
+        from visplay.tiny.pretrain import freeze_vision_tower
+
+        freeze_vision_tower(model)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
     args = GRPOConfig(
@@ -101,6 +105,9 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
         max_completion_length=phase.max_completion_length,
         generation_kwargs={"suppress_tokens": suppressed_tokens(processor.tokenizer)},
         use_cpu=not torch.cuda.is_available(),
+        # TRL turns this on by default; it disables the KV cache during rollouts (10x slower on
+        # the tiny model) and only pays off for models that do not fit in memory.
+        gradient_checkpointing=phase.gradient_checkpointing,
         logging_steps=1,
         save_steps=phase.save_steps,
         save_total_limit=1,

@@ -136,7 +136,7 @@ def pick_gallery(rows: list[dict], size: int = GALLERY_SIZE) -> list[int]:
     """Row indices to show: mostly kept questions, some outside the band, some invalid; spread out.
 
     >>> pick_gallery([{"valid": True, "label": "1", "kept": True}] * 3 + [{"valid": False}] * 3, 4)
-    [0, 1, 2, 3]
+    [0, 1, 3, 4]
     """
     kept = [i for i, r in enumerate(rows) if r.get("kept")]
     outside = [i for i, r in enumerate(rows) if r.get("valid") and not r.get("kept") and r.get("label") is not None]

@@ -12,7 +12,7 @@ Every number is copied from manifest.json, metrics.jsonl or a summary.json and p
 (and tables have ids: ``accuracy``, ``accuracy-by-family``, ``benchmarks``, ``label-accuracy``,
 ``qtype-mix``, ``agreement``, ``skipped``, ``stages``, ``questioner-steps-<t>``,
 ``reasoner-steps-<t>``), so the page can be checked by a program. Plots and thumbnails are
-base64 PNG data URIs; the page loads nothing from the network. Parts a crashed run never reached
+data URIs (plots PNG, thumbnails JPEG); the page loads nothing from the network. Parts a crashed run never reached
 are marked ``class="missing"`` with ``data-missing="<stage>"``. The file is written atomically.
 
 Run: `visplay report runs/NAME` (writes runs/NAME/report.html); from code: `write_report(run_dir)`.
@@ -22,6 +22,7 @@ Test: `pytest -q tests/test_report.py` (includes a headless-chromium check when 
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import json
 import shlex
@@ -359,10 +360,10 @@ def _thumb(data: bytes | None) -> str | None:
         im = Image.open(io.BytesIO(data)).convert("RGB")
         im.thumbnail((THUMB_PX, THUMB_PX))
         buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
+        im.save(buf, format="JPEG", quality=85)  # noisy scenes and photos: ~10x smaller than PNG
     except Exception:  # noqa: BLE001 - an undecodable image is shown as such
         return None
-    return plots.png_uri(buf.getvalue())
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _mark(ok) -> str:
