@@ -45,13 +45,20 @@ def test_image_is_one_token_per_cell(micro):
     assert (enc["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum() == 25
 
 
+def _section_rates(theta: float, head_dim: int, section) -> tuple[list[float], list[float]]:
+    inv = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
+    t, h, _ = section
+    return inv[t:t + h], inv[t + h:]
+
+
 def test_mrope_positions_rotate_visibly():
-    """Pitfall from the headroom issue: with tiny theta/head_dim, height/width rotate ~0 rad per cell."""
+    """Pitfall from the headroom issue: with Qwen's theta and sections, height/width rotate ~0 rad
+    per cell. Ours: the fastest height/width frequencies turn >= 0.18 rad per cell, 100x Qwen's."""
     cfg = TinyModelConfig()
-    head_dim = cfg.hidden_size // cfg.heads
-    inv = [cfg.rope_theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
-    t, h, w = cfg.mrope_section
-    assert min(inv[t:t + h]) > 0.1 and min(inv[t + h:]) > 0.1  # radians per grid step, slowest frequency
+    h, w = _section_rates(cfg.rope_theta, cfg.hidden_size // cfg.heads, cfg.mrope_section)
+    qh, qw = _section_rates(1e6, 128, (16, 24, 24))  # Qwen2.5-VL's defaults
+    assert max(h) > 0.6 and max(w) > 0.18
+    assert max(h) > 20 * max(qh) and max(w) > 100 * max(qw)
 
 
 def test_bad_mrope_section():

@@ -3,6 +3,8 @@
     visplay pretrain [--out models/tiny]      rebuild the embedded model from the world
     visplay eval [--model tiny] [--n 500]     held-out world accuracy: greedy, maj@k, pass@k, prior
     visplay evolve [--run DIR] [--resume]     the self-evolution loop, with a before/after table
+    visplay report RUN_DIR                    one self-contained HTML page about a run
+    visplay status RUN_DIR                    where a (possibly running) run stands
 
 Every subcommand takes `--preset NAME|PATH` and `--set key=value` overrides (dotted keys).
 Errors in input (missing model, bad preset key) print one clear line and exit with status 2.
@@ -18,6 +20,8 @@ from pathlib import Path
 from visplay.config import REPO_ROOT, Config, ConfigError, load_config, resolve_model, to_dict
 from visplay.eval.run import add_benchmark_args, run_benchmark_eval
 from visplay.evolve.rundir import RunError
+from visplay.report import add_report_parser
+from visplay.status import add_status_parser
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -103,6 +107,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         print(f"interrupted; continue with: visplay evolve --run {run_dir} --resume", file=sys.stderr)
         return 130
     print(summary_table(results))
+    print(f"report: {run_dir / 'report.html'}")
     return 0
 
 
@@ -136,16 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its last finished stage")
     p.add_argument("--iterations", type=int, help="self-evolution iterations (default 3)")
     p.set_defaults(func=cmd_evolve)
+
+    add_report_parser(sub)
+    add_status_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
+    from visplay.models import denormals_flushed
 
-    torch.set_flush_denormal(True)  # subnormal floats slow CPU matmuls ~10x once a model is confident
     try:
-        return args.func(args)
+        with denormals_flushed():
+            return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, RunError) as e:
         print(f"visplay {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -40,3 +41,47 @@ def load_model(path: str | Path, dtype=None):
         raise ModelError(f"could not load the model in {p}: {type(e).__name__}: {e}") from e
     model.eval()
     return model, processor
+
+
+@contextmanager
+def denormals_flushed():
+    """Flush subnormal floats to zero while running models on CPU, then switch it back off.
+
+    Confident softmaxes produce subnormals, which make CPU matmuls many times slower. Scoped, so
+    code run later in the same process (e.g. hypothesis, which refuses to run under flush-to-zero)
+    sees normal IEEE behaviour.
+    """
+    import torch
+
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def freeze_vision_tower(model) -> None:
+    for name, param in model.named_parameters():
+        if ".visual." in f".{name}" and ".merger." not in name:
+            param.requires_grad_(False)
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    done = [d for d in ckpt_dir.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda d: int(d.name.split("-")[1]))) if done else None
+
+
+def restore_weights(model, checkpoint: str | Path) -> None:
+    """Load a Trainer checkpoint's weights into ``model``, in place.
+
+    transformers 5.23's `Trainer` saves checkpoints with the legacy key names ("visual.*",
+    "model.layers.*") but resumes with the new ones, so `resume_from_checkpoint` silently keeps the
+    fresh weights (found by tests/test_tiny.py). `from_pretrained` converts the names; we copy from it.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    loaded = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    if missing or unexpected:
+        raise ModelError(f"checkpoint {checkpoint} does not match the model: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")

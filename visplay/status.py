@@ -72,7 +72,8 @@ def read_manifest(run_dir: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise StatusError(f"{run_dir} is not a run directory (no manifest.json); runs are made by `visplay evolve`") from None
+        raise StatusError(f"{run_dir} is not a run directory (no manifest.json); "
+                          "runs are made by `visplay evolve`") from None
     except (OSError, json.JSONDecodeError) as e:
         raise StatusError(f"{path} is unreadable: {e}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
@@ -180,7 +181,7 @@ def stage_summary(stage: str, info: dict) -> str:
     """The few numbers that say what a done stage produced."""
     kind = stage.split("/")[-1]
     if kind == "eval":
-        return f"greedy {fmt(info.get('greedy'))}  maj {fmt(info.get('maj'))}  pass {fmt(info.get('pass'))}  n {fmt(info.get('n'))}"
+        return "  ".join(f"{k} {fmt(info.get(k))}" for k in ("greedy", "maj", "pass", "n"))
     if kind == "questions":
         return f"{fmt(info.get('valid'))}/{fmt(info.get('rows'))} questions valid"
     if kind == "labels":
@@ -209,9 +210,9 @@ def stage_progress(run_dir: str | Path, manifest: dict, stage: str) -> str | Non
     if kind in ("questions", "labels"):
         parts = len(list((it / f"{kind}.parts").glob("*.parquet")))
         size = ev.get("chunk_size")
-        n = ev.get("images_per_iteration", 0) * ev.get("questions_per_image", 1) if kind == "labels" else ev.get("images_per_iteration")
-        if kind == "labels" and is_done(manifest, f"{t}/questions"):
-            n = manifest["stages"][f"{t}/questions"].get("rows", n)
+        n = ev.get("images_per_iteration")
+        if kind == "labels":  # one label per question row
+            n = manifest["stages"].get(f"{t}/questions", {}).get("rows")
         total = math.ceil(n / size) if isinstance(n, int) and isinstance(size, int) and size > 0 else None
         return f"{parts}" + (f"/{total}" if total else "") + f" chunks written to {t}/{kind}.parts"
     return None
@@ -231,12 +232,14 @@ def status_text(run_dir: str | Path, now: float | None = None) -> str:
     created = manifest.get("created")
     lines = [f"run: {root}"]
     if isinstance(created, (int, float)):
-        lines.append(f"created: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(created))} ({duration(now - created)} ago)")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        lines.append(f"created: {stamp} ({duration(now - created)} ago)")
     lines.append("command: " + (shlex.join(map(str, command)) if command else "(not recorded)"))
 
     last_time = max([i.get("time", 0) for i in stages.values() if isinstance(i, dict)] + [created or 0])
     if current is None:
-        state = f"finished: all {len(expected)} stages done ({iterations(manifest)} iterations)"
+        n = iterations(manifest)
+        state = f"finished: all {len(expected)} stages done ({n} iteration{'' if n == 1 else 's'})"
     elif lock.held:
         state = f"in progress: {current} (running for {duration(now - last_time)}; {lock.describe()})"
     else:

@@ -17,6 +17,7 @@ import torch
 
 from visplay.answers import Grader
 from visplay.config import GRPOPhase
+from visplay.models import denormals_flushed, freeze_vision_tower, last_checkpoint, restore_weights
 from visplay.rewards.questioner import questioner_reward
 from visplay.rewards.reasoner import reasoner_reward_parts
 from visplay.sampling.base import Sampler
@@ -72,11 +73,6 @@ def suppressed_tokens(tokenizer) -> list[int]:
     return sorted(i for i in tokenizer.all_special_ids if i != eos)
 
 
-def last_checkpoint(ckpt_dir: Path) -> str | None:
-    done = [d for d in ckpt_dir.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda d: int(d.name.split("-")[1]))) if done else None
-
-
 def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
                report_to: list[str] | None = None) -> tuple[Path, list[dict]]:
     """Run one GRPO phase; save the result to ``out_dir`` (atomically); return it and the log history.
@@ -85,10 +81,7 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
     """
     from trl import GRPOConfig, GRPOTrainer
 
-    torch.set_flush_denormal(True)
     if phase.freeze_vision:
-        from visplay.tiny.pretrain import freeze_vision_tower
-
         freeze_vision_tower(model)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
@@ -124,7 +117,11 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
         callbacks.append(TensorBoardCallback(SummaryWriter(str(log_dir))))
     trainer = GRPOTrainer(model=model, args=args, reward_funcs=[reward_fn], train_dataset=dataset,
                           processing_class=processor, callbacks=callbacks)
-    trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir))
+    ckpt = last_checkpoint(ckpt_dir)
+    if ckpt:
+        restore_weights(trainer.model, ckpt)
+    with denormals_flushed():
+        trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.model
     model.model.rope_deltas = None
     tmp = out_dir.with_name(out_dir.name + ".tmp")

@@ -119,9 +119,20 @@ def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
             lineage = _iteration(cfg, run, t, lineage, grader, say)
             results[t] = _stage(run, f"iter{t}/eval", say,
                                 lambda: _eval_stage(cfg, run, lineage.reasoner, f"iter{t}/eval", say))
+            _refresh_report(run, say)
     finally:
         grader.close()
     return results
+
+
+def _refresh_report(run: RunDir, say: Say) -> None:
+    """The HTML report is a view of the run: failing to draw it must never stop training."""
+    try:
+        from visplay.report import write_report
+
+        write_report(run.root)
+    except Exception as e:  # noqa: BLE001
+        say(f"report not refreshed: {type(e).__name__}: {e}")
 
 
 def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, say: Say) -> Lineage:

@@ -185,7 +185,7 @@ def load_run(run_dir: str | Path) -> Run:
             for name, rows in (("questions", it.questions), ("labels", it.labels)):
                 if rows is None and is_done(manifest, f"iter{t}/{name}"):
                     problems.append(f"iter{t}/{name} is marked done but {name}.parquet is missing or unreadable")
-            source, rows = (("labels.parquet", it.labels) if it.labels is not None else ("questions.parquet", it.questions))
+            source, rows = ("labels.parquet", it.labels) if it.labels else ("questions.parquet", it.questions)
             if rows:
                 it.gallery = _gallery(d / source, rows, problems)
         its[t] = it

@@ -34,7 +34,7 @@ from html import escape
 from pathlib import Path
 
 from visplay.report import plots
-from visplay.report.data import Iteration, Run, load_run, qtype_mix
+from visplay.report.data import Run, load_run, qtype_mix
 from visplay.status import StatusError, duration, fmt, stage_summary
 
 QUESTIONER_PANELS = (("reward", "reward (total)"), ("questioner/uncertainty", "uncertainty"),
@@ -100,7 +100,8 @@ def _value(v) -> str:
 def num(key: str, value, **attrs) -> str:
     """A table cell showing ``fmt(value)`` with the exact value in data-value."""
     cls = "num na" if value is None else "num"
-    return f'<td class="{cls}" data-key="{escape(key)}" data-value="{escape(_value(value))}"{_attrs(attrs)}>{escape(fmt(value))}</td>'
+    exact = escape(_value(value))
+    return f'<td class="{cls}" data-key="{escape(key)}" data-value="{exact}"{_attrs(attrs)}>{escape(fmt(value))}</td>'
 
 
 def text(value) -> str:
@@ -153,12 +154,15 @@ def overview(run: Run) -> str:
     rows = []
     for s in run.expected:
         info = run.stages.get(s, {})
-        state = info.get("state", "missing") if s in run.stages else ("running" if s == run.current and run.state == "running"
-                                                                      else "missing")
+        if s in run.stages:
+            state = info.get("state", "missing")
+        else:
+            state = "running" if s == run.current and run.state == "running" else "missing"
         secs = info.get("seconds")
-        cls = "" if state == "done" else ' class="missing"'
+        dur = duration(secs) if isinstance(secs, (int, float)) else ""
+        cls = {"done": ""}.get(state, f' class="{"running" if state == "running" else "missing"}"')
         rows.append(f'<tr data-stage="{escape(s)}" data-state="{escape(state)}"{cls}>'
-                    f"{text(s)}{text(state)}<td class='num'>{escape(duration(secs)) if isinstance(secs, (int, float)) else ''}</td>"
+                    f"{text(s)}{text(state)}<td class='num'>{escape(dur)}</td>"
                     f"{text(stage_summary(s, info) if state == 'done' else '')}</tr>")
     problems = "".join(f'<p class="problem">{escape(p)}</p>' for p in run.problems)
     return (f"<p class='muted'>Run directory <code>{escape(str(run.root))}</code>, created {escape(when)}; "
@@ -169,15 +173,14 @@ def overview(run: Run) -> str:
 
 def accuracy(run: Run) -> str:
     k = (run.evolve.get("eval") or {}).get("k")
-    n_iter = len(run.iterations) - 1
     rows, points, parts = [], {}, []
     for t in run.iterations:
         stage = f"iter{t}/eval"
         info = run.info(stage)
         if info:
             points[t] = {key: info.get(key) for key in ("greedy", "maj", "pass")}
-            gain = None if t == 0 or 0 not in points or info.get("greedy") is None or points[0]["greedy"] is None \
-                else info["greedy"] - points[0]["greedy"]
+            base = points.get(0, {}).get("greedy")
+            gain = info["greedy"] - base if t and base is not None and info.get("greedy") is not None else None
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}'
                         + "".join(num(key, info.get(key)) for key in ("greedy", "maj", "pass", "n"))
                         + num("gain", gain) + "</tr>")
@@ -187,7 +190,8 @@ def accuracy(run: Run) -> str:
             parts.append(missing(run, stage, f"held-out accuracy of {_label(t)}"))
     head = ["model", "greedy", f"maj@{k or 'k'}", f"pass@{k or 'k'}", "n", "greedy gain vs base"]
     out = [f"<p>Held-out world questions (scenes never used in training), {escape(str(k or '?'))} samples for maj/pass. "
-           "Values from manifest.json.</p>", table("accuracy", head, rows), *parts, img(plots.accuracy(points, k), "held-out accuracy per iteration")]
+           "Values from manifest.json.</p>", table("accuracy", head, rows), *parts,
+           img(plots.accuracy(points, k), "held-out accuracy per iteration")]
     out.append("<h3>By question family</h3>" + by_family(run))
     out.append("<h3>Benchmarks</h3>" + benchmarks(run))
     return "".join(out)
@@ -213,14 +217,16 @@ def by_family(run: Run) -> str:
     chart = plots.by_family({t: {f: s.get("greedy", 0) for f, s in evals[t]["by_family"].items()} for t in ts},
                             len(run.iterations) - 1)
     return ("<p>From iter&lt;t&gt;/eval/summary.json; prior = the family's most common training answer "
-            "(the no-image baseline).</p>" + table("accuracy-by-family", head, rows) + marks + img(chart, "accuracy by family"))
+            "(the no-image baseline).</p>" + table("accuracy-by-family", head, rows) + marks
+            + img(chart, "accuracy by family"))
 
 
 def benchmarks(run: Run) -> str:
     runs = {t: it.bench for t, it in run.iterations.items() if it.bench and isinstance(it.bench.get("benchmarks"), dict)}
     if not runs:
         return ("<p class='muted' id='benchmarks-none'>No benchmark evaluations in this run (optional: "
-                "<code>visplay eval --model RUN/iter&lt;t&gt;/reasoner --benchmarks … --out RUN/iter&lt;t&gt;/bench</code>).</p>")
+                "<code>visplay eval --model RUN/iter&lt;t&gt;/reasoner --benchmarks … "
+                "--out RUN/iter&lt;t&gt;/bench</code>).</p>")
     names: list[str] = []
     for b in runs.values():
         names += [n for n in b.get("order", list(b["benchmarks"])) if n not in names]
@@ -261,10 +267,12 @@ def _step_tables(run: Run, role: str) -> str:
                 out.append(f"<p class='muted'>{escape(stage)}: no step logs in metrics.jsonl.</p>")
             continue
         cols = [c for c in STEP_COLUMNS[role] if any(c in r for r in steps)]
-        rows = [f'<tr data-step="{escape(str(r["step"]))}">' + num("step", r["step"]) + "".join(num(c, r.get(c)) for c in cols)
-                + "</tr>" for r in steps]
-        out.append(f"<details><summary>{escape(stage)}: {len(steps)} steps, last reward {escape(fmt(steps[-1].get('reward')))}"
-                   f"</summary>{table(f'{role}-steps-{t}', ['step', *cols], rows, 'steps')}</details>")
+        rows = [f'<tr data-step="{escape(str(r["step"]))}">' + num("step", r["step"])
+                + "".join(num(c, r.get(c)) for c in cols) + "</tr>" for r in steps]
+        summary = (f"{escape(stage)}: {len(steps)} step{'' if len(steps) == 1 else 's'}, "
+                   f"last reward {escape(fmt(steps[-1].get('reward')))}")
+        steps_table = table(f"{role}-steps-{t}", ["step", *cols], rows, "steps")
+        out.append(f"<details><summary>{summary}</summary>{steps_table}</details>")
     return "".join(out)
 
 
@@ -276,7 +284,8 @@ def questioner(run: Run) -> str:
              "reasoner's agreement) minus the diversity penalty, for well-formed questions; format validity = share "
              f"of completions that parse. m = {escape(str(ev.get('reward_samples', '?')))} reasoner samples per question, "
              f"diversity threshold {escape(fmt(ev.get('diversity_threshold')))}.</p>")
-    return intro + img(chart, "questioner reward curves") + _step_tables(run, "questioner") + "<h3>Question-type mix</h3>" + qtypes(run)
+    return (intro + img(chart, "questioner reward curves") + _step_tables(run, "questioner")
+            + "<h3>Question-type mix</h3>" + qtypes(run))
 
 
 def qtypes(run: Run) -> str:
@@ -289,7 +298,8 @@ def qtypes(run: Run) -> str:
     rows = [f'<tr data-iter="{t}">{text(_label(t))}' + "".join(num(k, c.get(k, 0)) for k in kinds)
             + num("total", sum(c.values())) + "</tr>" for t, c in sorted(mix.items())]
     return ("<p>Questions written by the trained questioner (iter&lt;t&gt;/questions.parquet), by declared type.</p>"
-            + table("qtype-mix", ["questions", *kinds, "total"], rows) + marks + img(plots.qtype_mix(mix, kinds), "question type mix"))
+            + table("qtype-mix", ["questions", *kinds, "total"], rows) + marks
+            + img(plots.qtype_mix(mix, kinds), "question type mix"))
 
 
 def labels(run: Run) -> str:
@@ -303,9 +313,10 @@ def labels(run: Run) -> str:
         if it.labels is None:
             marks.append(missing(run, f"iter{t}/labels", f"silver labels of iteration {t}"))
             continue
-        hists[t] = Counter(round(r["agreement"], 6) for r in it.labels if r.get("label") is not None and r.get("agreement") is not None)
+        hists[t] = Counter(float(r["agreement"]) for r in it.labels
+                           if r.get("label") is not None and r.get("agreement") is not None)
     cs = sorted({c for h in hists.values() for c in h})
-    rows = [f'<tr data-iter="{t}">{text(_label(t))}' + "".join(num(f"{c:.3f}", h.get(c, 0), data_c=c) for c in cs)
+    rows = [f'<tr data-iter="{t}">{text(_label(t))}' + "".join(num(f"{c:.3f}", h.get(c, 0), data_c=repr(c)) for c in cs)
             + num("in_band", sum(v for c, v in h.items() if lo <= c <= hi)) + num("labeled", sum(h.values())) + "</tr>"
             for t, h in sorted(hists.items())]
     out = [f"<p>m = {escape(str(m or '?'))} reasoner samples per valid question; the majority answer is the silver label "
@@ -344,8 +355,9 @@ def label_accuracy(run: Run) -> str:
 
 def reasoner(run: Run) -> str:
     chart = plots.curves([(title, _series(run, "reasoner", key)) for key, title in REASONER_PANELS], len(run.iterations) - 1)
-    rows_info = "".join(f"<li>{escape(f'iter{t}/reasoner')}: trained on {escape(fmt(run.info(f'iter{t}/reasoner').get('train_rows')))} "
-                        f"kept questions</li>" for t in run.iterations if t and run.done(f"iter{t}/reasoner"))
+    trained = {t: run.info(f"iter{t}/reasoner").get("train_rows")
+               for t in run.iterations if t and run.done(f"iter{t}/reasoner")}
+    rows_info = "".join(f"<li>iter{t}/reasoner: trained on {escape(fmt(n))} kept questions</li>" for t, n in trained.items())
     return ("<p>Reasoner GRPO per step (metrics.jsonl) on the kept silver labels: accuracy reward (answer equals the "
             "label) and format reward (think + boxed).</p>" + (f"<ul>{rows_info}</ul>" if rows_info else "")
             + img(chart, "reasoner reward curves") + _step_tables(run, "reasoner"))
@@ -382,18 +394,23 @@ def _card(t: int, r: dict) -> str:
     else:
         kind = "kept" if r.get("kept") else "outside"
         if labeled and r.get("label") is not None:
+            band = "kept" if r.get("kept") else "not kept"
             silver = (f"{escape(str(r['label']))}{_mark(r.get('label_correct'))} "
-                      f"<span class='muted'>(c = {escape(fmt(r.get('agreement')))}, {'kept' if r.get('kept') else 'not kept'})</span>")
+                      f"<span class='muted'>(c = {escape(fmt(r.get('agreement')))}, {band})</span>")
         elif labeled:
             silver = f"<span class='muted'>none — {escape(str(r.get('skip_reason') or '?'))}</span>"
         else:
             kind, silver = "outside", "<span class='muted'>not labeled yet</span>"
+        truth = r.get("true_answer")
+        truth = escape(str(truth)) if truth is not None else "<span class='muted'>unknown</span>"
         body = (f"<dt>type</dt><dd>{escape(str(r.get('qtype') or '?'))}</dd>"
-                f"<dt>questioner's answer</dt><dd>{escape(str(r.get('questioner_answer')))}{_mark(r.get('questioner_correct'))}</dd>"
-                f"<dt>silver label</dt><dd>{silver}</dd>"
-                f"<dt>true answer</dt><dd>{escape(str(r['true_answer'])) if r.get('true_answer') is not None else '<span class=muted>unknown</span>'}</dd>")
+                f"<dt>questioner's answer</dt><dd>{escape(str(r.get('questioner_answer')))}"
+                f"{_mark(r.get('questioner_correct'))}</dd>"
+                f"<dt>silver label</dt><dd>{silver}</dd><dt>true answer</dt><dd>{truth}</dd>")
     question = escape(str(r.get("question"))) if r.get("question") else "<span class='muted'>(no question parsed)</span>"
-    return (f'<figure class="card {kind}" data-iter="{t}" data-row="{r.get("row")}" data-agreement="{escape(_value(r.get("agreement")))}">'
+    attrs = _attrs({"class": f"card {kind}", "data_iter": t, "data_row": r.get("row"),
+                    "data_agreement": _value(r.get("agreement"))})
+    return (f"<figure{attrs}>"
             f"{picture}<figcaption><div class='q'>{question}</div><dl>{body}"
             f"<dt>image</dt><dd class='muted'>{escape(str(r.get('image_id', '?')))}</dd></dl></figcaption></figure>")
 
@@ -405,7 +422,8 @@ def gallery(run: Run) -> str:
         if not t:
             continue
         if not it.gallery:
-            out.append(missing(run, f"iter{t}/questions", f"generated questions of iteration {t}"))
+            out.append(f"<p class='muted'>iter{t}/questions wrote no questions.</p>" if it.questions is not None
+                       else missing(run, f"iter{t}/questions", f"generated questions of iteration {t}"))
             continue
         note = "" if it.labels is not None else missing(run, f"iter{t}/labels", f"silver labels of iteration {t}")
         out.append(f"<h3>{_label(t)}</h3>{note}<div class='gallery' id='gallery-{t}'>"
@@ -438,7 +456,8 @@ def skipped(run: Run) -> str:
     if not rows:
         return "<p id='skipped-none'>Nothing was skipped in the stages done so far.</p>"
     return ("<p>Counts per reason from manifest.json (image sources, questions that could not be labeled, stages "
-            "skipped by an ablation or for lack of data) and benchmark summaries.</p>" + table("skipped", ["stage", "reason", "count"], rows))
+            "skipped by an ablation or for lack of data) and benchmark summaries.</p>"
+            + table("skipped", ["stage", "reason", "count"], rows))
 
 
 def config(run: Run) -> str:

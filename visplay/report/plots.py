@@ -49,7 +49,8 @@ def accuracy(points: Mapping[int, Mapping[str, float]], k: int | None) -> str | 
     fig = _figure(6.4, 3.2)
     ax = fig.add_subplot()
     ts = sorted(points)
-    for key, name, style in (("greedy", "greedy", "o-"), ("maj", f"maj@{k or 'k'}", "s--"), ("pass", f"pass@{k or 'k'}", "^:")):
+    lines = (("greedy", "greedy", "o-"), ("maj", f"maj@{k or 'k'}", "s--"), ("pass", f"pass@{k or 'k'}", "^:"))
+    for key, name, style in lines:
         ys = [points[t].get(key) for t in ts]
         xs = [t for t, y in zip(ts, ys) if y is not None]
         ax.plot(xs, [y for y in ys if y is not None], style, label=name)

@@ -63,7 +63,7 @@ class _Builder:
         self.manifest = {"version": 1, "config": self.config, "created": T0, "stages": {},
                          "command": ["visplay", "evolve", "--preset", "tiny", "--run", str(root),
                                      "--iterations", str(iterations)]}
-        self.skill = 0.35
+        self.base: dict[str, int] = {}  # correct greedy answers per family at iteration 0
         root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(root / "manifest.json", self.manifest)
         (root / "lock").write_text("999999999")  # the pid of a long-gone evolve process: the lock is free
@@ -90,15 +90,17 @@ class _Builder:
         per = n // len(fams)
         by_family, rows = {}, []
         for f in fams:
-            g = sum(self.rng.random() < self.skill for _ in range(per))
+            g = max(0, min(per, self.base.setdefault(f, self.rng.randint(0, 2)) + t - (self.rng.random() < 0.25)))
             mj = min(per, g + self.rng.randint(0, 2))
             ps = min(per, mj + self.rng.randint(1, 3))
             pr = self.rng.randint(0, per // 2)
             by_family[f] = {"n": per, "prior": pr / per, "greedy": g / per, "maj": mj / per, "pass": ps / per}
-            rows += [{"id": f"world/heldout/{len(rows) + i}", "family": f, "greedy_correct": i < g, "maj_correct": i < mj,
-                      "pass_at_k": i < ps, "prior_correct": i < pr, "agreement": self.rng.randint(1, k) / k} for i in range(per)]
+            rows += [{"id": f"world/heldout/{len(rows) + i}", "family": f, "greedy_correct": i < g,
+                      "maj_correct": i < mj, "pass_at_k": i < ps, "prior_correct": i < pr,
+                      "agreement": self.rng.randint(1, k) / k} for i in range(per)]
         total = len(rows)
-        overall = {key: sum(s[key] * s["n"] for s in by_family.values()) / total for key in ("prior", "greedy", "maj", "pass")}
+        overall = {key: sum(s[key] * s["n"] for s in by_family.values()) / total
+                   for key in ("prior", "greedy", "maj", "pass")}
         overall["n"] = total
         d = self.root / f"iter{t}" / "eval"
         atomic_write_parquet(d / "items.parquet", rows)
@@ -106,7 +108,6 @@ class _Builder:
             "overall": overall, "by_family": by_family, "greedy_format_ok": 0.95,
             "label_accuracy_by_band": {"0.25-0.75": {"n": 12, "accuracy": 0.5}, ">=0.5": {"n": 20, "accuracy": 0.65}},
             "agreement_histogram": {"0.2": 8, "0.6": 20, "1.0": 12}, "meta": {"model": f"iter{t}/reasoner"}})
-        self.skill += 0.08
         return {key: overall[key] for key in ("greedy", "maj", "pass", "n")}
 
     def bench(self, t: int) -> None:
@@ -115,7 +116,8 @@ class _Builder:
                    if n == "mmmu" else {}, "n_items": 50} for n, title in names.items()}
         avg = sum(b["accuracy"] for b in per.values()) / len(per)
         atomic_write_json(self.root / f"iter{t}" / "bench" / "summary.json",
-                          {"order": list(names), "benchmarks": per, "average": {"accuracy": avg, "rule": avg}, "judge": None})
+                          {"order": list(names), "benchmarks": per, "average": {"accuracy": avg, "rule": avg},
+                           "judge": None})
 
     def grpo(self, t: int, role: str) -> None:
         steps = self.config["evolve"][role]["steps"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from visplay.models import denormals_flushed, freeze_vision_tower, last_checkpoint, restore_weights
 from visplay.roles.prompts import questioner_messages, questioner_target, reasoner_messages
 from visplay.tiny.build import TinyModelConfig, build_model, build_processor, build_tokenizer
 from visplay.worlds.questions import FAMILIES, check_families, make_question
@@ -101,26 +102,12 @@ def init_model_dir(out: Path, cfg: PretrainConfig):
     return model, processor
 
 
-def freeze_vision_tower(model) -> None:
-    for name, param in model.named_parameters():
-        if ".visual." in f".{name}" and ".merger." not in name:
-            param.requires_grad_(False)
-
-
-def last_checkpoint(ckpt_dir: Path) -> str | None:
-    done = [d for d in ckpt_dir.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda d: int(d.name.split("-")[1]))) if done else None
-
-
 def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True) -> Path:
     """Train and ``save_pretrained`` to ``out_dir``; checkpoints go to ``out_dir/../<name>.ckpt``."""
     from transformers import Trainer, TrainingArguments
 
     out = Path(out_dir)
     ckpt_dir = out.with_name(out.name + ".ckpt")
-    # Confident softmaxes underflow into subnormal floats, which made CPU backward passes ~10x
-    # slower after a few hundred steps (measured); flushing them to zero costs nothing.
-    torch.set_flush_denormal(True)
     model, processor = init_model_dir(out, cfg)
     if cfg.freeze_vision:
         freeze_vision_tower(model)
@@ -145,7 +132,11 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True) -> P
     )
     trainer = Trainer(model=model, args=args, train_dataset=WorldDataset(cfg, cfg.steps * cfg.batch_size),
                       data_collator=Collator(processor))
-    trainer.train(resume_from_checkpoint=last_checkpoint(ckpt_dir) if resume else None)
+    ckpt = last_checkpoint(ckpt_dir) if resume else None
+    if ckpt:
+        restore_weights(model, ckpt)
+    with denormals_flushed():
+        trainer.train(resume_from_checkpoint=ckpt)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
