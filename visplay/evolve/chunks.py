@@ -15,16 +15,25 @@ import pyarrow.parquet as pq
 from visplay.io import atomic_write_parquet
 
 
-def run_chunked(parts_dir: Path, items: Sequence, size: int, fn: Callable[[Sequence, int], list[dict]]) -> list[dict]:
-    """``fn(chunk, chunk_index) -> rows`` over ``items`` in chunks of ``size``; parts are reused."""
+def run_chunked(parts_dir: Path, items: Sequence, size: int, fn: Callable[[Sequence, int], list[dict]],
+                desc: str | None = None) -> list[dict]:
+    """``fn(chunk, chunk_index) -> rows`` over ``items`` in chunks of ``size``; parts are reused.
+
+    Shows a progress bar (items done, rate, ETA) when ``desc`` is given."""
+    from tqdm.auto import tqdm
+
     parts_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    bar = tqdm(total=len(items), desc=desc, unit="item", disable=desc is None, leave=False)
     for index, start in enumerate(range(0, len(items), size)):
         part = parts_dir / f"{index:05d}.parquet"
+        chunk = items[start : start + size]
         if part.is_file():
             rows += pq.read_table(part).to_pylist()
-            continue
-        out = fn(items[start : start + size], index)
-        atomic_write_parquet(part, out)
-        rows += out
+        else:
+            out = fn(chunk, index)
+            atomic_write_parquet(part, out)
+            rows += out
+        bar.update(len(chunk))
+    bar.close()
     return rows

@@ -74,7 +74,7 @@ def _eval_stage(cfg: Config, run: RunDir, model_dir: Path, stage: str, say: Say)
     out = run.root / stage
     model, processor = load_model(model_dir)
     e = cfg.evolve.eval
-    result = evaluate_world(TransformersSampler(model, processor), cfg.world, e.split, e.n, e.k, e.temperature, e.top_k,
+    result = evaluate_world(TransformersSampler(model, processor, progress=True), cfg.world, e.split, e.n, e.k, e.temperature, e.top_k,
                             e.max_new_tokens, e.seed, e.families)
     write_eval(result, out, {"model": str(model_dir)})
     o = result.summary["overall"]
@@ -164,7 +164,8 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
         model, processor = load_model(questioner_dir)
         sampler = TransformersSampler(model, processor)
         rows = run_chunked(it / "questions.parts", items, ev.chunk_size, lambda chunk, i: generate_questions(
-            sampler, chunk, ev.questions_per_image, replace(sample, seed=sample.seed + 7919 * i), cfg.world))
+            sampler, chunk, ev.questions_per_image, replace(sample, seed=sample.seed + 7919 * i), cfg.world),
+            desc=f"iter{t} questions")
         atomic_write_parquet(it / "questions.parquet", rows)
         valid = sum(r["valid"] for r in rows)
         say(f"iter{t}/questions: {len(rows)} questions for {len(items)} images, {valid / len(rows):.0%} valid")
@@ -179,7 +180,7 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
         sampler = TransformersSampler(model, processor)
         labeled = run_chunked(it / "labels.parts", rows, ev.chunk_size, lambda chunk, i: label_questions(
             sampler, chunk, ev.label_samples, replace(sample, seed=sample.seed + 7919 * i), grader,
-            (ev.band_low, ev.band_high)))
+            (ev.band_low, ev.band_high)), desc=f"iter{t} labels")
         atomic_write_parquet(it / "labels.parquet", labeled)
         stats = label_accuracy(labeled)
         say(f"iter{t}/labels: kept {stats['n_kept']}/{len(rows)}; pseudo-label accuracy (kept) "
