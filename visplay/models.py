@@ -85,3 +85,25 @@ def restore_weights(model, checkpoint: str | Path) -> None:
     if missing or unexpected:
         raise ModelError(f"checkpoint {checkpoint} does not match the model: missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}")
+
+
+def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: bool = True) -> Path:
+    """Run an HF/TRL trainer from its last complete checkpoint in ``ckpt_dir`` (if any), then
+    ``save_pretrained`` model + processor to ``out_dir`` atomically (temp dir + rename)."""
+    import shutil
+
+    ckpt = last_checkpoint(ckpt_dir) if resume else None
+    if ckpt:
+        restore_weights(trainer.model, ckpt)
+    with denormals_flushed():
+        trainer.train(resume_from_checkpoint=ckpt)
+    model = trainer.model
+    model.model.rope_deltas = None
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir

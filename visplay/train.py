@@ -17,7 +17,7 @@ import torch
 
 from visplay.answers import Grader
 from visplay.config import GRPOPhase
-from visplay.models import denormals_flushed, freeze_vision_tower, last_checkpoint, restore_weights
+from visplay.models import freeze_vision_tower, train_resumable
 from visplay.rewards.questioner import questioner_reward
 from visplay.rewards.reasoner import reasoner_reward_parts
 from visplay.sampling.base import Sampler
@@ -117,19 +117,6 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
         callbacks.append(TensorBoardCallback(SummaryWriter(str(log_dir))))
     trainer = GRPOTrainer(model=model, args=args, reward_funcs=[reward_fn], train_dataset=dataset,
                           processing_class=processor, callbacks=callbacks)
-    ckpt = last_checkpoint(ckpt_dir)
-    if ckpt:
-        restore_weights(trainer.model, ckpt)
-    with denormals_flushed():
-        trainer.train(resume_from_checkpoint=ckpt)
-    model = trainer.model
-    model.model.rope_deltas = None
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    train_resumable(trainer, processor, out_dir, ckpt_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir, [dict(h) for h in trainer.state.log_history]

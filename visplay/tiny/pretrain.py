@@ -11,13 +11,12 @@ Run: `visplay pretrain --out models/tiny` (or `make model`); smoke test: `pytest
 from __future__ import annotations
 
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from visplay.models import denormals_flushed, freeze_vision_tower, last_checkpoint, restore_weights
+from visplay.models import freeze_vision_tower, train_resumable
 from visplay.roles.prompts import questioner_messages, questioner_target, reasoner_messages
 from visplay.tiny.build import TinyModelConfig, build_model, build_processor, build_tokenizer
 from visplay.worlds.questions import FAMILIES, check_families, make_question
@@ -132,16 +131,4 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True) -> P
     )
     trainer = Trainer(model=model, args=args, train_dataset=WorldDataset(cfg, cfg.steps * cfg.batch_size),
                       data_collator=Collator(processor))
-    ckpt = last_checkpoint(ckpt_dir) if resume else None
-    if ckpt:
-        restore_weights(model, ckpt)
-    with denormals_flushed():
-        trainer.train(resume_from_checkpoint=ckpt)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    return train_resumable(trainer, processor, out, ckpt_dir, resume)
