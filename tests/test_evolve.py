@@ -84,3 +84,25 @@ def test_full_tiny_loop(tmp_path):
     assert len(q_steps) == 2 and all({"questioner/uncertainty", "questioner/diversity_penalty"} <= set(x) for x in q_steps)
     assert any("reasoner/accuracy" in x for x in logged if x["stage"] == "iter1/reasoner")
     assert 0 <= results[1]["greedy"] <= 1
+
+
+def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):
+    import itertools
+
+    from visplay.answers import Grader
+    from visplay.config import GRPOPhase
+    from visplay.data.sources import WorldSource
+    from visplay.evolve.stages import questioner_dataset
+    from visplay.sampling.hf import TransformersSampler
+    from visplay.train import QuestionerRewardFn, train_grpo
+    from visplay.worlds.scene import WorldConfig
+
+    model, processor = load_model(micro_model_dir)  # a private copy: this test trains it
+    items = list(itertools.islice(WorldSource(WorldConfig(), "unlabeled"), 4))
+    phase = GRPOPhase(steps=3, prompts_per_step=2, num_generations=2, max_completion_length=4, max_kl=-1.0)
+    with Grader(workers=0) as g:
+        reward = QuestionerRewardFn(TransformersSampler(model, processor), g, m=2, max_new_tokens=4)
+        out, history, guard = train_grpo(model, processor, questioner_dataset(items), reward, phase, tmp_path / "q")
+    assert guard == "kl 0 > -1 at step 1"
+    assert [h["step"] for h in history if "kl" in h] == [1]  # stopped after the first step, not 3
+    assert (out / "config.json").is_file()

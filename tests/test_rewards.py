@@ -75,3 +75,14 @@ def test_reasoner_reward():
     assert fmt == [1.0, 0.0, 1.0, 0.0, 1.0]
     assert reasoner_reward(comps, labels) == pytest.approx([1.0, 0.9, 0.1, 0.0, 1.0])
     assert reasoner_reward([box("B")], ["(B)"]) == [1.0]
+
+
+def test_health_guard_fires_on_kl_or_entropy_and_remembers_why():
+    from visplay.train import HealthGuard
+
+    g = HealthGuard(max_kl=10, min_entropy=0.05)
+    assert g.check({"kl": 0.5, "entropy": 0.3}, 1) is None
+    assert g.check({"kl": 446.9, "entropy": 0.3}, 7) == "kl 447 > 10 at step 7"
+    assert g.check({"kl": 0.1, "entropy": 0.01}, 8) == "kl 447 > 10 at step 7"  # first reason kept
+    g2 = HealthGuard(max_kl=10, min_entropy=0.05)
+    assert g2.check({"entropy": 0.01}, 3) == "entropy 0.01 < 0.05 at step 3"

@@ -66,6 +66,8 @@ class GRPOPhase:
     seed: int = 0
     gradient_checkpointing: bool = False  # on for 3B/7B presets
     freeze_vision: bool = True  # train the LM and the merger, as in pretraining and the reference
+    max_kl: float = 10.0  # health guard: stop the phase when the logged KL exceeds this
+    min_entropy: float = 0.02  # health guard: stop the phase when sampling entropy collapses
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:

@@ -23,6 +23,34 @@ from visplay.rewards.reasoner import reasoner_reward_parts
 from visplay.sampling.base import Sampler
 
 
+class HealthGuard:
+    """Label-free guard: stop a GRPO phase whose policy runs away from its starting model (KL above
+    ``max_kl``) or whose sampling entropy collapses (below ``min_entropy``); remember why."""
+
+    def __init__(self, max_kl: float, min_entropy: float):
+        from transformers import TrainerCallback
+
+        guard = self
+        self.max_kl, self.min_entropy = max_kl, min_entropy
+        self.fired: str | None = None
+
+        class _Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                reason = guard.check(logs or {}, state.global_step)
+                if reason:
+                    control.should_training_stop = True
+
+        self.callback = _Callback()
+
+    def check(self, logs: dict, step: int) -> str | None:
+        kl, entropy = logs.get("kl"), logs.get("entropy")
+        if self.fired is None and kl is not None and kl > self.max_kl:
+            self.fired = f"kl {kl:.3g} > {self.max_kl:g} at step {step}"
+        elif self.fired is None and entropy is not None and entropy < self.min_entropy:
+            self.fired = f"entropy {entropy:.3g} < {self.min_entropy:g} at step {step}"
+        return self.fired
+
+
 def _text(completion) -> str:
     if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": "..."}]
         return "".join(m.get("content", "") if isinstance(m.get("content"), str) else "" for m in completion)
@@ -74,8 +102,10 @@ def suppressed_tokens(tokenizer) -> list[int]:
 
 
 def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
-               report_to: list[str] | None = None) -> tuple[Path, list[dict]]:
-    """Run one GRPO phase; save the result to ``out_dir`` (atomically); return it and the log history.
+               report_to: list[str] | None = None) -> tuple[Path, list[dict], str | None]:
+    """Run one GRPO phase; save the result to ``out_dir`` (atomically).
+
+    Returns the model directory, the log history and why the health guard stopped the phase (or None).
 
     Checkpoints go to ``out_dir.ckpt``; a phase interrupted mid-way resumes from the last one.
     """
@@ -109,7 +139,8 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
         data_seed=phase.seed,
         disable_tqdm=False,
     )
-    callbacks = []
+    guard = HealthGuard(phase.max_kl, phase.min_entropy)
+    callbacks = [guard.callback]
     if log_dir is not None and "tensorboard" in (report_to or []):
         from torch.utils.tensorboard import SummaryWriter
         from transformers.integrations import TensorBoardCallback
@@ -119,4 +150,4 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
                           processing_class=processor, callbacks=callbacks)
     train_resumable(trainer, processor, out_dir, ckpt_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return out_dir, [dict(h) for h in trainer.state.log_history]
+    return out_dir, [dict(h) for h in trainer.state.log_history], guard.fired

@@ -150,11 +150,13 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
         reward = QuestionerRewardFn(TransformersSampler(frozen, fproc), grader, m=ev.reward_samples,
                                     temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
                                     threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0, seed=ev.seed + t)
-        _, history = train_grpo(model, processor, questioner_dataset(items), reward, ev.questioner, q_dir,
-                                log_dir=run.root / "tb" / f"iter{t}-questioner", report_to=ev.report_to)
+        _, history, guard = train_grpo(model, processor, questioner_dataset(items), reward, ev.questioner, q_dir,
+                                       log_dir=run.root / "tb" / f"iter{t}-questioner", report_to=ev.report_to)
         for h in history:
             run.log({"stage": f"iter{t}/questioner", **h})
-        return {"model": str(q_dir), "images": len(items), "skipped_images": skipped}
+        if guard:
+            say(f"iter{t}/questioner: health guard stopped the phase: {guard}")
+        return {"model": str(q_dir), "images": len(items), "skipped_images": skipped, "guard": guard}
 
     q_info = _stage(run, f"iter{t}/questioner", say, questioner_stage)
     questioner_dir = Path(q_info["model"])
@@ -197,11 +199,13 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
             return {"model": str(prev.reasoner), "skipped": "no kept questions", "train_rows": 0}
         ds = reasoner_dataset(rows, label_col)
         model, processor = load_model(prev.reasoner)
-        _, history = train_grpo(model, processor, ds, ReasonerRewardFn(grader), ev.reasoner, r_dir,
-                                log_dir=run.root / "tb" / f"iter{t}-reasoner", report_to=ev.report_to)
+        _, history, guard = train_grpo(model, processor, ds, ReasonerRewardFn(grader), ev.reasoner, r_dir,
+                                       log_dir=run.root / "tb" / f"iter{t}-reasoner", report_to=ev.report_to)
         for h in history:
             run.log({"stage": f"iter{t}/reasoner", **h})
-        return {"model": str(r_dir), "train_rows": len(ds)}
+        if guard:
+            say(f"iter{t}/reasoner: health guard stopped the phase: {guard}")
+        return {"model": str(r_dir), "train_rows": len(ds), "guard": guard}
 
     r_info = _stage(run, f"iter{t}/reasoner", say, reasoner_stage)
     return Lineage(questioner_dir, Path(r_info["model"]))
