@@ -66,6 +66,12 @@ def generate_questions(
     return rows
 
 
+def unlabeled(row: dict) -> dict:
+    """A question row with every labeling column present and empty (the labels.parquet schema)."""
+    return {**row, "samples": [], "answers": [], "label": None, "count": 0, "answered": 0, "agreement": 0.0,
+            "kept": False, "label_correct": None, "questioner_correct": None, "skip_reason": None}
+
+
 def label_questions(
     reasoner: Sampler, rows: Sequence[dict], m: int, params: SamplingParams, grader: Grader,
     band: tuple[float, float] = (0.25, 0.75),
@@ -82,8 +88,7 @@ def label_questions(
     votes = iter(zip(samples, answers, majority_vote_batch(answers, grader)))
     out = []
     for r in rows:
-        base = {**r, "samples": [], "answers": [], "label": None, "count": 0, "answered": 0, "agreement": 0.0,
-                "kept": False, "label_correct": None, "questioner_correct": None, "skip_reason": None}
+        base = unlabeled(r)
         if not r["valid"]:
             out.append({**base, "skip_reason": f"invalid question: {r['reason']}"})
             continue

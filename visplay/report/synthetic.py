@@ -18,6 +18,7 @@ import random
 import sys
 from pathlib import Path
 
+from visplay.evolve.stages import unlabeled
 from visplay.io import atomic_write_json, atomic_write_parquet
 from visplay.status import ITERATION_STAGES
 from visplay.worlds.questions import FAMILIES, make_question
@@ -166,8 +167,7 @@ class _Builder:
         m, lo, hi = ev["label_samples"], ev["band_low"], ev["band_high"]
         out = []
         for r in rows:
-            base = {**r, "samples": [], "answers": [], "label": None, "count": 0, "answered": 0, "agreement": 0.0,
-                    "kept": False, "label_correct": None, "questioner_correct": None, "skip_reason": None}
+            base = unlabeled(r)
             if not r["valid"]:
                 out.append({**base, "skip_reason": f"invalid question: {r['reason']}"})
                 continue
