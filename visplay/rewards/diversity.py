@@ -265,7 +265,7 @@ def _lookup(columns: list[np.ndarray], fn: Callable[..., float]) -> np.ndarray:
     for column, base in zip(flat, bases):
         code *= base
         code += column
-    if space <= _TABLE_LIMIT:
+    if space <= min(_TABLE_LIMIT, 8 * len(code) + 65536):  # a table only when it pays for itself
         present = np.zeros(space, dtype=bool)
         present[code] = True
         keys = np.flatnonzero(present)
