@@ -13,8 +13,9 @@ exact duplicates, and a few one-word, short and empty questions.
 
 Recorded (2 shared cores, ``nice -n 19 python benchmarks/bench_diversity.py``):
              N | ref wall s | ref CPU s | ours wall s | ours CPU s | x wall | x CPU | max |diff| | peak MB
-          1024 |      69.59 |     64.10 |       0.279 |      0.293 |   249x |  219x |     0.0e+00 |    42.3
-          4096 |    1012.50 |    955.80 |       2.849 |      2.692 |   355x |  355x |     0.0e+00 |   208.1
+          1024 |      74.61 |     74.42 |       0.236 |      0.452 |   317x |  165x |     0.0e+00 |    42.3
+          4096 |    1043.53 |   1038.88 |       1.841 |      2.624 |   567x |  396x |     0.0e+00 |   208.1
+(our CPU time exceeds wall time where BLAS used both cores; process max RSS at N=4096: ~270 MB)
 
 Run (the reference at N=4096 takes ~17 CPU minutes on a slow 2-core machine):
     nice -n 19 python benchmarks/bench_diversity.py                 # N = 1024 and 4096
