@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -51,7 +52,7 @@ def generate_questions(
 ) -> list[dict]:
     """k questions per image from the questioner; invalid ones are kept with their reason."""
     prompts = [Prompt(questioner_messages(), (it.image,)) for it in items]
-    outs = questioner.generate(prompts, SamplingParams(**{**params.__dict__, "n": k}))
+    outs = questioner.generate(prompts, replace(params, n=k))
     rows = []
     for it, texts in zip(items, outs):
         png = png_bytes(it.image)
@@ -83,7 +84,7 @@ def label_questions(
     """
     todo = [r for r in rows if r["valid"]]
     prompts = [Prompt(reasoner_messages(r["question"]), (from_png(r["image_png"]),)) for r in todo]
-    samples = reasoner.generate(prompts, SamplingParams(**{**params.__dict__, "n": m})) if todo else []
+    samples = reasoner.generate(prompts, replace(params, n=m)) if todo else []
     answers = [[parse_reasoner(s).answer for s in row] for row in samples]
     votes = iter(zip(samples, answers, majority_vote_batch(answers, grader)))
     out = []
