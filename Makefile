@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup evolve test test-all model bench eval-demo clean-venv
+.PHONY: setup evolve test test-all model bench bench-gpu eval-demo kill-sweep clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ model: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_sampling.py
+
+# one questioner + one reasoner GRPO step on a random-init Qwen2.5-VL-3B (needs a GPU; docs/scaling.md)
+bench-gpu: setup
+	$(BIN)/python benchmarks/bench_gpu_step.py --preset qwen2_5_vl_3b --per-device-batch 8 --out bench-3b.json
+
+# kill `visplay evolve` at 34 points, resume after each, compare with an uncrashed run (docs/reliability.md)
+kill-sweep: setup
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/kill_sweep.py --out runs/kill-sweep --minutes 20
 
 clean-venv:
 	rm -rf $(VENV)

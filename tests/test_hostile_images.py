@@ -314,3 +314,73 @@ def test_corrupted_bytes_never_escape_as_other_errors(data):
                             "extreme_aspect_ratio"}
     else:
         assert img.mode == "RGB"
+
+
+# --- more of the same kinds: wide colour, animation and metadata in other containers -------------
+
+
+def _png_16bit(pixels: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit-per-channel PNG (colour type 2 = RGB, 6 = RGBA) written with zlib; PIL cannot write these."""
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))
+    return crafted_png(w, h, bit_depth=16, colour_type=colour_type, idat=zlib.compress(raw))
+
+
+def test_16_bit_rgb_and_rgba_pngs():
+    rgb = np.zeros((12, 20, 3), dtype=np.uint16)
+    rgb[..., 0] = 65535  # full red
+    rgb[:, 10:, 2] = 32896  # right half: + mid blue
+    img = decode_image(_png_16bit(rgb, colour_type=2))
+    assert img.mode == "RGB" and img.size == (20, 12)
+    assert img.getpixel((2, 2)) == (255, 0, 0) and abs(img.getpixel((15, 2))[2] - 128) <= 1
+    rgba = np.zeros((12, 20, 4), dtype=np.uint16)
+    rgba[..., 1] = 65535  # green, fully transparent on the left, opaque on the right
+    rgba[:, 10:, 3] = 65535
+    img = decode_image(_png_16bit(rgba, colour_type=6))
+    assert img.getpixel((2, 2)) == (255, 255, 255) and img.getpixel((15, 2)) == (0, 255, 0)
+
+
+def test_animated_png_gives_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((0, 0, 255), (255, 0, 0))]
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=50)
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    assert decode_image(data).getpixel((8, 8)) == (0, 0, 255)
+
+
+def test_cmyk_and_16_bit_tiffs():
+    img = decode_image(encode(Image.new("CMYK", (16, 16), (255, 0, 255, 0)), "TIFF"))
+    assert img.mode == "RGB" and img.getpixel((4, 4)) == (0, 255, 0)
+    ramp = Image.fromarray(np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (8, 1)))
+    out = np.asarray(decode_image(encode(ramp, "TIFF")))
+    assert out[0, 0, 0] == 0 and out[0, -1, 0] == 255
+
+
+def test_exif_rotation_in_a_png_and_a_broken_exif_block():
+    stored = Image.new("RGB", (40, 20), (255, 0, 0))
+    stored.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 3  # "rotate 180°"
+    img = decode_image(encode(stored, "PNG", exif=exif))
+    assert img.size == (40, 20) and img.getpixel((5, 10)) == (0, 0, 255)  # left is blue now
+    # A JPEG whose APP1 "Exif" segment is garbage: the pixels are kept as stored.
+    jpeg = encode(stored, "JPEG", quality=95)
+    junk = b"Exif\0\0" + b"\xff\x13" * 40
+    broken = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(junk) + 2) + junk + jpeg[2:]
+    img = decode_image(broken)
+    assert img.size == (40, 20) and img.getpixel((5, 10))[0] > 200
+
+
+def test_extensions_lie_both_ways(tmp_path):
+    for name, fmt in (("jpeg_bytes.png", "JPEG"), ("gif_bytes.jpg", "GIF"), ("png_bytes.gif", "PNG")):
+        path = tmp_path / name
+        path.write_bytes(encode(noise(32, 24), fmt))
+        img = decode_image(path)
+        assert img.mode == "RGB" and img.size == (32, 24), name
+
+
+def test_bomb_in_a_gif_header_is_refused_before_decoding():
+    gif = encode(Image.new("P", (16, 16)), "GIF")
+    huge = gif[:6] + struct.pack("<HH", 30000, 30000) + gif[10:]  # logical screen 30000x30000
+    start = time.perf_counter()
+    assert reason_of(huge) == "too_many_pixels"
+    assert time.perf_counter() - start < 1.0

@@ -300,3 +300,53 @@ def test_api_key_never_written_or_logged(server_factory, data_dir, tmp_path, mon
     assert len(written) >= 5
     for path in written:
         assert SECRET.encode() not in path.read_bytes(), path
+
+
+# ---------------------------------------------------------------- the same through the CLI, as a user runs it
+
+
+def _visplay(argv: list[str], key: str | None, timeout: float = 300):
+    """``python -m visplay.cli ARGV`` in a fresh process; the key only in its environment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "VISPLAY_JUDGE_API_KEY"}
+    env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if key is not None:
+        env["VISPLAY_JUDGE_API_KEY"] = key
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "visplay.cli", *argv], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_cli_judged_eval_keeps_the_key_out_of_every_output(server_factory, data_dir, tmp_path):
+    server = server_factory(fail_first=1, require_key=SECRET)  # its first 500 page echoes the Authorization header
+    out = tmp_path / "eval"
+    proc = _visplay(["eval", "--model", "tiny", "--benchmarks", "mm-vet", "--data-dir", str(data_dir), "--out", str(out),
+                     "--judge-url", server.url, "--judge-model", MODEL, "--max-new-tokens", "32", "--min-pixels", "19600",
+                     "--max-pixels", "19600", "--grader-workers", "0"], key=SECRET)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(server.chats()) >= 2, "the judge was never asked: the check below would prove nothing"
+    assert "HTTP 500" in proc.stderr and "***" in proc.stderr  # the echoed key was logged, redacted
+    assert SECRET not in proc.stdout + proc.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"items.jsonl", "summary.json", "summary.md", "judge_cache.jsonl"}
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_cli_unreachable_judge_is_one_clear_error_before_anything_is_generated(data_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = tmp_path / "eval"
+    proc = _visplay(["eval", "--model", "tiny", "--benchmarks", "mm-vet", "--data-dir", str(data_dir), "--out", str(out),
+                     "--judge-url", f"http://127.0.0.1:{port}/v1", "--judge-model", MODEL], key=SECRET, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"visplay eval: error: judge at http://127.0.0.1:{port}/v1/models failed"), last
+    assert "unreachable" in last and "nothing was generated" in last
+    assert "Traceback" not in proc.stderr and SECRET not in proc.stdout + proc.stderr
+    assert not out.exists()

@@ -55,7 +55,7 @@ def test_questioner_reward_by_hand():
     assert s.agreement == pytest.approx([0.5, 0.9, 0.0, 0.5])
     assert s.uncertainty == pytest.approx([0.5, 0.1, 0.0, 0.5])
     assert s.reward == pytest.approx([0.5 - 0.5, 0.1 - 0.25, -1.0, 0.5 - 0.5])
-    assert s.reasons["ok"] == 3 and s.reasons["tags missing or out of order"] == 1
+    assert s.reasons["ok"] == 3 and s.reasons["tags missing or out of order: no <type> at the start"] == 1
     assert sampler.calls == [(3, 10)]  # one batched call, invalid questions not sampled
     means = s.means()
     assert means["valid"] == 0.75 and means["uncertainty"] == pytest.approx((0.5 + 0.1 + 0.5) / 3)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -45,20 +46,16 @@ def test_image_is_one_token_per_cell(micro):
     assert (enc["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum() == 25
 
 
-def _section_rates(theta: float, head_dim: int, section) -> tuple[list[float], list[float]]:
-    inv = [theta ** (-2 * i / head_dim) for i in range(head_dim // 2)]
-    t, h, _ = section
-    return inv[t:t + h], inv[t + h:]
-
-
-def test_mrope_positions_rotate_visibly():
-    """Pitfall from the headroom issue: with Qwen's theta and sections, height/width rotate ~0 rad
-    per cell. Ours: the fastest height/width frequencies turn >= 0.18 rad per cell, 100x Qwen's."""
+def test_rope_keeps_slow_pairs_for_content_lookup():
+    """Copying a cell name from the question, or finding the visual token whose marks say "c3", is a
+    content match over 20-60 tokens: it needs rotary pairs that barely turn over that distance.
+    With theta 20 (our first models) the slowest pair turned 0.055 rad per position and neither
+    look-up was ever learned; cells are found by their drawn marks (scene.cell_marks), not by M-RoPE."""
     cfg = TinyModelConfig()
-    h, w = _section_rates(cfg.rope_theta, cfg.hidden_size // cfg.heads, cfg.mrope_section)
-    qh, qw = _section_rates(1e6, 128, (16, 24, 24))  # Qwen2.5-VL's defaults
-    assert max(h) > 0.6 and max(w) > 0.18
-    assert max(h) > 20 * max(qh) and max(w) > 100 * max(qw)
+    head_dim = cfg.hidden_size // cfg.heads
+    slowest = cfg.rope_theta ** (-2 * (head_dim // 2 - 1) / head_dim)
+    assert slowest * 60 < 0.05
+    assert WorldConfig().cell_marks
 
 
 def test_bad_mrope_section():
@@ -106,3 +103,23 @@ def test_examples_are_deterministic():
     cfg = PretrainConfig()
     a, b = example(5, cfg), example(5, cfg)
     assert a["target"] == b["target"] and a["messages"] == b["messages"]
+
+
+def test_describe_examples_list_every_object_in_reading_order():
+    from visplay.tiny.pretrain import DESCRIBE, PretrainConfig, example
+    from visplay.worlds.scene import make_scene
+
+    cfg = PretrainConfig(describe_share=0.5, questioner_share=0.0)
+    seen = 0
+    for i in range(40):
+        ex = example(i, cfg)
+        if DESCRIBE not in ex["messages"][0]["content"][0]["text"]:
+            continue
+        seen += 1
+        scene = make_scene("train", i, cfg.world)
+        cells = re.findall(r"([a-h][1-8]): ", ex["target"])
+        assert cells == [o.cell for o in scene.objects]  # row-major, every object once
+        assert ex["target"].endswith(f"\\boxed{{{len(scene.objects)}}}")
+    assert 10 <= seen <= 30
+    with pytest.raises(ValueError, match="describe_share"):
+        PretrainConfig(describe_share=0.9, questioner_share=0.2)

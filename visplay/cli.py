@@ -3,6 +3,8 @@
     visplay pretrain [--out models/tiny]      rebuild the embedded model from the world
     visplay eval [--model tiny] [--n 500]     held-out world accuracy: greedy, maj@k, pass@k, prior
     visplay evolve [--run DIR] [--resume]     the self-evolution loop, with a before/after table
+    visplay evolve --dry-run                  the resolved plan (stages, sizes, tokens, memory); loads nothing
+    visplay serve --model PATH [--port 8000]  an OpenAI-compatible endpoint over the transformers sampler
     visplay report RUN_DIR                    one self-contained HTML page about a run
     visplay status RUN_DIR                    where a (possibly running) run stands
 
@@ -21,6 +23,7 @@ from visplay.config import REPO_ROOT, Config, ConfigError, load_config, resolve_
 from visplay.eval.run import add_benchmark_args, run_benchmark_eval
 from visplay.evolve.rundir import RunError
 from visplay.report import add_report_parser
+from visplay.sampling.openai import SamplerError
 from visplay.status import add_status_parser
 
 
@@ -85,13 +88,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_self_train(args: argparse.Namespace) -> int:
+    """Self-training probe: held-out greedy before/after one round of fine-tuning on majority labels."""
+    from visplay.eval.selftrain import SelfTrainProbe, run_self_train_probe
+
+    cfg = _config(args, [])
+    probe = SelfTrainProbe(**{k: v for k, v in (("n", args.n), ("k", args.k), ("eval_n", args.eval_n),
+                                                ("min_agreement", args.min_agreement)) if v is not None})
+    model_path = resolve_model(args.model or cfg.model)
+    r = run_self_train_probe(model_path, cfg.world, cfg.eval.families, probe, args.out)
+    print(f"kept {r['kept']}/{r['questions']} unlabeled questions at agreement >= {probe.min_agreement} "
+          f"(labels {r['label_accuracy']:.1%} right, by the oracle; not used in training)")
+    print(f"held-out greedy: {r['greedy_before']:.1%} -> {r['greedy_after']:.1%} "
+          f"({100 * (r['greedy_after'] - r['greedy_before']):+.1f} points, n={probe.eval_n})")
+    print(f"fine-tuned model: {Path(args.out) / 'model'}")
+    return 0
+
+
 def cmd_evolve(args: argparse.Namespace) -> int:
     """Run the self-evolution loop (questioner GRPO -> questions -> silver labels -> reasoner GRPO -> eval)."""
-    from visplay.evolve.loop import run_evolve, summary_table
-
     extra = [f"evolve.iterations={args.iterations}"] if args.iterations else []
     if args.model:
         extra.append(f"model={args.model}")
+    if args.sampler_url:
+        extra.append(f"sampler.url={args.sampler_url}")
+    if args.dry_run:
+        from visplay.plan import build_plan, format_plan
+
+        cfg = _config(args, extra)
+        print(format_plan(cfg, build_plan(cfg, args.preset)))
+        return 0
+    from visplay.evolve.loop import run_evolve, summary_table
+
     run_dir = Path(args.run or f"runs/{Path(args.preset).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     if args.resume:
         from visplay.config import from_dict
@@ -108,6 +136,18 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         return 130
     print(summary_table(results))
     print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a model over an OpenAI-compatible /v1/chat/completions (+ /v1/models) with the transformers sampler."""
+    from visplay.models import check_model_dir
+    from visplay.sampling.server import serve_model
+
+    cfg = _config(args, [])
+    path = check_model_dir(resolve_model(args.model or cfg.model))
+    serve_model(str(path), args.host, args.port, name=args.served_name, dtype=cfg.dtype,
+                ready=lambda line: print(line, flush=True))
     return 0
 
 
@@ -134,13 +174,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_args(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("self-train", help=cmd_self_train.__doc__, description=cmd_self_train.__doc__)
+    _common(p)
+    p.add_argument("--model", help="model directory or embedded name (default: the preset's, 'tiny')")
+    p.add_argument("--out", required=True, help="directory for self_train.json and the fine-tuned model")
+    p.add_argument("--n", type=int, help="unlabeled questions to label (default 400)")
+    p.add_argument("--k", type=int, help="samples per question for the vote (default 10)")
+    p.add_argument("--eval-n", type=int, help="held-out questions for greedy before/after (default 300)")
+    p.add_argument("--min-agreement", type=float, help="keep questions whose majority share is at least this (0.5)")
+    p.set_defaults(func=cmd_self_train)
+
     p = sub.add_parser("evolve", help=cmd_evolve.__doc__, description=cmd_evolve.__doc__)
     _common(p)
     p.add_argument("--model", help="base model directory or embedded name (default: the preset's, 'tiny')")
     p.add_argument("--run", help="run directory (default: runs/<preset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its last finished stage")
     p.add_argument("--iterations", type=int, help="self-evolution iterations (default 3)")
+    p.add_argument("--sampler-url", help="sample through an OpenAI-compatible server at this base URL "
+                                          "(sets sampler.url; see sampler.launch in docs/scaling.md)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (stages, sizes, tokens, memory per GPU) without loading anything")
     p.set_defaults(func=cmd_evolve)
+
+    p = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
+    _common(p)
+    p.add_argument("--model", help="model directory or embedded name (default: the preset's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--served-name", help="model id reported by /v1/models (default: the model path)")
+    p.set_defaults(func=cmd_serve)
 
     add_report_parser(sub)
     add_status_parser(sub)
@@ -154,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with denormals_flushed():
             return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, RunError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, RunError, SamplerError) as e:
         print(f"visplay {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,9 @@
 """Typed configs: dataclass defaults -> YAML preset -> `a.b=value` overrides, validated on load.
 
-Unknown keys are errors that name the key and the file, never silently ignored.
-Test: `pytest tests/test_config.py`.
+Unknown keys are errors that name the key and the file, never silently ignored; missing required
+keys are errors that name the key. Presets: `presets/tiny.yaml` (the embedded CPU model) and the
+real-scale `qwen2_5_vl_3b`, `qwen2_5_vl_7b`, `mimo_vl_7b` (docs/scaling.md).
+Test: `pytest tests/test_config.py tests/test_scale.py`.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from visplay.data.images import check_pixel_range
 from visplay.tiny.pretrain import PretrainConfig
 from visplay.worlds.questions import FAMILIES, check_families
 from visplay.worlds.scene import SPLITS, WorldConfig
@@ -50,24 +54,47 @@ class EvalConfig:
         check_families(self.families)
 
 
+VLLM_MODES = ("colocate", "server")
+
+
 @dataclass
 class GRPOPhase:
-    """One GRPO phase (questioner or reasoner): `prompts_per_step` x `num_generations` rollouts a step."""
+    """One GRPO phase (questioner or reasoner), in the reference's (EasyR1) units.
+
+    A *step* is one rollout batch: ``prompts_per_rollout`` prompts x ``num_generations`` samples,
+    consumed by ``prompts_per_rollout / prompts_per_step`` optimizer updates of
+    ``prompts_per_step`` prompts each (EasyR1 ``rollout_batch_size`` 512 / ``global_batch_size``
+    128 = 4 updates per step). ``per_device_batch`` completions go through one forward/backward on
+    one device; the rest is gradient accumulation (`visplay.train.grpo_args` does the arithmetic).
+    The KL term is TRL's k3 estimator, the same as EasyR1's ``low_var_kl``.
+    """
 
     steps: int = 10
-    prompts_per_step: int = 8
-    num_generations: int = 8
+    prompts_per_step: int = 8  # prompts per optimizer update, all devices together (EasyR1 global_batch_size)
+    num_generations: int = 8  # samples per prompt (EasyR1 rollout.n)
+    prompts_per_rollout: int | None = None  # prompts per rollout batch (EasyR1 rollout_batch_size); None = prompts_per_step
+    per_device_batch: int | None = None  # completions per forward/backward per device; None = a whole update at once
     lr: float = 5e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
     beta: float = 0.04  # KL to the phase's starting model; > 0 guards against reward hacking
     temperature: float = 1.0
-    top_k: int = 40
+    top_k: int = 40  # 0 = off
+    top_p: float = 1.0
+    max_prompt_length: int = 512  # tokens (image + text); only sizes vLLM's context and the dry-run plan
     max_completion_length: int = 64
-    save_steps: int = 5
+    save_steps: int = 5  # in steps (rollout batches)
     seed: int = 0
     gradient_checkpointing: bool = False  # on for 3B/7B presets
-    freeze_vision: bool = True  # train the LM and the merger, as in pretraining and the reference
+    freeze_vision: bool = True  # train the LM and the merger, as in pretraining (the reference trains all)
     max_kl: float = 10.0  # health guard: stop the phase when the logged KL exceeds this
     min_entropy: float = 0.02  # health guard: stop the phase when sampling entropy collapses
+    # rollouts through vLLM inside TRL (optional extra `vllm`, docs/scaling.md); off = transformers generate
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"  # colocate: in the training processes; server: a `trl vllm-serve` process
+    vllm_server_url: str | None = None  # server mode, e.g. http://10.0.0.2:8000
+    vllm_gpu_memory_utilization: float = 0.3  # colocate mode
+    vllm_tensor_parallel_size: int = 1  # colocate mode
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -76,6 +103,32 @@ class GRPOPhase:
             raise ConfigError("steps and prompts_per_step must be >= 1")
         if self.beta < 0:
             raise ConfigError(f"beta (KL coefficient) must be >= 0, got {self.beta}")
+        if self.prompts_per_rollout is not None and (
+                self.prompts_per_rollout < self.prompts_per_step or self.prompts_per_rollout % self.prompts_per_step):
+            raise ConfigError(f"prompts_per_rollout ({self.prompts_per_rollout}) must be a multiple of "
+                              f"prompts_per_step ({self.prompts_per_step})")
+        if self.per_device_batch is not None and self.per_device_batch < 1:
+            raise ConfigError(f"per_device_batch must be >= 1 or null, got {self.per_device_batch}")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ConfigError(f"need 0 < top_p <= 1 and top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}")
+        if min(self.max_prompt_length, self.max_completion_length, self.save_steps) < 1:
+            raise ConfigError("max_prompt_length, max_completion_length and save_steps must be >= 1")
+        if self.vllm_mode not in VLLM_MODES:
+            raise ConfigError(f"vllm_mode must be one of {list(VLLM_MODES)}, got {self.vllm_mode!r}")
+        if self.vllm_server_url is not None and not self.vllm_server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"vllm_server_url must look like http://host:8000, got {self.vllm_server_url!r}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1 or self.vllm_tensor_parallel_size < 1:
+            raise ConfigError("need 0 < vllm_gpu_memory_utilization < 1 and vllm_tensor_parallel_size >= 1")
+
+    @property
+    def rollout_prompts(self) -> int:
+        """Prompts per rollout batch (one step)."""
+        return self.prompts_per_rollout or self.prompts_per_step
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per step (rollout batch)."""
+        return self.rollout_prompts // self.prompts_per_step
 
 
 @dataclass
@@ -94,8 +147,12 @@ class EvolveConfig:
     diversity_threshold: float = 0.5
     temperature: float = 1.0
     top_k: int = 40
+    top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int = 0
+    min_pixels: int | None = None  # real images are resized into [min_pixels, max_pixels] (reference 512² .. 2048²)
+    max_pixels: int | None = None
+    image_column: str = "images"  # parquet sources: the column holding the images (Vision-SR1 layout)
     chunk_size: int = 32  # images (questions) per durable part of the generation and labeling stages
     grader_timeout: float = 5.0
     grader_workers: int = 1
@@ -117,19 +174,188 @@ class EvolveConfig:
         if min(self.questioner_images, self.images_per_iteration, self.questions_per_image,
                self.reward_samples, self.label_samples) < 1:
             raise ConfigError("evolve image/question/sample counts must be >= 1")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"evolve.top_p must be in (0, 1], got {self.top_p}")
+        try:
+            check_pixel_range(self.min_pixels, self.max_pixels)
+        except ValueError as e:
+            raise ConfigError(f"evolve: {e}") from e
+
+
+@dataclass
+class SamplerConfig:
+    """How the loop samples outside GRPO (questions, silver labels, the questioner reward, eval).
+
+    No ``url``: in-process transformers (`TransformersSampler`). With ``url``: any
+    OpenAI-compatible chat-completions server (`vllm serve`, SGLang, TGI, `visplay serve`). The
+    loop's models change every stage, so ``launch`` (a command template with ``{model}``,
+    ``{port}``, ``{host}``, ``{python}``) starts one server per stage on that stage's model and
+    stops it afterwards, e.g. ``CUDA_VISIBLE_DEVICES=7 vllm serve {model} --port {port}``.
+    Without ``launch`` the server at ``url`` is used as is (it must serve the right model).
+    """
+
+    url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    launch: str | None = None
+    concurrency: int = 8  # requests in flight (one prompt, n samples, per request)
+    timeout: float = 600.0  # seconds per request
+    retries: int = 3  # retries after the first attempt, on connection errors, 429 and 5xx
+    backoff: float = 1.0  # first wait in seconds; doubles each retry
+    startup_timeout: float = 900.0  # seconds a launched server may take to answer /v1/models
+    batch_rows: int = 256  # transformers backend: B·n rows decoded at once
+
+    def __post_init__(self) -> None:
+        if self.url is not None:
+            parts = urllib.parse.urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"sampler.url must be an http(s) base URL like http://127.0.0.1:8000/v1, got {self.url!r}")
+            if self.launch is not None and parts.port is None:
+                raise ConfigError(f"sampler.url {self.url!r} needs an explicit port when sampler.launch starts the server")
+        if self.launch is not None and (self.url is None or "{model}" not in self.launch):
+            raise ConfigError("sampler.launch needs sampler.url and a {model} placeholder, e.g. "
+                              "'vllm serve {model} --port {port}'")
+        if self.concurrency < 1 or self.timeout <= 0 or self.retries < 0 or self.backoff < 0 or self.batch_rows < 1:
+            raise ConfigError("sampler: need concurrency >= 1, timeout > 0, retries >= 0, backoff >= 0, batch_rows >= 1")
+
+
+STRATEGIES = ("ddp", "zero2", "zero2_offload", "zero3", "fsdp")
+
+
+@dataclass
+class HardwareConfig:
+    """The GPU layout a run is planned for (`visplay evolve --dry-run`, docs/scaling.md).
+
+    The actual layout comes from the launcher (`accelerate launch --config_file
+    configs/accelerate/...`); these fields size the plan's memory and token estimates.
+    """
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    gpu_memory_gib: float = 80.0
+    strategy: str = "ddp"  # ddp | zero2 | zero2_offload | zero3 | fsdp: the memory layout the plan assumes
+    accelerate_config: str | None = None  # e.g. configs/accelerate/zero3.yaml (for the plan and `launcher`)
+    peak_tflops: float = 989.0  # dense bf16 peak per GPU, for MFU (H100 SXM: 989)
+    # How the loop (one controller process) runs its heavy parts elsewhere (visplay/evolve/worker.py):
+    launcher: str | None = None  # GRPO phases run as `{launcher} -m visplay.evolve.worker grpo ...`, e.g.
+    #   "accelerate launch --config_file {repo}/configs/accelerate/zero3.yaml"; None = in process
+    generation_shards: int = 1  # questions/labels with the transformers sampler: this many local worker
+    #   processes, worker r on GPU r (CUDA_VISIBLE_DEVICES=r), each taking items r, r+shards, ...
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0 or self.peak_tflops <= 0:
+            raise ConfigError("hardware: nodes, gpus_per_node, gpu_memory_gib and peak_tflops must be positive")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"hardware.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        if self.generation_shards < 1:
+            raise ConfigError(f"hardware.generation_shards must be >= 1, got {self.generation_shards}")
+        if self.launcher is not None and not self.launcher.strip():
+            raise ConfigError("hardware.launcher must be a command (e.g. 'accelerate launch --config_file ...') or null")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass
+class TextArch:
+    """The language model's shape (HF ``text_config`` of a Qwen2.5-VL checkpoint)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 128000
+    rope_theta: float = 1000000.0
+    mrope_section: tuple[int, ...] = (16, 24, 24)
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers,
+               self.num_attention_heads, self.num_key_value_heads) < 1:
+            raise ConfigError("arch.text sizes must be >= 1")
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"arch.text: hidden_size {self.hidden_size} must divide by num_attention_heads "
+                              f"{self.num_attention_heads}, which must divide by num_key_value_heads {self.num_key_value_heads}")
+        head_dim = self.hidden_size // self.num_attention_heads
+        if len(self.mrope_section) != 3 or 2 * sum(self.mrope_section) != head_dim:
+            raise ConfigError(f"arch.text.mrope_section {list(self.mrope_section)} must be 3 numbers summing to "
+                              f"head_dim/2 = {head_dim // 2}")
+
+
+@dataclass
+class VisionArch:
+    """The vision tower's shape (HF ``vision_config``; Qwen2.5-ViT defaults)."""
+
+    depth: int = 32
+    hidden_size: int = 1280
+    intermediate_size: int = 3420
+    num_heads: int = 16
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
+    tokens_per_second: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.depth, self.hidden_size, self.intermediate_size, self.num_heads, self.patch_size,
+               self.spatial_merge_size, self.temporal_patch_size) < 1:
+            raise ConfigError("arch.vision sizes must be >= 1")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"arch.vision.hidden_size {self.hidden_size} must divide by num_heads {self.num_heads}")
+        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ConfigError(f"arch.vision.fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
+
+
+@dataclass
+class ArchConfig:
+    """Enough of a checkpoint's config.json to build a randomly initialised model of the same
+    shape offline (`visplay.arch`): parameter counts, memory plans and GPU benchmarks need no weights."""
+
+    text: TextArch
+    vision: VisionArch = field(default_factory=VisionArch)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
 class Config:
-    model: str = "tiny"
+    model: str = "tiny"  # embedded name, local directory, or HF repo id already in the local HF cache
+    dtype: str = "float32"  # weights in memory: float32 on CPU; bfloat16 for the GPU presets
+    arch: ArchConfig | None = None  # the model's shape, for --dry-run and benchmarks (None: read config.json)
     world: WorldConfig = field(default_factory=WorldConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("model must name a model: 'tiny', a local directory or an HF repo id")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
 def resolve_model(name_or_path: str) -> Path:
-    return EMBEDDED_MODELS.get(name_or_path, Path(name_or_path))
+    """An embedded name, an existing local path, or an HF repo id found in the local HF cache
+    (never downloaded: `local_files_only`). Anything else comes back as a path, which
+    `visplay.models.check_model_dir` then reports as missing."""
+    if name_or_path in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if path.exists() or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~")):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001 -- not cached (or not a repo id): report the path as missing
+        return path
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -145,7 +371,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         inner = args[0] if args else Any
         return tuple(_convert(inner, v, where) for v in value)
     if origin in (typing.Union, types.UnionType):
-        return value
+        if value is None:
+            return None
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(options[0], value, where) if len(options) == 1 else value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
@@ -159,11 +388,16 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {missing}")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError:
-        raise
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{where}: {e}") from e
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,8 +67,27 @@ def freeze_vision_tower(model) -> None:
             param.requires_grad_(False)
 
 
+#: Written into a GRPO phase's output folder with the folder itself: the phase's log history and
+#: health-guard verdict, so a stage killed after the save but before the manifest update is not retrained.
+PHASE_RECORD = "train_result.json"
+
+
 def last_checkpoint(ckpt_dir: Path) -> str | None:
-    done = [d for d in ckpt_dir.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
+    """The newest *complete* Trainer checkpoint in ``ckpt_dir``, or None.
+
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint a kill left half-written lacks
+    it (or holds a torn one); one half-deleted by checkpoint rotation may lack its weights. Both are
+    skipped, so a resume starts from the newest checkpoint that loads.
+    """
+    def complete(d: Path) -> bool:
+        try:
+            state = json.loads((d / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        weights = any(d.glob("*.safetensors")) or any(d.glob("*.bin"))
+        return isinstance(state, dict) and weights and d.name.split("-")[1].isdigit()
+
+    done = [d for d in Path(ckpt_dir).glob("checkpoint-*") if d.is_dir() and complete(d)]
     return str(max(done, key=lambda d: int(d.name.split("-")[1]))) if done else None
 
 
@@ -87,10 +107,14 @@ def restore_weights(model, checkpoint: str | Path) -> None:
                          f"unexpected {unexpected[:3]}")
 
 
-def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: bool = True) -> Path:
+def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: bool = True,
+                    record: Callable[[], dict] | None = None) -> Path:
     """Run an HF/TRL trainer from its last complete checkpoint in ``ckpt_dir`` (if any), then
-    ``save_pretrained`` model + processor to ``out_dir`` atomically (temp dir + rename)."""
-    import shutil
+    ``save_pretrained`` model + processor to ``out_dir`` atomically (temp dir, fsync, rename).
+
+    ``record()``, if given, is saved as ``PHASE_RECORD`` inside the same folder, so it exists
+    exactly when the model does."""
+    from visplay.io import atomic_dir, atomic_write_json
 
     ckpt = last_checkpoint(ckpt_dir) if resume else None
     if ckpt:
@@ -99,11 +123,19 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
         trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.model
     model.model.rope_deltas = None
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if record is not None:
+            atomic_write_json(tmp / PHASE_RECORD, record())
     return out_dir
+
+
+def finished_phase(out_dir: Path) -> dict | None:
+    """The ``PHASE_RECORD`` of a phase whose model was saved completely to ``out_dir``, else None."""
+    try:
+        record = json.loads((Path(out_dir) / PHASE_RECORD).read_text())
+        check_model_dir(out_dir)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

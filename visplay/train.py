@@ -5,7 +5,9 @@ frozen reasoner inside the reward call. The reasoner learns on (image, question,
 rows; the label is a dataset column, so it reaches the reward as a keyword argument. A KL penalty
 to the phase's starting model (beta > 0) and a bounded number of steps guard against reward
 hacking. Checkpoints are HF `save_pretrained` directories; a phase resumes from its last one.
-Test: `pytest tests/test_train.py`.
+`grpo_args` maps a `GRPOPhase` (EasyR1 units: rollout batches, global batch) onto `GRPOConfig`,
+including TRL's own vLLM rollouts (colocate or server), which are optional: vllm is never imported
+here, only looked up. Test: `pytest tests/test_evolve.py tests/test_scale.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from visplay.answers import Grader
 from visplay.config import GRPOPhase
-from visplay.models import freeze_vision_tower, train_resumable
+from visplay.models import finished_phase, freeze_vision_tower, train_resumable
 from visplay.rewards.questioner import questioner_reward
 from visplay.rewards.reasoner import reasoner_reward_parts
 from visplay.sampling.base import Sampler
@@ -101,44 +103,109 @@ def suppressed_tokens(tokenizer) -> list[int]:
     return sorted(i for i in tokenizer.all_special_ids if i != eos)
 
 
-def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
-               report_to: list[str] | None = None) -> tuple[Path, list[dict], str | None]:
-    """Run one GRPO phase; save the result to ``out_dir`` (atomically).
+class VLLMUnavailable(ValueError):
+    """A phase asks for vLLM rollouts but vLLM cannot be imported here."""
 
-    Returns the model directory, the log history and why the health guard stopped the phase (or None).
 
-    Checkpoints go to ``out_dir.ckpt``; a phase interrupted mid-way resumes from the last one.
+def check_vllm(phase: GRPOPhase, name: str = "phase") -> None:
+    """Raise `VLLMUnavailable` (saying how to install it) when ``phase.use_vllm`` and vLLM is missing.
+
+    Looks the package up without importing it, so the core path never imports vllm.
     """
-    from trl import GRPOConfig, GRPOTrainer
+    import importlib.util
 
-    if phase.freeze_vision:
-        freeze_vision_tower(model)
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
-    args = GRPOConfig(
-        output_dir=str(ckpt_dir),
-        max_steps=phase.steps,
-        per_device_train_batch_size=phase.prompts_per_step * phase.num_generations,
+    if phase.use_vllm and importlib.util.find_spec("vllm") is None:
+        raise VLLMUnavailable(
+            f"{name}.use_vllm is on but vLLM is not installed in this environment. TRL's vLLM rollouts (colocate "
+            "and server mode alike) import vllm in the training processes: install it there (`pip install "
+            "'visplay[vllm]'`; vllm 0.33.0 pins torch==2.14.0, torchvision==0.29.0 and transformers<5.21, so it "
+            "needs its own environment, see docs/scaling.md), or turn vLLM rollouts off with "
+            f"--set {name}.use_vllm=false (transformers generate: fine for small rollout batches)")
+
+
+def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, use_cpu: bool = True,
+              bf16: bool = False, suppress_tokens: list[int] | None = None,
+              report_to: list[str] | None = None) -> dict:
+    """The `trl.GRPOConfig` keyword arguments for one phase on ``world_size`` processes.
+
+    Pure arithmetic, so the batch and vLLM plumbing is tested without GPUs or vllm:
+    ``prompts_per_step x num_generations`` completions per optimizer update are split over the
+    processes, ``per_device_batch`` at a time (the rest is gradient accumulation); a rollout batch
+    of ``prompts_per_rollout x num_generations`` completions feeds ``updates_per_step`` updates
+    (TRL's ``generation_batch_size``), and ``steps`` rollout batches make ``max_steps`` updates.
+    """
+    per_update = phase.prompts_per_step * phase.num_generations
+    if per_update % world_size:
+        raise ValueError(f"prompts_per_step x num_generations = {per_update} completions per update do not split "
+                         f"over {world_size} processes; make it a multiple of the process count")
+    per_rank = per_update // world_size
+    micro = phase.per_device_batch or per_rank
+    if per_rank % micro:
+        raise ValueError(f"per_device_batch {micro} must divide the {per_rank} completions each of the "
+                         f"{world_size} processes gets per update")
+    updates = phase.updates_per_step
+    kw = dict(
+        output_dir=str(output_dir),
+        max_steps=phase.steps * updates,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=per_rank // micro,
+        generation_batch_size=phase.rollout_prompts * phase.num_generations,
         num_generations=phase.num_generations,
         learning_rate=phase.lr,
+        weight_decay=phase.weight_decay,
+        max_grad_norm=phase.max_grad_norm,
         lr_scheduler_type="constant",
         beta=phase.beta,
         temperature=phase.temperature,
         top_k=phase.top_k,
+        top_p=phase.top_p,
         max_completion_length=phase.max_completion_length,
-        generation_kwargs={"suppress_tokens": suppressed_tokens(processor.tokenizer)},
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=use_cpu,
+        bf16=bf16,
         # TRL turns this on by default; it disables the KV cache during rollouts (10x slower on
         # the tiny model) and only pays off for models that do not fit in memory.
         gradient_checkpointing=phase.gradient_checkpointing,
         logging_steps=1,
-        save_steps=phase.save_steps,
+        save_steps=phase.save_steps * updates,
         save_total_limit=1,
         report_to=[r for r in report_to or [] if r != "tensorboard"] or "none",
         seed=phase.seed,
         data_seed=phase.seed,
         disable_tqdm=False,
     )
+    if phase.use_vllm:
+        # vLLM's SamplingParams has no suppress_tokens; real checkpoints do not sample <|image_pad|>.
+        kw.update(use_vllm=True, vllm_mode=phase.vllm_mode,
+                  vllm_max_model_length=phase.max_prompt_length + phase.max_completion_length)
+        if phase.vllm_mode == "colocate":
+            kw.update(vllm_gpu_memory_utilization=phase.vllm_gpu_memory_utilization,
+                      vllm_tensor_parallel_size=phase.vllm_tensor_parallel_size)
+        elif phase.vllm_server_url:
+            kw.update(vllm_server_base_url=phase.vllm_server_url)
+    elif suppress_tokens:
+        kw["generation_kwargs"] = {"suppress_tokens": suppress_tokens}
+    return kw
+
+
+def build_trainer(model, processor, dataset, reward_fn, phase: GRPOPhase, ckpt_dir: Path, log_dir: Path | None = None,
+                  report_to: list[str] | None = None, bf16: bool = False, **overrides):
+    """A `GRPOTrainer` for one phase plus its `HealthGuard`; ``overrides`` go to `GRPOConfig` as is.
+
+    ``bf16`` (GPU only): bf16 autocast over the policy's fp32 master weights -- at lr 1e-6 an update
+    is far below bf16's resolution, so the weights must stay fp32 -- and a bf16 reference model."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from visplay.dist import current as current_ranks
+
+    check_vllm(phase)
+    if phase.freeze_vision:
+        freeze_vision_tower(model)
+    bf16 = bf16 and torch.cuda.is_available()
+    kw = grpo_args(phase, ckpt_dir, current_ranks().world, use_cpu=not torch.cuda.is_available(), bf16=bf16,
+                   suppress_tokens=suppressed_tokens(processor.tokenizer), report_to=report_to)
+    if bf16:
+        kw["model_init_kwargs"] = {"dtype": "bfloat16"}  # TRL builds the KL reference model with these
+    args = GRPOConfig(**{**kw, **overrides})
     guard = HealthGuard(phase.max_kl, phase.min_entropy)
     callbacks = [guard.callback]
     if log_dir is not None and "tensorboard" in (report_to or []):
@@ -148,6 +215,27 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
         callbacks.append(TensorBoardCallback(SummaryWriter(str(log_dir))))
     trainer = GRPOTrainer(model=model, args=args, reward_funcs=[reward_fn], train_dataset=dataset,
                           processing_class=processor, callbacks=callbacks)
-    train_resumable(trainer, processor, out_dir, ckpt_dir)
+    return trainer, guard
+
+
+def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
+               report_to: list[str] | None = None, bf16: bool = False) -> tuple[Path, list[dict], str | None]:
+    """Run one GRPO phase; save the result to ``out_dir`` (atomically).
+
+    Returns the model directory, the log history and why the health guard stopped the phase (or None).
+
+    Checkpoints go to ``out_dir.ckpt``; a phase interrupted mid-way resumes from the last one. A
+    phase whose model was already saved (killed before the caller recorded it) is not rerun: its
+    history and guard verdict come back from the record saved with the model.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
+    done = finished_phase(out_dir)
+    if done is not None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return out_dir, list(done.get("log_history", [])), done.get("guard")
+    trainer, guard = build_trainer(model, processor, dataset, reward_fn, phase, ckpt_dir, log_dir, report_to, bf16)
+    history = lambda: [dict(h) for h in trainer.state.log_history]  # noqa: E731
+    train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history(), "guard": guard.fired})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return out_dir, [dict(h) for h in trainer.state.log_history], guard.fired
+    return out_dir, history(), guard.fired

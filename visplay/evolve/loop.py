@@ -10,7 +10,10 @@
 
 Two lineages from the same base model, as in the reference. Each stage's outputs are written
 atomically, then the manifest marks it done; `--resume` skips done stages and GRPO phases resume
-from their last checkpoint. Run: `visplay evolve`; test: `pytest tests/test_evolve.py`.
+from their last checkpoint. This process is the only writer of the run; GRPO phases can run on
+other GPUs/nodes through `hardware.launcher` and generation/labeling as per-GPU shards
+(`visplay/evolve/worker.py`, docs/scaling.md). Run: `visplay evolve`; test: `pytest
+tests/test_evolve.py tests/test_scale.py tests/test_shards.py`.
 """
 
 from __future__ import annotations
@@ -19,29 +22,37 @@ import itertools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from visplay.answers import Grader
-from visplay.config import Config, resolve_model, to_dict
-from visplay.data.sources import open_source, skip_seen
+from visplay.config import Config, from_dict, to_dict
+from visplay.data.sources import skip_seen
 from visplay.eval.world import evaluate_world, write_eval
 from visplay.evolve.chunks import run_chunked
-from visplay.evolve.rundir import RunDir
+from visplay.evolve.preflight import open_images, preflight
+from visplay.evolve.rundir import RunDir, RunError, sigterm_as_interrupt
 from visplay.evolve.stages import (
-    generate_questions,
+    question_key,
     label_accuracy,
-    label_questions,
     questioner_dataset,
     reasoner_dataset,
     skip_reasons,
 )
+from visplay.evolve.worker import (
+    item_id,
+    labels_fn,
+    launch_phase,
+    questions_fn,
+    row_image_id,
+    run_sharded_stage,
+    stage_params,
+)
 from visplay.io import atomic_write_parquet
 from visplay.models import load_model
-from visplay.sampling.base import SamplingParams
-from visplay.sampling.hf import TransformersSampler
+from visplay.sampling.factory import open_sampler
 from visplay.train import QuestionerRewardFn, ReasonerRewardFn, train_grpo
 
 Say = Callable[[str], None]
@@ -63,19 +74,32 @@ def _seen_ids(run: RunDir, upto: int) -> set[str]:
 
 def _take_images(cfg: Config, run: RunDir, t: int, n: int):
     ev = cfg.evolve
-    source = open_source(ev.source, world_config=cfg.world)
+    source = open_images(cfg)
     items = list(itertools.islice(skip_seen(source, _seen_ids(run, t)), n))
     if not items:
         raise ValueError(f"image source {ev.source} has no unseen images left for iteration {t}")
     return items, dict(source.skipped)
 
 
-def _eval_stage(cfg: Config, run: RunDir, model_dir: Path, stage: str, say: Say) -> dict:
+def _sampler(cfg: Config, run: RunDir, model_dir: Path, stage: str, progress: bool = False):
+    """The stage's sampler (transformers in-process, or a server: docs/scaling.md); a launched
+    server logs to ``<stage>.server.log`` in the run directory."""
+    return open_sampler(cfg.sampler, model_dir, cfg.dtype, log_path=run.root / f"{stage}.server.log", progress=progress)
+
+
+def _load_policy(model_dir: Path):
+    """The model a GRPO phase trains: fp32 master weights (bf16 autocast on GPU when cfg.dtype is bfloat16)."""
+    import torch
+
+    return load_model(model_dir, dtype=torch.float32)
+
+
+def _eval_stage(cfg: Config, run: RunDir, model_dir: Path, stage: str, say: Say, grader: Grader | None = None) -> dict:
     out = run.root / stage
-    model, processor = load_model(model_dir)
     e = cfg.evolve.eval
-    result = evaluate_world(TransformersSampler(model, processor, progress=True), cfg.world, e.split, e.n, e.k, e.temperature, e.top_k,
-                            e.max_new_tokens, e.seed, e.families)
+    with _sampler(cfg, run, model_dir, stage, progress=True) as sampler:
+        result = evaluate_world(sampler, cfg.world, e.split, e.n, e.k, e.temperature, e.top_k, e.max_new_tokens, e.seed,
+                                e.families, grader=grader)
     write_eval(result, out, {"model": str(model_dir)})
     o = result.summary["overall"]
     say(f"{stage}: greedy {o['greedy']:.1%}, maj@{e.k} {o['maj']:.1%}, pass@{e.k} {o['pass']:.1%}")
@@ -84,41 +108,52 @@ def _eval_stage(cfg: Config, run: RunDir, model_dir: Path, stage: str, say: Say)
 
 def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: list[str] | None = None,
                say: Say = print) -> dict:
-    """Run (or resume) the loop; returns {iteration: eval metrics}."""
+    """Run (or resume) the loop; returns {iteration: eval metrics}.
+
+    Everything the run needs is checked first (`preflight`): bad input writes nothing."""
     run = RunDir(run_dir)
-    base = resolve_model(cfg.model)
-    if not resume:
-        run.create(to_dict(cfg), command or [])
-    elif not run.exists():
+    if resume and not run.exists():
         raise ValueError(f"nothing to resume at {run.root}: start the run without --resume")
-    with run:
-        if resume and run.manifest()["config"] != json.loads(json.dumps(to_dict(cfg))):
+    base = preflight(cfg)
+    with run, sigterm_as_interrupt():  # the lock first: two processes never both create or write one run
+        if not resume:
+            run.create(to_dict(cfg), command or [])
+        # compare through the dataclasses, so keys added to the config since the run started take their defaults
+        started = json.loads(json.dumps(to_dict(from_dict(Config, run.manifest()["config"], str(run.manifest_path)))))
+        if resume and started != json.loads(json.dumps(to_dict(cfg))):
             raise ValueError(f"{run.manifest_path}: the run was started with another config; resume without changes")
-        return _loop(cfg, run, base, say)
+        if resume:
+            run.clean_temps()
+        try:
+            return _loop(cfg, run, base, say)
+        except OSError as e:  # disk full, permissions: say which file, and that nothing finished is lost
+            raise RunError(f"{e}; finished stages and written chunks are kept: fix the cause, then "
+                           f"visplay evolve --run {run.root} --resume") from e
 
 
 def _stage(run: RunDir, name: str, say: Say, fn: Callable[[], dict]) -> dict:
     if run.is_done(name):
         say(f"{name}: done (resumed)")
         return run.stage_info(name)
+    run.drop_metrics(name)  # records of an attempt that was killed: this attempt logs them again
     t0 = time.time()
     info = fn()
     info["seconds"] = round(time.time() - t0, 1)
-    run.mark(name, "done", **info)
     run.log({"stage": name, **{k: v for k, v in info.items() if isinstance(v, (int, float, str)) or v is None}})
+    run.mark(name, "done", **info)  # last: the manifest is the record that the stage finished
     return info
 
 
 def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
     ev = cfg.evolve
-    results = {0: _stage(run, "iter0/eval", say, lambda: _eval_stage(cfg, run, base, "iter0/eval", say))}
     lineage = Lineage(base, base)
     grader = Grader(timeout=ev.grader_timeout, workers=ev.grader_workers)
     try:
+        results = {0: _stage(run, "iter0/eval", say, lambda: _eval_stage(cfg, run, base, "iter0/eval", say, grader))}
         for t in range(1, ev.iterations + 1):
             lineage = _iteration(cfg, run, t, lineage, grader, say)
             results[t] = _stage(run, f"iter{t}/eval", say,
-                                lambda: _eval_stage(cfg, run, lineage.reasoner, f"iter{t}/eval", say))
+                                lambda: _eval_stage(cfg, run, lineage.reasoner, f"iter{t}/eval", say, grader))
             _refresh_report(run, say)
     finally:
         grader.close()
@@ -139,19 +174,25 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
     ev = cfg.evolve
     it = run.root / f"iter{t}"
     q_dir, r_dir = it / "questioner", it / "reasoner"
-    sample = SamplingParams(temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens, seed=ev.seed + t)
+    sharded = cfg.hardware.generation_shards > 1 and cfg.sampler.url is None
+    sample = stage_params(cfg, t)
 
     def questioner_stage() -> dict:
         if not ev.train_questioner:
             return {"model": str(prev.questioner), "skipped": "frozen questioner (ablation)"}
         items, skipped = _take_images(cfg, run, t, ev.questioner_images)
-        model, processor = load_model(prev.questioner)
-        frozen, fproc = load_model(prev.reasoner)
-        reward = QuestionerRewardFn(TransformersSampler(frozen, fproc), grader, m=ev.reward_samples,
-                                    temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
-                                    threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0, seed=ev.seed + t)
-        _, history, guard = train_grpo(model, processor, questioner_dataset(items), reward, ev.questioner, q_dir,
-                                       log_dir=run.root / "tb" / f"iter{t}-questioner", report_to=ev.report_to)
+        if cfg.hardware.launcher:  # on the launcher's GPUs/nodes (visplay/evolve/worker.py)
+            history, guard = launch_phase(cfg, run, f"iter{t}/questioner", q_dir)
+        else:
+            model, processor = _load_policy(prev.questioner)
+            with _sampler(cfg, run, prev.reasoner, f"iter{t}/questioner") as frozen:
+                reward = QuestionerRewardFn(frozen, grader, m=ev.reward_samples, temperature=ev.temperature,
+                                            top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
+                                            threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0,
+                                            seed=ev.seed + t)
+                _, history, guard = train_grpo(model, processor, questioner_dataset(items), reward, ev.questioner,
+                                               q_dir, log_dir=run.root / "tb" / f"iter{t}-questioner",
+                                               report_to=ev.report_to, bf16=cfg.dtype == "bfloat16")
         for h in history:
             run.log({"stage": f"iter{t}/questioner", **h})
         if guard:
@@ -163,11 +204,12 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
 
     def questions_stage() -> dict:
         items, skipped = _take_images(cfg, run, t, ev.images_per_iteration)
-        model, processor = load_model(questioner_dir)
-        sampler = TransformersSampler(model, processor)
-        rows = run_chunked(it / "questions.parts", items, ev.chunk_size, lambda chunk, i: generate_questions(
-            sampler, chunk, ev.questions_per_image, replace(sample, seed=sample.seed + 7919 * i), cfg.world),
-            desc=f"iter{t} questions")
+        if sharded:  # one worker process per GPU, merged by image (visplay/evolve/worker.py)
+            rows = run_sharded_stage(cfg, run, f"iter{t}/questions", items, it / "questions.parts", item_id, row_image_id)
+        else:
+            with _sampler(cfg, run, questioner_dir, f"iter{t}/questions") as sampler:
+                rows = run_chunked(it / "questions.parts", items, ev.chunk_size, questions_fn(cfg, sampler, sample),
+                                   desc=f"iter{t} questions", key=item_id, row_key=row_image_id)
         atomic_write_parquet(it / "questions.parquet", rows)
         valid = sum(r["valid"] for r in rows)
         say(f"iter{t}/questions: {len(rows)} questions for {len(items)} images, {valid / len(rows):.0%} valid")
@@ -178,11 +220,13 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
 
     def labels_stage() -> dict:
         rows = pq.read_table(it / "questions.parquet").to_pylist()
-        model, processor = load_model(prev.reasoner)
-        sampler = TransformersSampler(model, processor)
-        labeled = run_chunked(it / "labels.parts", rows, ev.chunk_size, lambda chunk, i: label_questions(
-            sampler, chunk, ev.label_samples, replace(sample, seed=sample.seed + 7919 * i), grader,
-            (ev.band_low, ev.band_high)), desc=f"iter{t} labels")
+        if sharded:
+            labeled = run_sharded_stage(cfg, run, f"iter{t}/labels", rows, it / "labels.parts", question_key,
+                                        question_key)
+        else:
+            with _sampler(cfg, run, prev.reasoner, f"iter{t}/labels") as sampler:
+                labeled = run_chunked(it / "labels.parts", rows, ev.chunk_size, labels_fn(cfg, sampler, sample, grader),
+                                      desc=f"iter{t} labels", key=question_key, row_key=question_key)
         atomic_write_parquet(it / "labels.parquet", labeled)
         stats = label_accuracy(labeled)
         say(f"iter{t}/labels: kept {stats['n_kept']}/{len(rows)}; pseudo-label accuracy (kept) "
@@ -198,9 +242,13 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
             say(f"iter{t}/reasoner: no question kept in the agreement band; the reasoner is carried over unchanged")
             return {"model": str(prev.reasoner), "skipped": "no kept questions", "train_rows": 0}
         ds = reasoner_dataset(rows, label_col)
-        model, processor = load_model(prev.reasoner)
-        _, history, guard = train_grpo(model, processor, ds, ReasonerRewardFn(grader), ev.reasoner, r_dir,
-                                       log_dir=run.root / "tb" / f"iter{t}-reasoner", report_to=ev.report_to)
+        if cfg.hardware.launcher:
+            history, guard = launch_phase(cfg, run, f"iter{t}/reasoner", r_dir)
+        else:
+            model, processor = _load_policy(prev.reasoner)
+            _, history, guard = train_grpo(model, processor, ds, ReasonerRewardFn(grader), ev.reasoner, r_dir,
+                                           log_dir=run.root / "tb" / f"iter{t}-reasoner", report_to=ev.report_to,
+                                           bf16=cfg.dtype == "bfloat16")
         for h in history:
             run.log({"stage": f"iter{t}/reasoner", **h})
         if guard:

@@ -2,23 +2,34 @@
 
     runs/<name>/manifest.json   config, command, and each stage's state ("done" + outputs)
     runs/<name>/lock            held (flock) by the one `evolve` process writing this run
-    runs/<name>/metrics.jsonl   one JSON object per logged step/stage, append-only
+    runs/<name>/metrics.jsonl   one JSON object per logged step/stage
     runs/<name>/iter<t>/…       stage outputs (parquet, HF model dirs, eval summaries)
 
-A stage's outputs are written first (atomically), then the manifest marks it done: a crash
-between the two only repeats that stage. Test: `pytest tests/test_evolve.py`.
+A stage's outputs and its metrics records are written first (atomically, durably), then the
+manifest marks it done: a crash between the two only repeats that stage. Before a stage runs (or
+re-runs after a crash), metrics records left by an unfinished attempt of it are dropped, so every
+finished stage's records appear exactly once. A metrics line torn by a kill is skipped by readers
+and never glued onto. The lock is taken before anything is created or changed, so two processes
+can never write one run; the kernel releases it when its holder dies, however it dies.
+Test: `pytest tests/test_evolve.py tests/test_reliability.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from visplay.io import atomic_write_json
+from visplay.eval.store import AppendLog
+from visplay.io import WriteError, atomic_write_json, atomic_write_text, stale_temps
 
 
 class RunError(RuntimeError):
@@ -29,6 +40,7 @@ class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._lock_fd: int | None = None
+        self._metrics = AppendLog(self.root / "metrics.jsonl")
 
     @property
     def manifest_path(self) -> Path:
@@ -66,16 +78,50 @@ class RunDir:
         self.write_manifest(m)
 
     def log(self, record: dict) -> None:
-        """Append one metrics record (a line is written whole by one write call)."""
-        line = json.dumps({"time": time.time(), **record}, default=float) + "\n"
-        with open(self.root / "metrics.jsonl", "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one metrics record durably (a torn earlier line is never glued onto)."""
+        record = json.loads(json.dumps({"time": time.time(), **record}, default=float))  # numpy scalars -> numbers
+        try:
+            self._metrics.append([record])
+        except OSError as e:
+            raise WriteError(self._metrics.path, e) from e
+
+    def metrics(self) -> list[dict]:
+        """Every complete metrics record, in order."""
+        return list(self._metrics.read())
+
+    def drop_metrics(self, stage: str) -> int:
+        """Remove the records of ``stage`` (an unfinished attempt's); returns how many were dropped."""
+        if not self._metrics.path.exists():
+            return 0
+        records = self.metrics()
+        keep = [r for r in records if r.get("stage") != stage]
+        raw = self._metrics.path.read_bytes()
+        torn = bool(raw) and not raw.endswith(b"\n")
+        if len(keep) == len(records) and not torn:
+            return 0
+        atomic_write_text(self._metrics.path,
+                          "".join(json.dumps(r, default=float) + "\n" for r in keep))
+        return len(records) - len(keep)
+
+    def clean_temps(self) -> list[Path]:
+        """Delete temp files/folders a killed writer left in the run (only while holding the lock)."""
+        if self._lock_fd is None:
+            raise RunError("clean_temps needs the run lock")
+        found = stale_temps(self.root)
+        for path in found:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return found
 
     def lock(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunError(f"cannot write the run directory {self.root}: {e.strerror or e} "
+                           "(choose a writable --run)") from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -97,3 +143,21 @@ class RunDir:
 
     def __exit__(self, *exc) -> None:
         self.unlock()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM (``kill``, a scheduler's preemption) stops like Ctrl-C: a
+    KeyboardInterrupt unwinds cleanly (temp files removed, lock released, resume hint printed)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -23,7 +23,8 @@ from visplay.labeling import majority_vote_batch
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import grade, oracle
+from visplay.eval.world import grade_safely as grade
+from visplay.worlds.questions import oracle
 from visplay.worlds.scene import WorldConfig, make_scene
 
 _WORLD_ID = re.compile(r"world/(\w+)/(\d+)")
@@ -37,6 +38,18 @@ def png_bytes(image: Image.Image) -> bytes:
 
 def from_png(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def storable(text: object) -> str:
+    """Model output as a string parquet can hold: lone surrogates (possible in JSON from a
+    server) become "?", so one odd sample cannot fail the stage's write."""
+    text = text if isinstance(text, str) else ("" if text is None else str(text))
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def question_key(row: dict) -> str:
+    """Which question a row is about (image, sample): the key chunked parts are checked against."""
+    return f"{row['image_id']}#{row['sample']}"
 
 
 def world_truth(image_id: str, question: str | None, world: WorldConfig | None) -> str | None:
@@ -56,7 +69,7 @@ def generate_questions(
     rows = []
     for it, texts in zip(items, outs):
         png = png_bytes(it.image)
-        for j, text in enumerate(texts):
+        for j, text in enumerate(map(storable, texts)):
             p = parse_questioner(text)
             rows.append({
                 "image_id": it.id, "origin": it.origin, "sample": j, "image_png": png, "raw": text,
@@ -84,7 +97,7 @@ def label_questions(
     """
     todo = [r for r in rows if r["valid"]]
     prompts = [Prompt(reasoner_messages(r["question"]), (from_png(r["image_png"]),)) for r in todo]
-    samples = reasoner.generate(prompts, replace(params, n=m)) if todo else []
+    samples = [[storable(s) for s in row] for row in reasoner.generate(prompts, replace(params, n=m))] if todo else []
     answers = [[parse_reasoner(s).answer for s in row] for row in samples]
     votes = iter(zip(samples, answers, majority_vote_batch(answers, grader)))
     out = []

@@ -33,7 +33,7 @@ def synthetic_config(iterations: int = 2) -> dict:
              "max_completion_length": 64, "save_steps": 3, "seed": 0}
     return {
         "model": "tiny",
-        "world": {"grid": 5, "min_objects": 1, "max_objects": 8, "noise": 4.0, "position_tint": False},
+        "world": {"grid": 5, "min_objects": 1, "max_objects": 8, "noise": 4.0, "cell_marks": True},
         "evolve": {"iterations": iterations, "source": "world:unlabeled", "questioner_images": 8,
                    "images_per_iteration": 6, "questions_per_image": 2, "reward_samples": 10, "label_samples": 9,
                    "band_low": 0.25, "band_high": 0.75, "diversity_threshold": 0.5, "chunk_size": 4, "seed": 0,

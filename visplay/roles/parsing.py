@@ -13,16 +13,27 @@ from dataclasses import dataclass
 QTYPES = ("multiple choice", "numerical", "regression")
 MAX_CHARS = 20_000  # longer outputs are judged on their first MAX_CHARS characters
 
-_QUESTIONER_RE = re.compile(
-    r"\s*<type>\s*(?P<type>[^<]*?)\s*</type>\s*<question>\s*(?P<q>.*?)\s*</question>\s*"
-    r"<answer>\s*(?P<a>.*?)\s*</answer>\s*",
-    re.DOTALL,
-)
+_BRACE = re.compile(r"[{}]")
 _THINK_RE = re.compile(r"\s*<think>(?P<think>.*?)</think>\s*(?P<rest>.*)", re.DOTALL)
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """Position of each ``{`` -> position of the ``}`` that closes it (nesting respected), in one pass."""
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
+    return closing
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced.
+
+    Linear time: brace pairs are matched once for the whole text, so thousands of unclosed
+    boxes (a degenerate sample) cost one pass, not one scan per box.
 
     >>> last_boxed(r"x \\boxed{1} then \\boxed{\\frac{1}{2}}")
     '\\\\frac{1}{2}'
@@ -32,6 +43,7 @@ def last_boxed(text: str) -> str | None:
     if not isinstance(text, str):
         return None
     text = text[:MAX_CHARS]
+    closing: dict[int, int] | None = None
     for key in ("\\boxed", "\\fbox"):
         start = text.rfind(key)
         while start != -1:
@@ -39,15 +51,10 @@ def last_boxed(text: str) -> str | None:
             while i < len(text) and text[i] == " ":
                 i += 1
             if i < len(text) and text[i] == "{":
-                depth, j = 0, i
-                while j < len(text):
-                    if text[j] == "{":
-                        depth += 1
-                    elif text[j] == "}":
-                        depth -= 1
-                        if depth == 0:
-                            return text[i + 1 : j].strip()
-                    j += 1
+                if closing is None:
+                    closing = _closing_braces(text)
+                if i in closing:
+                    return text[i + 1 : closing[i]].strip()
             start = text.rfind(key, 0, start)
     return None
 
@@ -85,14 +92,42 @@ class QuestionerOutput:
     reason: str
 
 
+def _questioner_parts(text: str) -> tuple[str, str, str] | str:
+    """(type, question, answer), each stripped, or why the tags do not parse. Linear time.
+
+    Exactly the old regex ``\\s*<type>\\s*([^<]*?)\\s*</type>\\s*<question>\\s*(.*?)\\s*</question>\\s*
+    <answer>\\s*(.*?)\\s*</answer>\\s*`` (fullmatch, DOTALL), whose nested ``\\s*`` around lazy groups
+    backtracked for minutes on a run of spaces; tests/test_roles.py compares the two.
+    """
+    s = text.strip()
+    if not s.startswith("<type>"):
+        return "no <type> at the start"
+    end_type = s.find("</type>")
+    if end_type == -1 or "<" in s[6:end_type]:
+        return "<type> not closed by </type>"
+    rest = s[end_type + 7 :].lstrip()
+    if not rest.startswith("<question>"):
+        return "no <question> after </type>"
+    if not rest.endswith("</answer>") or len(rest) < len("<question></answer>"):
+        return "no </answer> at the end (cut off, or text after it)"
+    body = rest[10:-9]
+    j = body.find("</question>")
+    while j != -1:
+        after = body[j + 11 :].lstrip()
+        if after.startswith("<answer>"):
+            return s[6:end_type].strip(), body[:j].strip(), after[8:].strip()
+        j = body.find("</question>", j + 1)
+    return "no </question> followed by <answer>"
+
+
 def parse_questioner(text: str) -> QuestionerOutput:
     """``<type>…</type><question>…</question><answer>…</answer>``, nothing else around it."""
     if not isinstance(text, str):
         return QuestionerOutput(None, None, None, False, "not a string")
-    m = _QUESTIONER_RE.fullmatch(text[:MAX_CHARS])
-    if not m:
-        return QuestionerOutput(None, None, None, False, "tags missing or out of order")
-    qtype, q, a = m.group("type").lower(), m.group("q"), m.group("a")
+    parts = _questioner_parts(text[:MAX_CHARS])
+    if isinstance(parts, str):
+        return QuestionerOutput(None, None, None, False, f"tags missing or out of order: {parts}")
+    qtype, q, a = parts[0].lower(), parts[1], parts[2]
     if qtype not in QTYPES:
         return QuestionerOutput(None, q, a, False, f"unknown type {qtype[:40]!r}")
     if not q:

@@ -38,8 +38,9 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyModelConfig:
-    """Shape of the embedded model. head_dim = hidden/heads must be 64+ so that M-RoPE's
-    height/width sections rotate enough per cell for positions to be visible (see issue notes)."""
+    """Shape of the embedded model. ``rope_theta`` 1e4 keeps slowly turning rotary pairs, which
+    content look-ups (copying a cell name, finding a cell by its drawn marks) need; theta 20 made
+    positions visible to M-RoPE but those look-ups unlearnable (docs/experiments.md, session 3)."""
 
     vocab_size: int = 600
     hidden_size: int = 256
@@ -47,7 +48,7 @@ class TinyModelConfig:
     heads: int = 4
     kv_heads: int = 2
     intermediate_size: int = 768
-    rope_theta: float = 20.0
+    rope_theta: float = 10000.0
     mrope_section: tuple[int, int, int] = (4, 14, 14)
     vision_hidden: int = 128
     vision_depth: int = 2

@@ -31,6 +31,7 @@ class PretrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.01
     questioner_share: float = 0.25
+    describe_share: float = 0.25  # perception curriculum: list every object row by row (not a question family)
     freeze_vision: bool = True
     seed: int = 0
     save_steps: int = 500
@@ -41,10 +42,20 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_families(self.families)
-        if not 0 <= self.questioner_share <= 1:
-            raise ValueError(f"pretrain.questioner_share must be in [0, 1], got {self.questioner_share}")
+        if not (0 <= self.questioner_share and 0 <= self.describe_share and self.questioner_share + self.describe_share <= 1):
+            raise ValueError(f"pretrain.questioner_share ({self.questioner_share}) and pretrain.describe_share "
+                             f"({self.describe_share}) must be >= 0 and sum to at most 1")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("pretrain.steps and pretrain.batch_size must be >= 1")
+
+
+DESCRIBE = "Describe the objects row by row."
+
+
+def describe_target(scene) -> str:
+    """Every object in reading order with its cell: a dense lesson in finding a cell and reading it."""
+    listing = ". ".join(f"{o.cell}: {o.size} {o.colour} {o.shape}" for o in scene.objects) or "none"
+    return f"<think>{listing}</think>\\boxed{{{len(scene.objects)}}}"
 
 
 def example(i: int, cfg: PretrainConfig) -> dict:
@@ -52,8 +63,11 @@ def example(i: int, cfg: PretrainConfig) -> dict:
     rng = random.Random(f"{cfg.seed}:{i}")
     scene = make_scene("train", i, cfg.world)
     q = make_question(scene, rng, cfg.families)
-    if rng.random() < cfg.questioner_share:
+    role = rng.random()
+    if role < cfg.questioner_share:
         return {"messages": questioner_messages(), "target": questioner_target(q.qtype, q.text, q.answer), "image": scene.render()}
+    if role < cfg.questioner_share + cfg.describe_share:
+        return {"messages": reasoner_messages(DESCRIBE), "target": describe_target(scene), "image": scene.render()}
     return {"messages": reasoner_messages(q.text), "target": q.target, "image": scene.render()}
 
 

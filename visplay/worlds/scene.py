@@ -55,7 +55,7 @@ class WorldConfig:
     min_objects: int = 1
     max_objects: int = 8
     noise: float = 4.0  # std of per-pixel Gaussian noise, 0 = clean
-    position_tint: bool = False  # cell backgrounds tinted by row (red) and column (blue)
+    cell_marks: bool = True  # grey bars on each cell's top (row) and left (column) edge
 
     def __post_init__(self) -> None:
         if not 2 <= self.grid <= len(ROWS):
@@ -81,7 +81,7 @@ class Scene:
     objects: tuple[Obj, ...]
     noise: float = 0.0
     style_seed: int = 0
-    position_tint: bool = False
+    cell_marks: bool = True
 
     @property
     def id(self) -> str:
@@ -124,7 +124,22 @@ def make_scene(split: str, index: int, cfg: WorldConfig = WorldConfig()) -> Scen
         o = objs[rng.randrange(len(objs))]
         colour, shape = rng.choice(sorted(HELD_OUT_COMBOS))
         objs[objs.index(o)] = Obj(o.row, o.col, colour, shape, o.size)
-    return Scene(split, index, cfg.grid, tuple(objs), cfg.noise, rng.randrange(2**31), cfg.position_tint)
+    return Scene(split, index, cfg.grid, tuple(objs), cfg.noise, rng.randrange(2**31), cfg.cell_marks)
+
+
+BAR_PX = 3
+
+
+def _draw_position_bars(draw: ImageDraw.ImageDraw, grid: int) -> None:
+    """Mark every cell with its row (grey bar along the top edge) and column (grey bar down the left
+    edge), so the token of the cell a question names is findable by content. Drawn over the objects:
+    a large object must not hide where it is. Grey never looks like an object colour."""
+    for r in range(grid):
+        for c in range(grid):
+            x, y = c * CELL_PX, r * CELL_PX
+            row_grey, col_grey = (20 + 180 * i // max(1, grid - 1) for i in (r, c))
+            draw.rectangle((x, y, x + CELL_PX - 1, y + BAR_PX - 1), fill=(row_grey,) * 3)
+            draw.rectangle((x, y + BAR_PX, x + BAR_PX - 1, y + CELL_PX - 1), fill=(col_grey,) * 3)
 
 
 def render(scene: Scene) -> Image.Image:
@@ -133,13 +148,6 @@ def render(scene: Scene) -> Image.Image:
     bg = tuple(rng.randint(225, 250) for _ in range(3))
     img = Image.new("RGB", (px, px), bg)
     draw = ImageDraw.Draw(img)
-    if scene.position_tint:
-        # Each cell's background encodes its row (red level) and column (blue level): the cell a
-        # question names is then findable by content, not only through M-RoPE positions.
-        for r in range(scene.grid):
-            for c in range(scene.grid):
-                x, y = c * CELL_PX, r * CELL_PX
-                draw.rectangle((x, y, x + CELL_PX - 1, y + CELL_PX - 1), fill=(200 + 12 * r, 235, 200 + 12 * c))
     for o in scene.objects:
         r = 7 if o.size == "small" else 12
         cx = o.col * CELL_PX + CELL_PX // 2 + rng.randint(-1, 1)
@@ -152,6 +160,8 @@ def render(scene: Scene) -> Image.Image:
             draw.rectangle(box, fill=colour)
         else:
             draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    if scene.cell_marks:
+        _draw_position_bars(draw, scene.grid)
     if scene.noise > 0:
         arr = np.asarray(img, dtype=np.float32)
         arr += np.random.default_rng(scene.style_seed).normal(0, scene.noise, arr.shape)

@@ -1,0 +1,158 @@
+"""Data-parallel shards of a chunked stage, with two fake ranks run one after the other (no process group).
+
+Proves: every item goes to exactly one rank (index % world), chunk seeds never collide across
+ranks, the merge restores the unsharded order (several rows per item stay in order), equals the
+one-process result, a rank's finished parts are reused on rerun, and an unfinished rank or a row
+of another stage is a clear error. Offline, seconds: `pytest -q tests/test_shards.py`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from visplay.dist import SINGLE, Ranks
+from visplay.evolve.shards import ShardError, gather_shards, run_shard, shard, shard_dir
+
+
+def rows_for(chunk, index, calls):
+    calls.append((tuple(chunk), index))
+    return [{"image_id": item, "sample": j, "chunk": index} for item in chunk for j in range(2)]
+
+
+ITEMS = [f"img{i}" for i in range(11)]
+
+
+def test_shard_is_a_partition_by_index():
+    parts = [shard(ITEMS, r, 3) for r in range(3)]
+    assert parts[1] == ["img1", "img4", "img7", "img10"]
+    assert sorted(sum(parts, [])) == sorted(ITEMS)
+    with pytest.raises(ValueError, match="rank < world"):
+        shard(ITEMS, 3, 3)
+    with pytest.raises(ValueError):
+        Ranks(rank=2, world=2)
+
+
+def test_two_ranks_merge_to_the_one_process_order(tmp_path):
+    calls: list = []
+    fn = lambda chunk, i: rows_for(chunk, i, calls)  # noqa: E731
+    key = lambda item: item  # noqa: E731
+    row_key = lambda row: row["image_id"]  # noqa: E731
+    mine = [run_shard(tmp_path / "p", ITEMS, Ranks(r, 2), 2, fn) for r in (0, 1)]
+    assert [r["image_id"] for r in mine[1]][::2] == ITEMS[1::2]
+    chunk_ids = [i for _, i in calls]
+    assert sorted(chunk_ids) == list(range(len(chunk_ids)))  # chunk i of rank r is global chunk 2i + r: all distinct
+    merged = gather_shards(tmp_path / "p", ITEMS, 2, 2, key, row_key)
+    assert [(r["image_id"], r["sample"]) for r in merged] == [(i, j) for i in ITEMS for j in range(2)]
+    single = run_shard(tmp_path / "one", ITEMS, SINGLE, 2, lambda c, i: rows_for(c, i, []))
+    assert [(r["image_id"], r["sample"]) for r in single] == [(r["image_id"], r["sample"]) for r in merged]
+    assert (tmp_path / "one" / "00000.parquet").is_file()  # one process keeps the plain layout
+    # a rank rerun after a crash reuses its finished parts
+    calls.clear()
+    again = run_shard(tmp_path / "p", ITEMS, Ranks(1, 2), 2, fn)
+    assert calls == [] and again == mine[1]
+
+
+def test_unfinished_rank_and_foreign_rows_are_errors(tmp_path):
+    fn = lambda chunk, i: rows_for(chunk, i, [])  # noqa: E731
+    run_shard(tmp_path / "p", ITEMS, Ranks(0, 2), 2, fn)
+    with pytest.raises(ShardError, match=r"rank 1 of 2 has not finished: 3 of 3 parts missing"):
+        gather_shards(tmp_path / "p", ITEMS, 2, 2, lambda x: x, lambda r: r["image_id"])
+    run_shard(tmp_path / "p", ITEMS, Ranks(1, 2), 2, fn)
+    (shard_dir(tmp_path / "p", 1, 2) / "00001.parquet").unlink()
+    with pytest.raises(ShardError, match="first: 00001.parquet"):
+        gather_shards(tmp_path / "p", ITEMS, 2, 2, lambda x: x, lambda r: r["image_id"])
+    run_shard(tmp_path / "p", ITEMS, Ranks(1, 2), 2, fn)
+    with pytest.raises(ShardError, match="belong to no item"):
+        gather_shards(tmp_path / "p", ITEMS[:-1], 2, 2, lambda x: x, lambda r: r["image_id"])
+    with pytest.raises(ShardError, match="produced no row"):
+        gather_shards(tmp_path / "p", ITEMS + ["img99"], 2, 2, lambda x: x, lambda r: r["image_id"])
+
+
+@pytest.mark.slow  # ~60 s: five worker processes each import torch
+def test_loop_with_shard_workers_and_a_launched_grpo_worker(micro_model_dir, tmp_path):
+    """The loop hands generation/labeling to 2 shard processes and both GRPO phases to a launched
+    worker (`{python}` = one plain process here; `accelerate launch ...` on GPUs): same stages,
+    merged rows in image order, models saved by the worker with their phase record."""
+    import json
+
+    import pyarrow.parquet as pq
+    from test_evolve import SHORT, STAGES
+
+    from visplay.config import load_config
+    from visplay.evolve.loop import run_evolve
+    from visplay.models import PHASE_RECORD, load_model
+
+    over = SHORT + [f"model={micro_model_dir}", "evolve.max_new_tokens=8", "evolve.questioner.max_completion_length=8",
+                    "evolve.reasoner.max_completion_length=8", "evolve.eval.max_new_tokens=8",
+                    "evolve.chunk_size=4", "hardware.generation_shards=2", "hardware.launcher='{python}'"]
+    run = tmp_path / "run"
+    run_evolve(load_config("tiny", over), run, say=print)
+    m = json.loads((run / "manifest.json").read_text())["stages"]
+    assert all(m[s]["state"] == "done" for s in STAGES)
+    # 12 images in chunks of 4 over 2 shards: rank 0 takes 6 (2 parts), rank 1 takes 6 (2 parts)
+    for stage in ("questions", "labels"):
+        for r in (0, 1):
+            assert sorted(p.name for p in (run / f"iter1/{stage}.parts/rank{r:05d}-of-00002").glob("*.parquet")) == \
+                ["00000.parquet", "00001.parquet"]
+        assert (run / f"iter1/{stage}.shard1.log").is_file()
+    questions = pq.read_table(run / "iter1/questions.parquet").to_pylist()
+    labels = pq.read_table(run / "iter1/labels.parquet").to_pylist()
+    assert len(questions) == 12 and [r["image_id"] for r in labels] == [r["image_id"] for r in questions]
+    assert [r["image_id"] for r in questions] == [f"world/unlabeled/{i}" for i in range(12)]
+    # the questioner phase ran in the worker: model + record saved together, history back in the metrics
+    assert (run / "iter1/questioner" / PHASE_RECORD).is_file() and (run / "iter1/questioner.worker.log").is_file()
+    model, _ = load_model(run / "iter1/questioner")
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("questioner/valid" in x for x in logged if x["stage"] == "iter1/questioner")
+
+
+def reasoner_run(tmp_path, model_dir, launcher):
+    """A run directory whose iteration 1 stands just before its reasoner phase (8 kept silver labels)."""
+    from test_evolve import SHORT
+
+    from visplay.config import load_config, to_dict
+    from visplay.evolve.rundir import RunDir
+    from visplay.evolve.stages import png_bytes
+    from visplay.io import atomic_write_parquet
+    from visplay.worlds.scene import make_scene
+
+    # weight decay moves the weights even when the random model earns no reward (zero advantages)
+    cfg = load_config("tiny", SHORT + [f"model={model_dir}", "evolve.reasoner.max_completion_length=6",
+                                       "evolve.reasoner.weight_decay=0.5", "evolve.reasoner.lr=0.01",
+                                       f'hardware.launcher="{launcher}"'])
+    run = RunDir(tmp_path / "run")
+    run.create(to_dict(cfg), [])
+    run.mark("iter1/questioner", "done", model=str(model_dir))
+    rows = [{"image_id": f"world/unlabeled/{i}", "sample": 0, "kept": True, "question": "How many red objects are there?",
+             "label": str(i % 3), "image_png": png_bytes(make_scene("unlabeled", i).render())} for i in range(8)]
+    atomic_write_parquet(run.root / "iter1/labels.parquet", rows)
+    return cfg, run
+
+
+def test_launched_reasoner_phase_on_two_ranks_saves_model_and_record(micro_model_dir, tmp_path):
+    """`launch_phase` runs the worker under a real 2-process launcher (torchrun, gloo on CPU: DDP), which
+    trains on labels.parquet and saves the gathered model with its record on rank 0; asking again
+    returns the record without training; a launcher that fails is an error quoting its log."""
+    from visplay.evolve.worker import WorkerError, launch_phase
+    from visplay.models import PHASE_RECORD, load_model
+
+    cfg, run = reasoner_run(tmp_path, micro_model_dir, "{python} -m torch.distributed.run --nproc_per_node 2")
+    out = run.root / "iter1/reasoner"
+    history, guard = launch_phase(cfg, run, "iter1/reasoner", out)
+    log = (run.root / "iter1/reasoner.worker.log").read_text()
+    assert "iter1/reasoner: rank 0 of 2" in log and "iter1/reasoner: rank 1 of 2" in log  # trained together
+    assert [h["step"] for h in history if "loss" in h] == [1, 2] and guard is None
+    assert any("reasoner/accuracy" in h for h in history)
+    model, _ = load_model(out)
+    trained = dict(model.named_parameters())
+    base, _ = load_model(micro_model_dir)
+    assert any((trained[n] != p).any() for n, p in base.named_parameters() if ".visual." not in f".{n}")
+    assert not (run.root / "iter1/reasoner.ckpt").exists()
+    stamp = (out / PHASE_RECORD).stat().st_mtime_ns
+    assert launch_phase(cfg, run, "iter1/reasoner", out)[0] == history  # saved: not trained again
+    assert (out / PHASE_RECORD).stat().st_mtime_ns == stamp
+    broken_cfg, broken = reasoner_run(tmp_path / "b", micro_model_dir,
+                                      "{python} -c 'import sys; print(sys.argv[1:]); raise SystemExit(7)'")
+    with pytest.raises(WorkerError, match=r"(?s)exited with status 7.*'grpo', '.*/run', 'iter1/reasoner'"):
+        launch_phase(broken_cfg, broken, "iter1/reasoner", broken.root / "iter1/reasoner")

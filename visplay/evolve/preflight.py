@@ -1,0 +1,77 @@
+"""Checks a run passes before anything is written: model, images, vLLM, sampling server.
+
+`preflight(cfg)` runs before the run directory is created (and again on resume), so bad input
+-- a preset naming a model that is not on disk, a parquet folder without the image column, a
+folder without images, vLLM asked for but not installed, a launcher that is not on PATH, a
+sampling server that does not answer -- is one clear error naming the thing, never a
+half-written stage. `open_images` is the one
+place that turns ``evolve.source`` + pixel range + image column into an image source.
+Test: `pytest tests/test_scale.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from visplay.config import Config, resolve_model
+from visplay.data.sources import ImageSource, open_source
+from visplay.models import ModelError, check_model_dir
+
+
+def _is_parquet(spec: str) -> bool:
+    kind, sep, _ = spec.partition(":")
+    if sep and kind in ("parquet", "folder", "world"):
+        return kind == "parquet"
+    path = Path(spec).expanduser()
+    return path.suffix.lower() == ".parquet" or (path.is_dir() and any(p.is_file() for p in path.glob("*.parquet")))
+
+
+def open_images(cfg: Config) -> ImageSource:
+    """The run's image source with its pixel range (and image column, for parquet)."""
+    ev = cfg.evolve
+    kw = {k: v for k, v in (("min_pixels", ev.min_pixels), ("max_pixels", ev.max_pixels)) if v is not None}
+    if _is_parquet(ev.source):
+        kw["column"] = ev.image_column
+    return open_source(ev.source, world_config=cfg.world, **kw)
+
+
+def model_dir(cfg: Config) -> Path:
+    """The base model's local directory, or a `ModelError` that says how to get it (nothing is downloaded)."""
+    path = resolve_model(cfg.model)
+    try:
+        return check_model_dir(path)
+    except ModelError as e:
+        if path.exists() or cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") != 1:
+            raise ModelError(f"model {cfg.model!r}: {e}") from e
+        raise ModelError(
+            f"model {cfg.model!r} is neither a local model directory nor in the local HF cache, and visplay never "
+            f"downloads weights. Fetch it first, e.g. `huggingface-cli download {cfg.model} --local-dir DIR`, "
+            "then pass --model DIR (or --set model=DIR)") from e
+
+
+def preflight(cfg: Config) -> Path:
+    """Validate everything a run needs before it writes anything; returns the base model directory."""
+    from visplay.train import check_vllm
+
+    base = model_dir(cfg)
+    open_images(cfg)  # ValueError naming the folder/file/column when unusable
+    ev = cfg.evolve
+    if ev.train_questioner:
+        check_vllm(ev.questioner, "evolve.questioner")
+    check_vllm(ev.reasoner, "evolve.reasoner")
+    if cfg.hardware.launcher:
+        import shlex
+        import shutil
+
+        from visplay.evolve.worker import launcher_path
+
+        program = shlex.split(cfg.hardware.launcher)[0]
+        if program != "{python}" and shutil.which(program, path=launcher_path()) is None:
+            raise ValueError(f"hardware.launcher runs {program!r}, which is not on PATH (install it, e.g. "
+                             "`pip install accelerate deepspeed`, or set hardware.launcher=null to train in process)")
+    if cfg.sampler.url is not None and cfg.sampler.launch is None:
+        from visplay.sampling.openai import OpenAISampler
+
+        OpenAISampler(cfg.sampler.url, timeout=min(cfg.sampler.timeout, 30.0), retries=cfg.sampler.retries,
+                      backoff=cfg.sampler.backoff).preflight()
+    return base

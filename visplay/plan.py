@@ -1,0 +1,259 @@
+"""`visplay evolve --dry-run`: the resolved plan of a run, computed from the config alone.
+
+Nothing is loaded, downloaded or written: the model's shape comes from the preset's ``arch``
+section (or the model's config.json when it is on disk, e.g. the embedded tiny model), the
+parameter count from building the real HF class on the meta device (`visplay.arch`).
+
+The plan lists the stages of each iteration with their sizes (images, rollouts, samples,
+optimizer updates, per-GPU micro-batches), the token volume of each phase (an upper bound:
+prompts are sized at ``max_pixels``, completions at their maximum length) and the memory each
+GPU needs under DDP, ZeRO-2, ZeRO-3 and FSDP for bf16 mixed-precision AdamW with fp32 master
+weights (16 bytes per trainable parameter in every layout; lr 1e-6 updates vanish in bf16 weights):
+
+    ddp    fp32 weights 4 B/param, fp32 grads 4 B, Adam m+v 8 B, all replicated
+    zero2  DeepSpeed bf16: bf16 weights 2 B replicated; bf16 grads 2 B and fp32 master+m+v 12 B sharded /N
+    zero2_offload  as zero2 with the fp32 master weights and Adam state in CPU memory (12 B/param of RAM)
+    zero3  as zero2 with the weights sharded too
+    fsdp   full shard of fp32 weights, grads and Adam state (4 + 4 + 8 B) /N
+    plus the KL reference model in bf16 (2 B/param), sharded under zero3/fsdp (TRL prepares it so).
+
+Activations are a rough estimate (hidden states kept by gradient checkpointing + the fp32
+log-softmax of the completion logits) and vLLM's colocated share is ``vllm_gpu_memory_utilization``
+of the card. Test: `pytest tests/test_scale.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
+from visplay.config import STRATEGIES, ArchConfig, Config, GRPOPhase, resolve_model
+
+GIB = 1024 ** 3
+#: Prompt text around the image (instruction, chat template, question), tokens; generous.
+PROMPT_TEXT_TOKENS = 128
+#: Model FLOPs utilisation assumed for the wall-clock guess (labelled as an assumption in the output).
+ASSUMED_MFU = 0.3
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    name: str
+    steps: int
+    rollouts: int  # completions sampled in the phase
+    updates: int  # optimizer updates
+    micro_batch: int  # completions per forward/backward per GPU
+    accumulation: int  # micro-batches per update per GPU
+    prompt_tokens: int  # per prompt, upper bound
+    completion_tokens: int  # per completion, upper bound
+    reward_samples: int  # frozen-reasoner answers per rollout (questioner only)
+
+    @property
+    def train_tokens(self) -> int:
+        return self.rollouts * (self.prompt_tokens + self.completion_tokens)
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.rollouts * self.completion_tokens
+
+
+def arch_of(cfg: Config) -> tuple[ArchConfig | None, str]:
+    """The model's shape and where it came from: the config's ``arch``, else the model's config.json."""
+    if cfg.arch is not None:
+        return cfg.arch, "preset arch"
+    path = resolve_model(cfg.model) / "config.json"
+    if path.is_file():
+        return arch_from_hf(json.loads(path.read_text())), str(path)
+    return None, "unknown (no arch in the config and no config.json on disk)"
+
+
+def phase_plan(name: str, phase: GRPOPhase, world_size: int, prompt_tokens: int, reward_samples: int = 0) -> PhasePlan:
+    per_rank = phase.prompts_per_step * phase.num_generations // world_size
+    micro = phase.per_device_batch or per_rank
+    return PhasePlan(
+        name=name, steps=phase.steps, rollouts=phase.steps * phase.rollout_prompts * phase.num_generations,
+        updates=phase.steps * phase.updates_per_step, micro_batch=micro, accumulation=max(1, per_rank // micro),
+        prompt_tokens=min(prompt_tokens, phase.max_prompt_length), completion_tokens=phase.max_completion_length,
+        reward_samples=reward_samples,
+    )
+
+
+#: bytes per (trainable) parameter: weights, gradients, optimizer state; and which of them are sharded over N.
+LAYOUTS = {
+    "ddp": ((4, 4, 8), (False, False, False)),
+    "zero2": ((2, 2, 12), (False, True, True)),
+    "zero2_offload": ((2, 2, 0), (False, True, True)),
+    "zero3": ((2, 2, 12), (True, True, True)),
+    "fsdp": ((4, 4, 8), (True, True, True)),
+}
+
+
+def memory_per_gpu(counts: ParamCounts, trainable: int, n: int, strategy: str, kl: bool,
+                   reward_model: bool = False) -> dict[str, float]:
+    """Bytes per GPU for weights, gradients, optimizer state, the KL reference model and (questioner
+    phase, in-process sampling) the frozen reasoner the reward samples from, bf16 on every GPU."""
+    (w, g, o), (sw, sg, so) = LAYOUTS[strategy]
+    out = {
+        "weights": w * counts.total / (n if sw else 1),
+        "gradients": g * trainable / (n if sg else 1),
+        "optimizer": o * trainable / (n if so else 1),
+        "reference": (2 * counts.total / (n if sw else 1)) if kl else 0.0,
+        "reward": 2 * counts.total if reward_model else 0.0,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def activations(cfg: Config, arch: ArchConfig, phase: PhasePlan, checkpointing: bool) -> float:
+    """Rough activation bytes per GPU for one micro-batch (bf16 hidden states, fp32 logits)."""
+    t = arch.text
+    seq = phase.prompt_tokens + phase.completion_tokens
+    per_layer = 2 * t.hidden_size * (1 if checkpointing else 16)
+    hidden = phase.micro_batch * seq * t.num_hidden_layers * per_layer
+    logits = phase.micro_batch * phase.completion_tokens * t.vocab_size * 4
+    return hidden + logits
+
+
+def phase_flops(cfg: Config, p: PhasePlan, params: int) -> float:
+    """2N FLOPs per token per forward: rollout (1), policy forward+backward (3), reference (1, when
+    beta > 0), old log-probs (1, when a rollout feeds several updates); plus the reward sampling."""
+    ph = getattr(cfg.evolve, p.name)
+    passes = 1 + 3 + (1 if ph.beta > 0 else 0) + (1 if ph.updates_per_step > 1 else 0)
+    reward = p.rollouts * p.reward_samples * (p.prompt_tokens + cfg.evolve.max_new_tokens)
+    return 2 * params * (passes * p.train_tokens + reward)
+
+
+def _n(x: float) -> str:
+    for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.1f}"
+
+
+def build_plan(cfg: Config, preset: str = "") -> dict:
+    """Everything the dry run prints, as data (tests check the numbers, the CLI prints `format_plan`)."""
+    ev, hw = cfg.evolve, cfg.hardware
+    arch, arch_source = arch_of(cfg)
+    counts = param_counts(arch) if arch is not None else None
+    model_path = resolve_model(cfg.model)
+    n = hw.world_size
+    img = image_tokens(ev.max_pixels, arch.vision) if (arch and ev.max_pixels) else None
+    prompt = (img or 0) + PROMPT_TEXT_TOKENS
+    phases = []
+    if ev.train_questioner:
+        phases.append(phase_plan("questioner", ev.questioner, n, prompt, ev.reward_samples))
+    phases.append(phase_plan("reasoner", ev.reasoner, n, prompt))
+    plan = {
+        "preset": preset, "model": cfg.model, "model_path": str(model_path),
+        "model_found": (model_path / "config.json").is_file(), "dtype": cfg.dtype,
+        "arch_source": arch_source, "params": counts, "hardware": hw, "world_size": n,
+        "image_tokens_max": img, "phases": phases, "memory": {}, "activations": {},
+    }
+    if counts is not None:
+        for ph, phase in ((p, getattr(ev, p.name)) for p in phases):
+            trainable = counts.trainable(phase.freeze_vision)
+            reward = ph.name == "questioner" and cfg.sampler.url is None
+            plan["memory"][ph.name] = {s: memory_per_gpu(counts, trainable, n, s, phase.beta > 0, reward)
+                                       for s in STRATEGIES}
+            plan["activations"][ph.name] = activations(cfg, arch, ph, phase.gradient_checkpointing)
+    return plan
+
+
+def _stage_lines(cfg: Config, plan: dict) -> list[str]:
+    ev = cfg.evolve
+    e = ev.eval
+    by = {p.name: p for p in plan["phases"]}
+    lines = [f"  iter0/eval          world '{e.split}' scenes: {e.n} questions, greedy + {e.k} samples each"]
+    lines.append(f"  then {ev.iterations} iteration(s) t = 1..{ev.iterations}:")
+    if "questioner" in by:
+        q, ph = by["questioner"], ev.questioner
+        lines.append(f"  iter<t>/questioner  GRPO on {ev.questioner_images:,} images: {_phase_text(q, ph)}")
+        lines.append(f"                      reward: {ev.reward_samples} frozen-reasoner answers per rollout = "
+                     f"{_n(q.rollouts * ev.reward_samples)} answers of <= {ev.max_new_tokens} tokens")
+    else:
+        lines.append("  iter<t>/questioner  frozen (evolve.train_questioner=false): the base questioner is reused")
+    lines.append(f"  iter<t>/questions   {ev.images_per_iteration:,} unseen images x {ev.questions_per_image} question(s), "
+                 f"<= {ev.max_new_tokens} tokens, {ev.chunk_size} images per durable part")
+    lines.append(f"  iter<t>/labels      {ev.images_per_iteration * ev.questions_per_image:,} questions x "
+                 f"{ev.label_samples} reasoner answers; majority vote; keep agreement in "
+                 f"[{ev.band_low:g}, {ev.band_high:g}]")
+    r, ph = by["reasoner"], ev.reasoner
+    lines.append(f"  iter<t>/reasoner    GRPO on the kept silver labels: {_phase_text(r, ph)}")
+    lines.append(f"  iter<t>/eval        as iter0/eval, on the new reasoner")
+    return lines
+
+
+def _phase_text(p: PhasePlan, ph: GRPOPhase) -> str:
+    roll = "vLLM " + ph.vllm_mode if ph.use_vllm else "transformers generate"
+    return (f"{p.steps} steps x {ph.rollout_prompts} prompts x {ph.num_generations} samples = {_n(p.rollouts)} rollouts "
+            f"({roll}); {p.updates} updates of {ph.prompts_per_step} prompts, per GPU {p.micro_batch} completions x "
+            f"{p.accumulation} accumulation; lr {ph.lr:g}, KL beta {ph.beta:g}, T {ph.temperature:g}, "
+            f"completions <= {ph.max_completion_length} tokens")
+
+
+def format_plan(cfg: Config, plan: dict) -> str:
+    ev, hw, s = cfg.evolve, cfg.hardware, cfg.sampler
+    counts: ParamCounts | None = plan["params"]
+    out = ["visplay evolve --dry-run: the resolved plan (nothing loaded, downloaded or written)", ""]
+    found = "found" if plan["model_found"] else "NOT on disk here: download it before a real run (docs/scaling.md)"
+    out.append(f"model      {cfg.model} -> {plan['model_path']} ({found}); weights in {cfg.dtype}")
+    if counts is not None:
+        tq = counts.trainable(ev.questioner.freeze_vision)
+        out.append(f"params     {_n(counts.total)} total = language {_n(counts.language)} (embeddings "
+                   f"{_n(counts.embeddings)}) + vision {_n(counts.vision)} + merger {_n(counts.merger)}; "
+                   f"trainable {_n(tq)} (shape from {plan['arch_source']})")
+    else:
+        out.append(f"params     {plan['arch_source']}")
+    px = (f"pixels {ev.min_pixels or '-'}..{ev.max_pixels or '-'}"
+          + (f" (<= {plan['image_tokens_max']:,} image tokens)" if plan["image_tokens_max"] else ""))
+    out.append(f"images     {ev.source}; {px}; parquet image column '{ev.image_column}'")
+    if s.url is None:
+        out.append("sampling   transformers, in-process (questions, labels, questioner reward, eval)")
+    else:
+        out.append(f"sampling   OpenAI-compatible server {s.url}" + (f", launched per stage: {s.launch}" if s.launch
+                                                                      else " (already running)")
+                   + f"; {s.concurrency} requests in flight")
+    out.append(f"hardware   {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) = {hw.world_size}, {hw.gpu_memory_gib:g} GiB "
+               f"each, {hw.strategy}" + (f", {hw.accelerate_config}" if hw.accelerate_config else ""))
+    if hw.launcher:
+        out.append(f"GRPO       {hw.launcher} -m visplay.evolve.worker grpo RUN iter<t>/<role>   (launched per phase; "
+                   "docs/scaling.md)")
+    else:
+        out.append("GRPO       in the `visplay evolve` process (hardware.launcher unset)")
+    if hw.generation_shards > 1 and s.url is None:
+        out.append(f"generation {hw.generation_shards} shard workers (one per GPU) for questions and labels")
+    out += ["", f"stages ({ev.iterations} iteration(s)):"] + _stage_lines(cfg, plan)
+    out += ["", "tokens per phase (upper bound: prompts at max_pixels, completions at max length):"]
+    for p in plan["phases"]:
+        extra = ""
+        if p.reward_samples:
+            reward = p.rollouts * p.reward_samples * (p.prompt_tokens + ev.max_new_tokens)
+            extra = f"; reward sampling {_n(reward)} more"
+        flops = phase_flops(cfg, p, counts.total) if counts is not None else 0.0
+        hours = flops / (ASSUMED_MFU * hw.peak_tflops * 1e12 * hw.world_size) / 3600
+        out.append(f"  {p.name:<10} {_n(p.rollouts)} rollouts x (<= {p.prompt_tokens:,} prompt + <= "
+                   f"{p.completion_tokens:,} completion) = <= {_n(p.train_tokens)} tokens{extra}"
+                   + (f"; ~{_n(flops)}FLOP, ~{hours:.2g} h at {ASSUMED_MFU:.0%} MFU (assumed)" if flops else ""))
+    if plan["memory"]:
+        out += ["", f"memory per GPU, GiB (mixed bf16 with fp32 master weights: 16 B/trainable param, layouts in "
+                    f"visplay/plan.py; bf16 KL reference; reward = the frozen reasoner the questioner reward samples "
+                    f"in process; N = {hw.world_size}):"]
+        out.append(f"  {'phase':<10} {'strategy':<13} {'weights':>7} {'grads':>7} {'optim':>7} {'ref':>7} {'reward':>7} "
+                   f"{'total':>7}  + activations (rough)  + vLLM colocate")
+        for name, by_strategy in plan["memory"].items():
+            ph = getattr(ev, name)
+            vllm = ph.vllm_gpu_memory_utilization * hw.gpu_memory_gib if ph.use_vllm and ph.vllm_mode == "colocate" else 0
+            for strategy, m in by_strategy.items():
+                mark = " <- configured" if strategy == hw.strategy else ""
+                total = m["total"] / GIB + plan["activations"][name] / GIB + vllm
+                fits = "fits" if total <= hw.gpu_memory_gib else "DOES NOT FIT"
+                out.append(f"  {name:<10} {strategy:<13} {_gib(m['weights']):>7} {_gib(m['gradients']):>7} "
+                           f"{_gib(m['optimizer']):>7} {_gib(m['reference']):>7} {_gib(m['reward']):>7} "
+                           f"{_gib(m['total']):>7}  + {_gib(plan['activations'][name]):>5}  + {vllm:5.1f} = "
+                           f"{total:6.1f} {fits}{mark}")
+    return "\n".join(out)

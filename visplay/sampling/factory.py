@@ -1,0 +1,147 @@
+"""Pick the sampler a stage uses from `cfg.sampler`: in-process transformers, or an OpenAI-compatible server.
+
+    with open_sampler(cfg.sampler, model_dir, dtype="bfloat16", log_path=run / "iter1/labels.server.log") as s:
+        s.generate(prompts, params)
+
+* no ``sampler.url``: load ``model_dir`` (to the GPU when there is one) into a `TransformersSampler`.
+* ``sampler.url`` without ``launch``: use the server there as is (checked with ``GET /models`` first).
+* ``sampler.url`` with ``launch``: start the command (``{model}``, ``{port}``, ``{host}``, ``{python}``,
+  ``{local_rank}`` filled in, shell-quoted; `for_rank` gives each training process its own port) in its own process group, wait until it answers ``/models``, sample, then
+  stop that process group (SIGTERM, then SIGKILL after 30 s). A server that dies or does not come up
+  within ``startup_timeout`` is an error naming the command and quoting the end of its log.
+
+Test: `pytest tests/test_serve.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+from visplay.config import SamplerConfig
+from visplay.sampling.openai import OpenAISampler, SamplerError, display_url
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def launch_command(cfg: SamplerConfig, model_dir: str | Path, local_rank: int = 0) -> str:
+    """``cfg.launch`` with its placeholders filled in (each value shell-quoted)."""
+    parts = urllib.parse.urlsplit(cfg.url or "")
+    values = {"model": str(model_dir), "port": str(parts.port or ""), "host": parts.hostname or "127.0.0.1",
+              "python": sys.executable, "local_rank": str(local_rank)}
+    try:
+        return cfg.launch.format(**{k: shlex.quote(v) for k, v in values.items()})
+    except (KeyError, IndexError) as e:
+        raise SamplerError(f"sampler.launch {cfg.launch!r} uses an unknown placeholder {e}; "
+                           "known: {model}, {port}, {host}, {python}, {local_rank}") from e
+
+
+def for_rank(cfg: SamplerConfig, local_rank: int) -> SamplerConfig:
+    """The sampler config of one training process: a launched server listens on port + local_rank."""
+    if cfg.launch is None or local_rank == 0:
+        return cfg
+    parts = urllib.parse.urlsplit(cfg.url)
+    netloc = f"{parts.hostname}:{parts.port + local_rank}"
+    return dataclasses.replace(cfg, url=urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+
+
+@contextlib.contextmanager
+def launched_server(cfg: SamplerConfig, model_dir: str | Path, log_path: Path | None = None,
+                    local_rank: int = 0) -> Iterator[OpenAISampler]:
+    """Start ``cfg.launch`` for ``model_dir``, yield a ready `OpenAISampler`, stop the server on exit."""
+    cmd = launch_command(cfg, model_dir, local_rank)
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="visplay-server-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        probe = OpenAISampler(cfg.url, timeout=5.0, retries=0)
+        deadline = time.monotonic() + cfg.startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise SamplerError(f"sampling server exited with status {proc.returncode} before answering "
+                                   f"(command: {cmd}); end of {log_path}:\n{_tail(log_path)}")
+            try:
+                served = probe.models()
+                break
+            except SamplerError:
+                if time.monotonic() > deadline:
+                    raise SamplerError(f"sampling server at {display_url(cfg.url)} did not answer within "
+                                       f"{cfg.startup_timeout:.0f}s (command: {cmd}); end of {log_path}:\n"
+                                       f"{_tail(log_path)}") from None
+                time.sleep(0.5)
+        yield OpenAISampler(cfg.url, model=served[0] if served else None, concurrency=cfg.concurrency,
+                            timeout=cfg.timeout, retries=cfg.retries, backoff=cfg.backoff)
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the server's own process group (it was started with start_new_session, so its pgid is its pid)."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def open_sampler(cfg: SamplerConfig, model_dir: str | Path, dtype: str = "float32", log_path: Path | None = None,
+                 progress: bool = False, device: str | None = None) -> Iterator:
+    """The sampler for one stage over ``model_dir``; see the module docstring. ``device``: where an
+    in-process model goes (default: the current GPU if there is one, else the CPU)."""
+    if cfg.url is None:
+        import torch
+
+        from visplay.models import load_model
+        from visplay.sampling.hf import TransformersSampler
+
+        model, processor = load_model(model_dir, dtype=getattr(torch, dtype))
+        device = device or ("cuda" if torch.cuda.is_available() else None)
+        if device is not None:
+            model = model.to(device)
+        try:
+            yield TransformersSampler(model, processor, batch_rows=cfg.batch_rows, progress=progress)
+        finally:  # give the GPU back before the next stage (a launched GRPO phase needs all of it)
+            del model
+            if torch.cuda.is_available():
+                import gc
+
+                gc.collect()
+                torch.cuda.empty_cache()
+    elif cfg.launch is not None:
+        local_rank = int(device.split(":")[1]) if device and ":" in device else 0
+        with launched_server(cfg, model_dir, log_path, local_rank) as sampler:
+            sampler.progress = progress
+            yield sampler
+    else:
+        sampler = OpenAISampler(cfg.url, concurrency=cfg.concurrency, timeout=cfg.timeout, retries=cfg.retries,
+                                backoff=cfg.backoff, progress=progress)
+        sampler.preflight()
+        yield sampler
