@@ -155,8 +155,9 @@ class KillPoint:
             return self.stage in seen
         if self.at == "part":
             return (base / f"{name}.parts" / f"{int(self.value) - 1:05d}.parquet").is_file()
-        if self.at == "checkpoint":
-            return (base / f"{name}.ckpt" / f"checkpoint-{int(self.value)}" / "trainer_state.json").is_file()
+        if self.at == "checkpoint":  # checkpoint-N or a later one is complete (rotation deletes older ones)
+            return any(d.name[11:].isdigit() and int(d.name[11:]) >= self.value and (d / "trainer_state.json").is_file()
+                       for d in (base / f"{name}.ckpt").glob("checkpoint-*"))
         if self.at == "checkpoint-partial":  # the folder exists; its trainer_state.json (written last) may not yet
             return (base / f"{name}.ckpt" / f"checkpoint-{int(self.value)}").is_dir()
         if self.at == "saving":
@@ -476,6 +477,10 @@ def strike(proc: Proc, run: Path, point: KillPoint, stages: Sequence[str], timel
         result.problems.append(f"{signal.Signals(point.sig).name} did not stop the run within 120 s")
         proc.popen.kill()
         result.exit_code = proc.popen.wait()
+    if result.exit_code == 0:  # it exited on its own between the last look and the signal
+        result.reached, result.note = False, "the run finished just before the signal"
+        result.seconds = time.monotonic() - t0
+        return result
     if point.sig in (signal.SIGINT, signal.SIGTERM):
         tail = proc.output()[-2000:]
         # 130, or death by SIGINT after our handler ran (the shell shows 130 for both): CPython
