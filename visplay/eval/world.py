@@ -21,21 +21,6 @@ from visplay.sampling.base import Prompt, Sampler, SamplingParams
 from visplay.worlds.questions import Question, grade, make_question
 from visplay.worlds.scene import Scene, WorldConfig, make_scene
 
-def grade_safely(question: str, predicted: str | None, truth: str) -> bool:
-    """The world's ``grade``, with a prediction it cannot do arithmetic on (``"1/0"``) counted wrong.
-
-    ``grade`` divides to read fractions and raises ZeroDivisionError on ``"1/0"``; model output is
-    untrusted, so one such answer must cost one point, not the stage.
-
-    >>> grade_safely("What fraction of the objects are blue?", "1/0", "0.5")
-    False
-    """
-    try:
-        return grade(question, predicted, truth)
-    except (ArithmeticError, ValueError):
-        return False
-
-
 BANDS = {"0.25-0.75": (0.25, 0.75), ">=0.5": (0.5, 1.0), ">=0.7": (0.7, 1.0)}
 
 
@@ -137,12 +122,12 @@ def evaluate_world(
             "id": scene.id, "split": split, "index": scene.index, "family": q.family, "qtype": q.qtype,
             "question": q.text, "truth": q.answer,
             "greedy_output": g[0], "greedy_answer": gp.answer, "greedy_format_ok": gp.format_ok,
-            "greedy_correct": grade_safely(q.text, gp.answer, q.answer),
+            "greedy_correct": grade(q.text, gp.answer, q.answer),
             "samples": ss, "sample_answers": answers,
             "majority": label, "agreement": count / k,  # share of all k samples, invalid ones included
-            "maj_correct": grade_safely(q.text, label, q.answer),
-            "pass_at_k": any(grade_safely(q.text, a, q.answer) for a in answers),
-            "prior_answer": prior.get(q.family), "prior_correct": grade_safely(q.text, prior.get(q.family), q.answer),
+            "maj_correct": grade(q.text, label, q.answer),
+            "pass_at_k": any(grade(q.text, a, q.answer) for a in answers),
+            "prior_answer": prior.get(q.family), "prior_correct": grade(q.text, prior.get(q.family), q.answer),
         })
     return WorldEval(rows, summarize(rows))
 
@@ -170,7 +155,7 @@ def questioner_validity(sampler: Sampler, world: WorldConfig, split: str = "held
                             SamplingParams(temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed))
     parsed = [parse_questioner(o[0]) for o in outs]
     answerable = [p.valid and oracle(s, p.question) is not None for p, s in zip(parsed, scenes)]
-    correct = [a and grade_safely(p.question, p.answer, oracle(s, p.question)) for a, p, s in zip(answerable, parsed, scenes)]
+    correct = [a and grade(p.question, p.answer, oracle(s, p.question)) for a, p, s in zip(answerable, parsed, scenes)]
     return {"n": n, "valid": sum(p.valid for p in parsed) / n, "answerable": sum(answerable) / n,
             "own_answer_correct": sum(correct) / n, "reasons": dict(Counter(p.reason for p in parsed)),
             "distinct_questions": len({p.question for p in parsed if p.valid})}

@@ -23,7 +23,7 @@ from visplay.labeling import majority_vote_batch
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.eval.world import grade_safely as grade
+from visplay.worlds.questions import grade
 from visplay.worlds.questions import oracle
 from visplay.worlds.scene import WorldConfig, make_scene
 

@@ -368,7 +368,7 @@ def grade(question: str, predicted: str | None, truth: str) -> bool:
     if hit and hit[0].qtype == "regression":
         try:
             return abs(_to_float(pred) - float(truth)) <= REGRESSION_TOLERANCE + 1e-9
-        except ValueError:
+        except (ValueError, ArithmeticError):  # "abc", "1/0": model output is untrusted; wrong, not a crash
             return False
     if hit and hit[0].qtype == "multiple choice":
         m = re.fullmatch(r"\(?([A-Ea-e])\)?\.?", pred)
