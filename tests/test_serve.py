@@ -137,6 +137,25 @@ def test_unreachable_server_error_names_the_url():
         OpenAISampler(url, retries=1, backoff=0.01, timeout=2).generate(_prompts(1), SamplingParams())
 
 
+def test_eval_through_a_server_matches_in_process(served, micro_model_dir, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from visplay.cli import main
+
+    server, local_sampler = served
+    requests = []
+    monkeypatch.setattr(local_sampler, "generate", lambda prompts, params, _g=local_sampler.generate:
+                        requests.append(len(prompts)) or _g(prompts, params))
+    common = ["eval", "--model", str(micro_model_dir), "--n", "6", "--k", "2", "--set", "eval.max_new_tokens=6"]
+    assert main(common + ["--out", str(tmp_path / "local")]) == 0
+    assert main(common + ["--out", str(tmp_path / "remote"), "--sampler-url", server.url]) == 0
+    local, remote = (pd.read_parquet(tmp_path / d / "items.parquet") for d in ("local", "remote"))
+    assert list(remote.question) == list(local.question)
+    assert list(remote.greedy_output) == list(local.greedy_output)  # greedy: the same text either way
+    assert all(len(s) == 2 for s in remote.samples)
+    assert len(requests) == 2 * 6  # one greedy and one sampled request per question went to the server
+
+
 def test_launch_command_quotes_placeholders(tmp_path):
     cfg = SamplerConfig(url="http://127.0.0.1:8123/v1", launch="vllm serve {model} --port {port} --host {host}")
     assert launch_command(cfg, tmp_path / "my model") == f"vllm serve '{tmp_path}/my model' --port 8123 --host 127.0.0.1"

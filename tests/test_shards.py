@@ -3,10 +3,16 @@
 Proves: every item goes to exactly one rank (index % world), chunk seeds never collide across
 ranks, the merge restores the unsharded order (several rows per item stay in order), equals the
 one-process result, a rank's finished parts are reused on rerun, and an unfinished rank or a row
-of another stage is a clear error. Offline, seconds: `pytest -q tests/test_shards.py`.
+of another stage is a clear error; a worker behind a launcher exits when the loop is killed. Offline, seconds: `pytest -q tests/test_shards.py`.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -156,3 +162,45 @@ def test_launched_reasoner_phase_on_two_ranks_saves_model_and_record(micro_model
                                       "{python} -c 'import sys; print(sys.argv[1:]); raise SystemExit(7)'")
     with pytest.raises(WorkerError, match=r"(?s)exited with status 7.*'grpo', '.*/run', 'iter1/reasoner'"):
         launch_phase(broken_cfg, broken, "iter1/reasoner", broken.root / "iter1/reasoner")
+
+
+_CONTROLLER = """
+import shlex, subprocess, sys, time
+from visplay.evolve.worker import worker_env
+child = ("import os, time; from visplay.evolve.worker import CONTROLLER_PID, exit_with_controller; "
+         "exit_with_controller(int(os.environ[CONTROLLER_PID]) if sys.argv[1] == 'watch' else None, 0.2); "
+         "print(os.getpid(), flush=True); time.sleep(120)")
+# through a shell, as a launcher would be: the worker is a grandchild the kernel cannot signal for us
+cmd = f"{shlex.quote(sys.executable)} -c {shlex.quote('import sys; ' + child)} {sys.argv[1]}"
+p = subprocess.Popen(["sh", "-c", cmd],
+                     env=worker_env(), stdout=subprocess.PIPE, text=True)
+print(p.stdout.readline().strip(), flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+@pytest.mark.parametrize("mode", ["watch", "no-watch"])
+def test_workers_exit_when_the_loop_is_killed(mode):
+    """SIGKILL the controller: a watching worker behind a launcher exits within seconds; one that
+    does not watch (the behaviour before) would be left running."""
+    controller = subprocess.Popen([sys.executable, "-c", _CONTROLLER, mode], stdout=subprocess.PIPE, text=True)
+    worker = int(controller.stdout.readline())
+    assert _alive(worker)
+    controller.kill()  # not reaped yet: the watcher must see through the zombie
+    deadline = time.time() + (15 if mode == "watch" else 3)  # the watcher polls every 0.2 s
+    while _alive(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    try:
+        assert _alive(worker) == (mode == "no-watch")
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+        controller.wait()

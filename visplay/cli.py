@@ -55,33 +55,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.benchmarks or args.compare:
         return run_benchmark_eval(args)
     from visplay.eval.world import evaluate_world, write_eval
-    from visplay.models import load_model
-    from visplay.sampling.hf import TransformersSampler
+    from visplay.sampling.factory import open_sampler
 
     extra = [f"eval.{k}={v}" for k, v in (("n", args.n), ("k", args.k), ("seed", args.world_seed), ("split", args.split))
              if v is not None]
+    if args.sampler_url:
+        extra.append(f"sampler.url={args.sampler_url}")
     cfg = _config(args, extra)
     model_path = resolve_model(args.model or cfg.model)
-    model, processor = load_model(model_path)
-    sampler = TransformersSampler(model, processor, progress=True)
     e = cfg.eval
-    result = evaluate_world(sampler, cfg.world, e.split, e.n, e.k, e.temperature, e.top_k, e.max_new_tokens, e.seed,
-                            e.families)
-    print(f"model {model_path} on {e.n} {e.split} scenes (seed {e.seed}), k={e.k}, T={e.temperature}")
-    print(result.table())
-    if args.probe:
-        from visplay.eval.probe import colour_probe
-        from visplay.eval.world import questioner_validity
+    with open_sampler(cfg.sampler, model_path, progress=True) as sampler:
+        result = evaluate_world(sampler, cfg.world, e.split, e.n, e.k, e.temperature, e.top_k, e.max_new_tokens,
+                                e.seed, e.families)
+        print(f"model {model_path} on {e.n} {e.split} scenes (seed {e.seed}), k={e.k}, T={e.temperature}")
+        print(result.table())
+        if args.probe:
+            from visplay.eval.probe import colour_probe
+            from visplay.eval.world import questioner_validity
+            from visplay.models import load_model
 
-        qv = questioner_validity(sampler, cfg.world, e.split, n=min(e.n, 200), seed=e.seed)
-        result.summary["questioner"] = qv
-        print(f"questioner at T=1.0: {qv['valid']:.1%} valid, {qv['answerable']:.1%} answerable by the oracle, "
-              f"own answer right {qv['own_answer_correct']:.1%}, {qv['distinct_questions']} distinct of {qv['n']}")
-
-        probe = colour_probe(model, processor, cfg.world, e.split, n=e.n, seed=e.seed)
-        result.summary["colour_probe"] = probe
-        print(f"perception probe (teacher-forced colour of the object in a cell): {probe['accuracy']:.1%} "
-              f"(chance {probe['chance']:.0%}, n={probe['n']})")
+            qv = questioner_validity(sampler, cfg.world, e.split, n=min(e.n, 200), seed=e.seed)
+            result.summary["questioner"] = qv
+            print(f"questioner at T=1.0: {qv['valid']:.1%} valid, {qv['answerable']:.1%} answerable by the oracle, "
+                  f"own answer right {qv['own_answer_correct']:.1%}, {qv['distinct_questions']} distinct of {qv['n']}")
+            # the probe reads logits, so it needs the weights here even when sampling went through a server
+            model, processor = ((sampler.model, sampler.processor) if hasattr(sampler, "model")
+                                else load_model(model_path))
+            probe = colour_probe(model, processor, cfg.world, e.split, n=e.n, seed=e.seed)
+            result.summary["colour_probe"] = probe
+            print(f"perception probe (teacher-forced colour of the object in a cell): {probe['accuracy']:.1%} "
+                  f"(chance {probe['chance']:.0%}, n={probe['n']})")
     if args.out:
         write_eval(result, args.out, {"model": str(model_path), "config": to_dict(cfg)})
         print(f"per-item results: {Path(args.out) / 'items.parquet'}")
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="held-out split: heldout (default), compositional or unlabeled")
     p.add_argument("--out", help="directory for items.parquet and summary.json/md")
     p.add_argument("--probe", action="store_true", help="also run the perception probe and measure questioner validity")
+    p.add_argument("--sampler-url", help="sample through an OpenAI-compatible server at this base URL (sets sampler.url)")
     add_benchmark_args(p)
     p.set_defaults(func=cmd_eval)
 

@@ -32,6 +32,8 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from visplay.config import Config, from_dict
 from visplay.evolve.rundir import RunDir
 
 STAGE = re.compile(r"iter(\d+)/(questioner|reasoner|questions|labels)")
+CONTROLLER_PID = "VISPLAY_CONTROLLER_PID"  # the loop's pid, passed through any launcher to the workers
 
 
 class WorkerError(RuntimeError):
@@ -259,7 +262,7 @@ def run_sharded_stage(cfg: Config, run: RunDir, stage: str, items, parts_dir: Pa
     world = cfg.hardware.generation_shards
     procs = []
     for rank in range(world):
-        env = dict(os.environ)
+        env = worker_env()
         gpu = _gpu_for(rank)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -290,11 +293,50 @@ def launcher_path() -> str:
     return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
+def worker_env() -> dict[str, str]:
+    """This environment plus the controller's pid, so workers can tell when the loop is gone."""
+    return {**os.environ, CONTROLLER_PID: str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed controller stays a zombie until its own parent reaps it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def exit_with_controller(pid: int | None, interval: float = 1.0) -> threading.Thread | None:
+    """Exit this worker when the loop that launched it dies (even by SIGKILL, which no handler sees).
+
+    A launcher (shell, ``accelerate launch``, torchrun) sits between the loop and the workers, so
+    the kernel's parent-death signal cannot reach them; a poll on the controller's pid can. Outputs
+    are written atomically per chunk/checkpoint, so leaving abruptly loses nothing ``--resume`` needs.
+    """
+    if pid is None:
+        return None
+
+    def watch() -> None:
+        while _alive(pid):
+            time.sleep(interval)
+        print(f"visplay worker: controller {pid} is gone; exiting", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="controller-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def _run_logged(cmd: str, log: Path, shell: bool) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
         rc = subprocess.run(cmd, shell=shell, stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PATH": launcher_path()}).returncode
+                            env={**worker_env(), "PATH": launcher_path()}).returncode
     if rc != 0:
         raise WorkerError(f"`{cmd}` exited with status {rc}; end of {log}:\n{_tail(log)}")
 
@@ -311,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("rank", type=int)
     s.add_argument("world", type=int)
     args = p.parse_args(argv)
+    pid = os.environ.get(CONTROLLER_PID)
+    exit_with_controller(int(pid) if pid and pid.isdigit() else None)
     if args.job == "grpo":
         grpo_main(args.run, args.stage)
     else:

@@ -14,9 +14,6 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from visplay.models import freeze_vision_tower, train_resumable
 from visplay.roles.prompts import questioner_messages, questioner_target, reasoner_messages
 from visplay.tiny.build import TinyModelConfig, build_model, build_processor, build_tokenizer
 from visplay.worlds.questions import FAMILIES, check_families, make_question
@@ -71,7 +68,9 @@ def example(i: int, cfg: PretrainConfig) -> dict:
     return {"messages": reasoner_messages(q.text), "target": q.target, "image": scene.render()}
 
 
-class WorldDataset(torch.utils.data.Dataset):
+class WorldDataset:
+    """Map-style dataset (no torch import here: `visplay.config` imports this module for its config)."""
+
     def __init__(self, cfg: PretrainConfig, size: int):
         self.cfg, self.size = cfg, size
 
@@ -118,6 +117,8 @@ def init_model_dir(out: Path, cfg: PretrainConfig):
 def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True) -> Path:
     """Train and ``save_pretrained`` to ``out_dir``; checkpoints go to ``out_dir/../<name>.ckpt``."""
     from transformers import Trainer, TrainingArguments
+
+    from visplay.models import freeze_vision_tower, train_resumable
 
     out = Path(out_dir)
     ckpt_dir = out.with_name(out.name + ".ckpt")
