@@ -2,6 +2,7 @@
 marked with a running tally for the question, so no step needs a long-range text search.
 argv: out steps lr init seed [order: random|read]"""
 ORDER = 'random'
+RESTATE = False
 import sys, random
 import visplay.tiny.pretrain as P
 from visplay.models import load_model
@@ -64,6 +65,11 @@ def trace(scene, qtext, rng):
         tail = f"{p['cell']} {v}: {ans}"
     elif name == "leftmost":
         tail = f"left-most {best.colour}: {ans}"
+    if RESTATE:
+        words = {"count": " ".join(w for w in (p.get("size"), p.get("colour"), p.get("shape")) if w) if name == "count" else "",
+                 "sum": f"{p.get('a')} or {p.get('b')}", "ratio": p.get("colour"), "compare": f"{p.get('a')} vs {p.get('b')}",
+                 "column": f"{p.get('colour')} {p.get('shape')}", "attribute": p.get("cell"), "leftmost": p.get("shape")}[name] or "all"
+        body = f"find {words}. {body}"
     return f"<think>{body}. {tail}</think>\\boxed{{{ans}}}"
 
 def example(i, cfg):
@@ -82,6 +88,7 @@ if __name__ == "__main__":
     out, steps, lr, init, seed = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], int(sys.argv[5])
     P.example = example
     ORDER = sys.argv[6] if len(sys.argv) > 6 else 'random'
+    RESTATE = len(sys.argv) > 7 and sys.argv[7] == 'restate'
     P.init_model_dir = lambda out, cfg: load_model(init)
     from visplay.config import load_config
     cfg = load_config("tiny").pretrain

@@ -1,5 +1,5 @@
 """Teacher-forced mark probe: given a correct reading-order inline trace up to an object, does the
-model mark it as matching the question ("How many <colour> objects are there?")? argv: model [n]"""
+model mark it as matching the question ("How many <colour> objects are there?")? argv: model [n] [restate]"""
 import sys, random, torch
 from transformers import AutoProcessor, AutoModelForImageTextToText
 from visplay.roles.prompts import reasoner_messages
@@ -7,6 +7,7 @@ from visplay.worlds.scene import make_scene, COLOURS, WorldConfig
 from visplay.config import load_config
 
 model_dir, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300
+restate = len(sys.argv) > 3 and sys.argv[3] == "restate"
 proc = AutoProcessor.from_pretrained(model_dir); model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
 tok = proc.tokenizer; tok.padding_side = "left"
 world = load_config("tiny").eval.world if hasattr(load_config("tiny").eval, "world") else WorldConfig()
@@ -26,7 +27,7 @@ while len(items) < n:
         else: parts.append(f"{t} {o.cell}: {o.size} {o.colour} {o.shape} -")
     o = objs[j]
     prefix = ". ".join(parts + [f"{j+1} {o.cell}: {o.size} {o.colour} {o.shape} "])
-    text = proc.apply_chat_template(reasoner_messages(q), add_generation_prompt=True, tokenize=False) + f"<think>{prefix}"
+    text = proc.apply_chat_template(reasoner_messages(q), add_generation_prompt=True, tokenize=False) + f"<think>{'find ' + colour + '. ' if restate else ''}{prefix}"
     items.append((text, scene.render(), o.colour == colour, nums[k + 1][1]))
 res = {True: [0, 0], False: [0, 0]}
 with torch.no_grad():
