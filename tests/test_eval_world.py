@@ -35,3 +35,19 @@ def test_answer_prior_is_most_common_training_answer():
     prior = answer_prior(WorldConfig(), ("count", "compare"), n=500)
     assert set(prior) == {"count", "compare"}
     assert prior["compare"] in ("A", "B") and prior["count"].isdigit()
+
+
+def test_answer_prior_does_not_depend_on_the_traces(monkeypatch):
+    """A trace format that draws more random numbers must not move the baseline."""
+    import visplay.worlds.questions as questions
+
+    before = answer_prior(WorldConfig(), tuple(questions.FAMILIES), n=600)
+    think = questions.Count.think
+
+    def greedy_think(self, scene, p, rng):
+        if rng is not None:
+            rng.random(), rng.random()  # extra draws, as a richer trace would take
+        return think(self, scene, p, rng)
+
+    monkeypatch.setattr(questions.Count, "think", greedy_think)
+    assert answer_prior(WorldConfig(), tuple(questions.FAMILIES), n=600) == before

@@ -36,11 +36,13 @@ def eval_items(split: str, n: int, world: WorldConfig, families, seed: int) -> l
 
 
 def answer_prior(world: WorldConfig, families, n: int = 3000, seed: int = 0) -> dict[str, str]:
-    """Each family's most common true answer on *training* scenes: the no-image baseline."""
+    """Each family's most common true answer on *training* scenes: the no-image baseline.
+
+    One rng per question, so the baseline depends on the questions only, not on how many draws the
+    traces take (with one shared stream, a trace change could flip a near-tied family's prior)."""
     counts: dict[str, Counter] = defaultdict(Counter)
-    rng = random.Random(f"prior:{seed}")
     for i in range(n):
-        q = make_question(make_scene("train", i, world), rng, families)
+        q = make_question(make_scene("train", i, world), random.Random(f"prior:{seed}:{i}"), families)
         counts[q.family][q.answer] += 1
     return {fam: c.most_common(1)[0][0] for fam, c in counts.items()}
 
