@@ -44,10 +44,10 @@ def test_answer_prior_does_not_depend_on_the_traces(monkeypatch):
     before = answer_prior(WorldConfig(), tuple(questions.FAMILIES), n=600)
     think = questions.Count.think
 
-    def greedy_think(self, scene, p, rng):
+    def think_with_extra_draws(self, scene, p, rng):
         if rng is not None:
             rng.random(), rng.random()  # extra draws, as a richer trace would take
         return think(self, scene, p, rng)
 
-    monkeypatch.setattr(questions.Count, "think", greedy_think)
+    monkeypatch.setattr(questions.Count, "think", think_with_extra_draws)
     assert answer_prior(WorldConfig(), tuple(questions.FAMILIES), n=600) == before

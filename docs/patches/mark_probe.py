@@ -4,13 +4,12 @@ import sys, random, torch
 from transformers import AutoProcessor, AutoModelForImageTextToText
 from visplay.roles.prompts import reasoner_messages
 from visplay.worlds.scene import make_scene, COLOURS, WorldConfig
-from visplay.config import load_config
 
 model_dir, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 300
 restate = len(sys.argv) > 3 and sys.argv[3] == "restate"
 proc = AutoProcessor.from_pretrained(model_dir); model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
 tok = proc.tokenizer; tok.padding_side = "left"
-world = load_config("tiny").eval.world if hasattr(load_config("tiny").eval, "world") else WorldConfig()
+world = WorldConfig()  # the default world, 1-8 objects (as in the held-out eval)
 dash = tok(" -", add_special_tokens=False)["input_ids"]
 nums = {k: tok(f" {k}", add_special_tokens=False)["input_ids"] for k in range(1, 9)}
 assert dash[0] == nums[1][0]
