@@ -9,11 +9,11 @@ STAMP   = $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c requirements/lock.txt torch torchvision
+	$(BIN)/pip install -q -c requirements/lock.txt -e ".[test]"   # the exact tested set
 	touch $(STAMP)
 
 evolve: setup

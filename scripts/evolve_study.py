@@ -1,10 +1,14 @@
-"""The loop's headline table: held-out gain over run seeds, with the ablations beside it.
+"""The loop's headline table: gain per level over run seeds, against a compute-matched control.
 
-Runs `visplay evolve` once per (variant, seed) into `<root>/<variant>-s<seed>/` (a finished run is
-read, an interrupted one resumed), then prints one markdown row per variant: base and final greedy,
-the gain (mean ± sd over seeds), maj@k - greedy, the iteration-1 pseudo-label accuracy of kept
-labels, and stage minutes. Each run sees the same held-out items (eval.seed is fixed), so gains are
-paired. Run: `python scripts/evolve_study.py --root runs/study --seeds 0 1 2 [--variants default]`.
+For each run seed it runs `visplay evolve` into `<root>/<variant>-s<seed>/` (a finished run is read,
+an interrupted one resumed) and a **control**: the base model trained with supervised steps on the
+labelled levels only (the pretraining recipe, fresh questions, no self-labels), as many optimizer
+steps as the loop's reasoner took, at its learning rate (`<root>/control-s<seed>/`). Every model
+(base, each iteration's reasoner, the control) is then scored greedily on a second held-out set
+(`--eval-seed`, disjoint from the loop's own eval items, `--eval-n` items over all levels), and the
+script prints per level: mean ± standard error over seeds, the final-vs-base and final-vs-control
+gains (each seed paired on the same items; McNemar p pooled over seeds), and the ablations.
+Run: `python scripts/evolve_study.py --root runs/study --seeds 0 1 2 [--variants default]`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 VARIANTS: dict[str, list[str]] = {
     "default": [],
@@ -29,65 +35,150 @@ def slug(name: str) -> str:
 
 
 def run_one(run: Path, overrides: list[str], preset: str) -> dict:
-    """The run's manifest stages, running or resuming it first unless it already finished."""
+    """The run's manifest, running or resuming it first unless it already finished."""
     manifest = run / "manifest.json"
-    if manifest.exists() and _finished(json.loads(manifest.read_text())):
-        return json.loads(manifest.read_text())["stages"]
-    if manifest.exists():
-        argv = ["evolve", "--run", str(run), "--resume"]
-    else:
-        argv = ["evolve", "--preset", preset, "--run", str(run)] + [x for o in overrides for x in ("--set", o)]
-    subprocess.run([sys.executable, "-m", "visplay.cli", *argv], check=True)
-    return json.loads(manifest.read_text())["stages"]
+    if not (manifest.exists() and _finished(json.loads(manifest.read_text()))):
+        if manifest.exists():
+            argv = ["evolve", "--run", str(run), "--resume"]
+        else:
+            argv = ["evolve", "--preset", preset, "--run", str(run)] + [x for o in overrides for x in ("--set", o)]
+        subprocess.run([sys.executable, "-m", "visplay.cli", *argv], check=True)
+    return json.loads(manifest.read_text())
 
 
 def _finished(manifest: dict) -> bool:
-    last = f"iter{manifest['config']['evolve']['iterations']}/eval"
-    return manifest["stages"].get(last, {}).get("state") == "done"
+    stages = manifest["stages"]
+    if any(s.get("stopped") for s in stages.values()):
+        return True
+    return stages.get(f"iter{manifest['config']['evolve']['iterations']}/eval", {}).get("state") == "done"
 
 
-def summarize(stages: dict) -> dict:
-    evals = {int(k[4:].split("/")[0]): v for k, v in stages.items() if k.endswith("/eval")}
-    last = max(evals)
-    labels = stages.get("iter1/labels", {})
-    return {"base": evals[0]["greedy"], "final": evals[last]["greedy"], "gain": evals[last]["greedy"] - evals[0]["greedy"],
-            "headroom": evals[0]["maj"] - evals[0]["greedy"], "label_acc": labels.get("label_accuracy_kept"),
-            "minutes": sum(s.get("seconds", 0) for s in stages.values()) / 60}
+def models_of(run: Path, manifest: dict) -> dict[str, Path]:
+    """{"iter<t>": reasoner dir} for every evaluated iteration of a run."""
+    out = {}
+    for name, info in sorted(manifest["stages"].items()):
+        if name.endswith("/eval") and name != "iter0/eval" and info.get("state") == "done":
+            t = name.split("/")[0]
+            model = manifest["stages"][f"{t}/reasoner"]["model"]
+            out[t] = Path(model) if Path(model).is_absolute() else run / model
+    return out
 
 
-def table(results: dict[str, list[dict]]) -> str:
-    def ms(xs, scale=100.0, fmt="{:.1f}"):
-        xs = [x * scale for x in xs if x is not None]
-        if not xs:
-            return "n/a"
-        sd = f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else ""
-        return fmt.format(statistics.mean(xs)) + sd
+def control(root: Path, seed: int, cfg, base: Path) -> Path:
+    """The compute-matched supervised control for one run seed (resumable)."""
+    from dataclasses import replace
 
-    lines = ["| variant | seeds | base greedy % | final greedy % | gain (points) | base maj − greedy | "
-             "iter-1 kept-label accuracy % | stage minutes |", "|---|---|---|---|---|---|---|---|"]
-    for name, rs in results.items():
-        lines.append(f"| {name} | {len(rs)} | {ms([r['base'] for r in rs])} | {ms([r['final'] for r in rs])} | "
-                     f"**{ms([r['gain'] for r in rs])}** | {ms([r['headroom'] for r in rs])} | "
-                     f"{ms([r['label_acc'] for r in rs])} | {ms([r['minutes'] for r in rs], 1.0)} |")
+    from visplay.tiny.pretrain import pretrain
+
+    out = root / f"control-s{seed}" / "model"
+    if (out / "config.json").exists():
+        return out
+    r = cfg.evolve.reasoner
+    steps = cfg.evolve.iterations * r.steps * r.updates_per_step
+    pc = replace(cfg.pretrain, steps=steps, batch_size=r.prompts_per_step, lr=r.lr, warmup_steps=0,
+                 questioner_share=0.0, describe_share=0.0, seed=10_000 + seed, save_steps=max(1, steps // 4))
+    print(f"control s{seed}: {steps} supervised steps of batch {pc.batch_size} at lr {pc.lr} on levels "
+          f"{pc.world.min_objects}-{pc.world.max_objects}", flush=True)
+    return pretrain(out, pc, init=base)
+
+
+def score(model: Path, cache: Path, cfg, n: int, seed: int) -> list[dict]:
+    """Greedy rows of ``model`` on the study's held-out set (cached in ``cache``)."""
+    from visplay.eval.world import evaluate_world
+    from visplay.io import atomic_write_parquet
+    from visplay.sampling.factory import open_sampler
+
+    if cache.exists():
+        return pq.read_table(cache).to_pylist()
+    e = cfg.evolve.eval
+    with open_sampler(cfg.sampler, model, cfg.dtype) as sampler:
+        res = evaluate_world(sampler, cfg.world, e.split, n, 0, max_new_tokens=e.max_new_tokens, seed=seed,
+                             families=e.families, labelled_levels=cfg.labelled_levels)
+    rows = [{k: r[k] for k in ("id", "level", "family", "question", "truth", "greedy_answer", "greedy_correct")}
+            for r in res.rows]
+    atomic_write_parquet(cache, rows)
+    return rows
+
+
+def _acc(rows, levels) -> float:
+    xs = [r["greedy_correct"] for r in rows if r["level"] in levels]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _ms(xs: list[float]) -> str:
+    xs = [100 * x for x in xs]
+    if len(xs) < 2:
+        return f"{xs[0]:.1f}" if xs else "n/a"
+    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs) / len(xs) ** 0.5:.1f}"
+
+
+def report(scores: dict[str, dict[int, list[dict]]], labelled: set[int]) -> str:
+    """Markdown: accuracy per level group and level for every model kind, then the paired gains."""
+    from visplay.eval.world import paired
+
+    any_rows = next(iter(next(iter(scores.values())).values()))
+    levels = sorted({r["level"] for r in any_rows})
+    unl = {lv for lv in levels if lv not in labelled}
+    cols = [("labelled", labelled & set(levels)), ("unlabelled", unl)] + [(f"L{lv}", {lv}) for lv in levels]
+    seeds = sorted(scores["base"])
+    lines = ["| model | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for kind in [k for k in scores if k != "final"]:
+        lines.append(f"| {kind} | " + " | ".join(_ms([_acc(scores[kind][s], lv) for s in scores[kind]]) for _, lv in cols)
+                     + " |")
+    final = "final"
+    lines.append("")
+    lines.append(f"Gains of the final reasoner (greedy, points; mean ± SE over seeds {seeds}; per-seed values; McNemar p pooled "
+                 "over seeds' paired items):")
+    for ref in ("base", "control"):
+        if ref not in scores:
+            continue
+        for name, lv in cols[:2]:
+            per = [_acc(scores[final][s], lv) - _acc(scores[ref][s], lv) for s in seeds if s in scores[final]]
+            b = [r["greedy_correct"] for s in seeds if s in scores[final] for r in scores[ref][s] if r["level"] in lv]
+            a = [r["greedy_correct"] for s in seeds if s in scores[final] for r in scores[final][s] if r["level"] in lv]
+            pt = paired(b, a)
+            lines.append(f"- vs {ref}, {name} levels: **{_ms(per)}** (per seed {', '.join(f'{100 * x:+.1f}' for x in per)}; "
+                         f"pooled {100 * pt['gain']:+.1f} ± {100 * pt['se']:.1f}, n={pt['n']}, McNemar p={pt['p']:.2g})")
     return "\n".join(lines)
 
 
 def main() -> None:
+    from visplay.config import load_config, resolve_model
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default="runs/study")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--no-control", action="store_true", help="skip the compute-matched supervised control")
+    ap.add_argument("--eval-n", type=int, default=800, help="items of the study's own held-out set (all levels)")
+    ap.add_argument("--eval-seed", type=int, default=1, help="its world seed (the loop's own eval uses eval.seed)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     args = ap.parse_args()
-    results: dict[str, list[dict]] = {}
+    root = Path(args.root)
+    cfg = load_config(args.preset, args.overrides)
+    base = resolve_model(cfg.model)
+    held = lambda name: root / "heldout" / f"{name}.parquet"  # noqa: E731
+    labelled = set(cfg.labelled_levels)
+    tables = []
     for name in args.variants:
+        scores: dict[str, dict[int, list[dict]]] = {"base": {}}
         for seed in args.seeds:
-            run = Path(args.root) / f"{slug(name)}-s{seed}"
-            stages = run_one(run, VARIANTS[name] + [f"evolve.seed={seed}"] + args.overrides, args.preset)
-            results.setdefault(name, []).append(summarize(stages))
-            print(table(results), flush=True)
-    print(table(results))
+            run = root / f"{slug(name)}-s{seed}"
+            manifest = run_one(run, VARIANTS[name] + [f"evolve.seed={seed}"] + args.overrides, args.preset)
+            scores["base"][seed] = score(base, held("base"), cfg, args.eval_n, args.eval_seed)
+            for t, model in models_of(run, manifest).items():
+                scores.setdefault(t, {})[seed] = score(model, held(f"{run.name}-{t}"), cfg, args.eval_n, args.eval_seed)
+                scores.setdefault("final", {})[seed] = scores[t][seed]  # the run's last evaluated reasoner
+            if name == "default" and not args.no_control:
+                model = control(root, seed, cfg, base)
+                scores.setdefault("control", {})[seed] = score(model, held(f"control-s{seed}"), cfg, args.eval_n,
+                                                               args.eval_seed)
+            print(f"\n## {name} (after seed {seed})\n\n" + report(scores, labelled), flush=True)
+        tables.append(f"## {name}\n\n" + report(scores, labelled))
+    out = "\n\n".join(tables)
+    (root / "study.md").write_text(out + "\n")
+    print("\n" + out)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pyarrow.parquet as pq
 import pytest
@@ -36,6 +37,10 @@ def test_eval_writes_items_and_leaves_model_untouched(micro_model_dir, tmp_path,
     assert len(rows) == 6 and all(len(r["samples"]) == 3 for r in rows)
     assert {r["id"] for r in rows} == {f"world/heldout/{i}" for i in range(6)}
     assert (out / "summary.json").is_file() and (out / "summary.md").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["labelled_levels"] == [1, 2, 3, 4, 5]  # presets/tiny.yaml pretrain.world
+    assert sum(v["n"] for v in summary["by_level"].values()) == 6
+    assert set(summary["by_level"]) == {str(r["level"]) for r in rows} and "level " in text
     assert _digest(micro_model_dir) == before
 
 
@@ -61,3 +66,72 @@ def test_model_dir_without_weights(tmp_path, capsys):
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     assert main(["eval", "--model", str(tmp_path)]) == 2
     assert "could not load" in capsys.readouterr().err
+
+
+def test_version_and_config_alias(capsys, tmp_path):
+    """`--version` prints the package version; `--config FILE.yaml` is `--preset FILE.yaml`."""
+    from visplay import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"visplay {__version__}"
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("evolve:\n  iterations: 2\n  questioner:\n    lr: 1e-6\n")
+    args = build_parser().parse_args(["evolve", "--config", str(preset), "--dry-run"])
+    assert args.preset == str(preset)
+    assert main(["evolve", "--config", str(preset), "--set", "evolve.report_to=wandb", "--dry-run"]) == 0
+    assert main(["evolve", "--config", str(tmp_path / "none.yaml"), "--dry-run"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_console_levels_from_evolve_flags(monkeypatch):
+    """--quiet turns every bar off, --verbose keeps the per-step dicts; the two exclude each other."""
+    from visplay import cli, console
+
+    seen = []
+    monkeypatch.setattr(console, "_level", "normal")
+    monkeypatch.setattr(cli, "_config", lambda args, extra: seen.append(console.level()) or (_ for _ in ()).throw(
+        ValueError("stop here")))
+    for flags, level in (([], "normal"), (["--quiet"], "quiet"), (["--verbose"], "verbose")):
+        assert main(["evolve", "--dry-run", *flags]) == 2
+        assert seen[-1] == level
+    assert console.bar_disable() is None
+    console.set_level("quiet")
+    assert console.bar_disable() is True
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evolve", "--quiet", "--verbose"])
+
+
+def test_console_phase_bar_is_labelled_and_prints_no_dicts(monkeypatch, capsys):
+    """A GRPO phase's bar is named for its stage and carries reward/kl/valid; no log dict is
+    printed at the normal level (the dict stays in the Trainer's log history), one is at verbose."""
+    import io
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from visplay import console
+    from visplay.train import phase_label, phase_progress
+
+    assert phase_label("runs/x/iter1/questioner.ckpt") == "iter1/questioner"
+    monkeypatch.setattr(console, "bar_disable", lambda: False)  # draw even though this is no terminal
+    import tqdm.auto
+
+    real, out = tqdm.auto.tqdm, io.StringIO()
+    monkeypatch.setattr(tqdm.auto, "tqdm", lambda *a, **kw: real(*a, file=out, **kw))
+    args, control = TrainingArguments(output_dir="/tmp/unused", report_to=[]), TrainerControl()
+    for level in ("normal", "verbose"):
+        monkeypatch.setattr(console, "_level", level)
+        out.seek(0)
+        out.truncate()
+        cb, state = phase_progress("iter1/questioner"), TrainerState(max_steps=4)
+        cb.on_train_begin(args, state, control)
+        for step in range(1, 5):
+            state.global_step = step
+            cb.on_step_end(args, state, control)
+            cb.on_log(args, state, control, logs={"loss": 0.1, "reward": 0.2968, "kl": 0.0031, "questioner/valid": 1.0,
+                                                   "clip_ratio/high_max": 0.0})
+        cb.on_train_end(args, state, control)
+        bar, printed = out.getvalue(), capsys.readouterr()
+        assert "iter1/questioner" in bar and "4/4" in bar and "reward 0.297 kl 0.003 valid 1.00" in bar
+        assert "clip_ratio" not in bar + printed.err
+        assert ("clip_ratio/high_max" in printed.out) == (level == "verbose")

@@ -10,7 +10,7 @@ from visplay.config import ConfigError, load_config
 def test_preset_and_overrides():
     c = load_config("tiny", ["eval.n=7", "world.max_objects=4", "eval.families=[count, sum]"])
     assert c.eval.n == 7 and c.world.max_objects == 4 and c.eval.families == ("count", "sum")
-    assert c.pretrain.world.max_objects == 6  # from presets/tiny.yaml
+    assert c.pretrain.world.max_objects == 5  # from presets/tiny.yaml (the labelled levels)
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,23 @@ def test_bad_preset_file(tmp_path):
     p.write_text("world: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_config(p)
+
+
+def test_overrides_coerce_by_declared_type():
+    """YAML reads `1e-6` (no dot) as a string and `wandb` as a scalar: the field's type decides."""
+    c = load_config("tiny", ["evolve.questioner.lr=1e-6", "evolve.report_to=wandb", "eval.temperature=0.5",
+                             "evolve.reasoner.beta=2"])
+    assert c.evolve.questioner.lr == 1e-6 and isinstance(c.evolve.questioner.lr, float)
+    assert c.evolve.report_to == ("wandb",)
+    assert c.eval.temperature == 0.5 and c.evolve.reasoner.beta == 2.0
+    assert load_config("tiny", ["evolve.report_to=[wandb, tensorboard]"]).evolve.report_to == ("wandb", "tensorboard")
+    with pytest.raises(ConfigError, match="evolve.questioner.lr: expected a number, got 'fast'"):
+        load_config("tiny", ["evolve.questioner.lr=fast"])
+
+
+def test_preset_file_with_scientific_notation(tmp_path):
+    """A YAML preset written as users write it (`lr: 1e-6`, `report_to: wandb`) loads."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("evolve:\n  report_to: wandb\n  questioner:\n    lr: 1e-6\n")
+    c = load_config(path)
+    assert c.evolve.questioner.lr == 1e-6 and c.evolve.report_to == ("wandb",)

@@ -83,7 +83,12 @@ def test_full_tiny_loop(tmp_path):
     q_steps = [x for x in logged if x["stage"] == "iter1/questioner" and "questioner/valid" in x]
     assert len(q_steps) == 2 and all({"questioner/uncertainty", "questioner/diversity_penalty"} <= set(x) for x in q_steps)
     assert any("reasoner/accuracy" in x for x in logged if x["stage"] == "iter1/reasoner")
-    assert 0 <= results[1]["greedy"] <= 1
+    items = pq.read_table(run / "iter1/eval/items.parquet").to_pylist()
+    assert results[1]["greedy"] == sum(r["greedy_correct"] for r in items) / len(items)  # what the manifest reports
+    assert sum(v["n"] for v in results[1]["by_level"].values()) == len(items) == 6
+    labelled = [r["greedy_correct"] for r in items if r["level"] <= 5]
+    if labelled:
+        assert results[1]["greedy_labelled"] == sum(labelled) / len(labelled)
 
 
 def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):

@@ -251,8 +251,13 @@ def test_disk_full_mid_stage_is_a_clear_error_and_the_run_resumes(micro_model_di
     assert not part.exists() and stale_temps(root) == []
 
     monkeypatch.undo()  # space freed
+    from visplay.evolve import chunks
+
+    written, write = [], chunks.atomic_write_parquet
+    monkeypatch.setattr(chunks, "atomic_write_parquet", lambda path, rows: written.append(Path(path)) or write(path, rows))
     assert main(["evolve", "--run", str(root), "--resume"]) == 0
-    assert first.stat().st_mtime_ns == kept  # the chunk written before the failure was reused
+    assert kept and first not in written and part in written  # the chunk written before the failure was reused
+    assert not first.parent.exists()  # merged into questions.parquet, then removed with the stage done
     rows = pq.read_table(root / "iter1" / "questions.parquet").to_pylist()
     assert sorted(r["image_id"] for r in rows) == [f"world/unlabeled/{i}" for i in range(6)]
     assert all(s["state"] == "done" for s in json.loads((root / "manifest.json").read_text())["stages"].values())

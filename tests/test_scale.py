@@ -112,7 +112,8 @@ def test_grpo_args_map_the_reference_batch_onto_trl(tmp_path):
     # 40 rollout batches of 512 prompts x 8, each feeding 512/128 = 4 updates; per GPU 2 completions x 64
     assert kw["max_steps"] == 160 and kw["generation_batch_size"] == 512 * 8
     assert (kw["per_device_train_batch_size"], kw["gradient_accumulation_steps"]) == (2, 64)
-    assert 2 * 64 * 8 == 128 * 8  # one update = prompts_per_step x num_generations completions
+    # one update = prompts_per_step x num_generations completions, across the 8 GPUs
+    assert kw["per_device_train_batch_size"] * kw["gradient_accumulation_steps"] * 8 == q.prompts_per_step * q.num_generations
     assert (kw["learning_rate"], kw["beta"], kw["weight_decay"], kw["top_p"], kw["bf16"]) == (1e-6, 1e-2, 1e-2, 0.99, True)
     assert kw["use_vllm"] and kw["vllm_mode"] == "colocate" and kw["vllm_max_model_length"] == 6144 + 2048
     assert kw["vllm_gpu_memory_utilization"] == 0.4 and "generation_kwargs" not in kw  # vLLM has no suppress_tokens
@@ -144,7 +145,7 @@ def test_trl_accepts_the_arguments(tmp_path):
 def test_vllm_missing_is_a_clear_error():
     check_vllm(GRPOPhase(use_vllm=False))  # off: nothing to check
     with pytest.raises(VLLMUnavailable, match=r"evolve.reasoner.use_vllm is on but vLLM is not installed.*"
-                                               r"pip install 'visplay\[vllm\]'.*torch==2.14.0.*use_vllm=false"):
+                                               r"torch==2.14.0.*use_vllm=false.*requirements/serve-vllm.txt"):
         check_vllm(GRPOPhase(use_vllm=True), "evolve.reasoner")
 
 

@@ -14,7 +14,7 @@ import torch
 
 from visplay.tiny.build import SPECIAL_TOKENS, TinyModelConfig
 from visplay.tiny.pretrain import Collator, PretrainConfig, example, pretrain
-from visplay.worlds.scene import WorldConfig
+from visplay.worlds.scene import WorldConfig, make_scene
 
 from conftest import MICRO
 
@@ -123,3 +123,25 @@ def test_describe_examples_list_every_object_in_reading_order():
     assert 10 <= seen <= 30
     with pytest.raises(ValueError, match="describe_share"):
         PretrainConfig(describe_share=0.9, questioner_share=0.2)
+
+
+def test_pretraining_sees_only_the_labelled_levels():
+    cfg = PretrainConfig()
+    levels = {make_scene("train", i, cfg.world).level for i in range(300)}
+    assert levels == set(range(cfg.world.min_objects, cfg.world.max_objects + 1)) == {1, 2, 3, 4, 5}
+    targets = [example(i, cfg)["target"] for i in range(60)]
+    assert all("<think>" in t or "<question>" in t for t in targets)
+    assert sum("<question>" in t for t in targets) < 20  # questioner share 0.1
+
+
+def test_pretrain_can_continue_from_a_model(micro_model_dir, tmp_path):
+    """The supervised control of scripts/evolve_study.py: more steps of the recipe from a given model."""
+    from visplay.models import load_model
+
+    cfg = PretrainConfig(steps=2, batch_size=2, warmup_steps=0, logging_steps=1, save_steps=2, model=MICRO)
+    out = pretrain(tmp_path / "c", cfg, init=micro_model_dir)
+    before, proc0 = load_model(micro_model_dir)
+    after, proc1 = load_model(out)
+    assert proc0.tokenizer.get_vocab() == proc1.tokenizer.get_vocab()  # the init's tokenizer, not a rebuilt one
+    changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert changed and not any(".visual.blocks." in f".{k}" for k in changed)

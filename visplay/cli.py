@@ -8,7 +8,8 @@
     visplay report RUN_DIR                    one self-contained HTML page about a run
     visplay status RUN_DIR                    where a (possibly running) run stands
 
-Every subcommand takes `--preset NAME|PATH` and `--set key=value` overrides (dotted keys).
+Every subcommand takes `--preset NAME|PATH` (alias `--config FILE.yaml`) and `--set key=value`
+overrides (dotted keys, coerced to the field's type); `visplay --version` prints the version.
 Errors in input (missing model, bad preset key) print one clear line and exit with status 2.
 """
 
@@ -19,16 +20,19 @@ import sys
 import time
 from pathlib import Path
 
+from visplay import __version__
 from visplay.config import REPO_ROOT, Config, ConfigError, load_config, resolve_model, to_dict
 from visplay.eval.run import add_benchmark_args, run_benchmark_eval
 from visplay.evolve.rundir import RunError
+from visplay.io import WriteError, check_writable_dir
 from visplay.report import add_report_parser
 from visplay.sampling.openai import SamplerError
 from visplay.status import add_status_parser
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help="preset name in presets/ or a YAML file (default: tiny)")
+    p.add_argument("--preset", "--config", dest="preset", default="tiny",
+                   help="preset name in presets/ or a YAML file (default: tiny); --config FILE.yaml is the same")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set eval.k=5 (repeatable)")
 
@@ -46,8 +50,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     t0 = time.time()
     pretrain(out, cfg.pretrain, resume=not args.restart)
+    _pretrain_card(out, cfg, args)
     print(f"pretrained model saved to {out} in {(time.time() - t0) / 60:.1f} min")
     return 0
+
+
+def _pretrain_card(out: Path, cfg: Config, args: argparse.Namespace) -> None:
+    """Model card, chat template and generation defaults of a `visplay pretrain` output."""
+    from visplay.cards import dress_checkpoint
+
+    p = cfg.pretrain
+    dress_checkpoint(out, f"visplay tiny (pretrained, {out.name})", {
+        "base model": "none: built from scratch (`visplay/tiny/build.py`, real Qwen2.5-VL architecture)",
+        "stage": "pretrain (supervised, both roles)",
+        "trained": f"`visplay pretrain --preset {args.preset}`: {p.steps} steps x batch {p.batch_size}, "
+                   f"lr {p.lr:g} cosine, world scenes of the train split",
+        "measured": f"`visplay eval --model {out}` (held-out world accuracy)",
+    }, max_new_tokens=cfg.eval.max_new_tokens)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -62,15 +81,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.sampler_url:
         extra.append(f"sampler.url={args.sampler_url}")
     cfg = _config(args, extra)
+    if args.out:
+        check_writable_dir(args.out)  # a read-only --out fails now, not after all the sampling
     model_path = resolve_model(args.model or cfg.model)
     e = cfg.eval
     with open_sampler(cfg.sampler, model_path, progress=True) as sampler:
         result = evaluate_world(sampler, cfg.world, e.split, e.n, e.k, e.temperature, e.top_k, e.max_new_tokens,
-                                e.seed, e.families)
+                                e.seed, e.families, labelled_levels=cfg.labelled_levels)
         print(f"model {model_path} on {e.n} {e.split} scenes (seed {e.seed}), k={e.k}, T={e.temperature}")
         print(result.table())
         if args.probe:
-            from visplay.eval.probe import colour_probe
+            from visplay.eval.probe import trace_probe
             from visplay.eval.world import questioner_validity
             from visplay.models import load_model
 
@@ -81,10 +102,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             # the probe reads logits, so it needs the weights here even when sampling went through a server
             model, processor = ((sampler.model, sampler.processor) if hasattr(sampler, "model")
                                 else load_model(model_path))
-            probe = colour_probe(model, processor, cfg.world, e.split, n=e.n, seed=e.seed)
-            result.summary["colour_probe"] = probe
-            print(f"perception probe (teacher-forced colour of the object in a cell): {probe['accuracy']:.1%} "
-                  f"(chance {probe['chance']:.0%}, n={probe['n']})")
+            probe = trace_probe(model, processor, cfg.world, e.families, e.split, n=min(e.n, 300), seed=e.seed)
+            result.summary["trace_probe"] = probe
+            print("trace probe (teacher-forced decisive tokens of the marked walk), by level: " + "; ".join(
+                f"{role} " + " ".join(f"{k.split('@')[1]}:{v['accuracy']:.0%}" for k, v in probe.items()
+                                      if k.startswith(role + "@"))
+                for role in ("perception", "comparison")))
     if args.out:
         write_eval(result, args.out, {"model": str(model_path), "config": to_dict(cfg)})
         print(f"per-item results: {Path(args.out) / 'items.parquet'}")
@@ -110,6 +133,9 @@ def cmd_self_train(args: argparse.Namespace) -> int:
 
 def cmd_evolve(args: argparse.Namespace) -> int:
     """Run the self-evolution loop (questioner GRPO -> questions -> silver labels -> reasoner GRPO -> eval)."""
+    from visplay import console
+
+    console.set_level("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     extra = [f"evolve.iterations={args.iterations}"] if args.iterations else []
     if args.model:
         extra.append(f"model={args.model}")
@@ -137,25 +163,34 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; continue with: visplay evolve --run {run_dir} --resume", file=sys.stderr)
         return 130
-    print(summary_table(results))
+    print(summary_table(results, run_dir, cfg.evolve.eval.k))
     print(f"report: {run_dir / 'report.html'}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model over an OpenAI-compatible /v1/chat/completions (+ /v1/models) with the transformers sampler."""
+    import os
+
     from visplay.models import check_model_dir
-    from visplay.sampling.server import serve_model
+    from visplay.sampling.server import Limits, serve_model
 
     cfg = _config(args, [])
     path = check_model_dir(resolve_model(args.model or cfg.model))
+    limits = Limits(max_n=args.max_n, max_tokens=args.max_tokens, max_body_bytes=args.max_body_mb * 1024 * 1024)
+    key = None
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set or empty")
     serve_model(str(path), args.host, args.port, name=args.served_name, dtype=cfg.dtype,
-                ready=lambda line: print(line, flush=True))
+                ready=lambda line: print(line, flush=True), limits=limits, api_key=key)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="visplay", description="Self-evolving vision-language models from unlabeled images.")
+    parser.add_argument("--version", action="version", version=f"visplay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help=cmd_pretrain.__doc__, description=cmd_pretrain.__doc__)
@@ -198,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "(sets sampler.url; see sampler.launch in docs/scaling.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan (stages, sizes, tokens, memory per GPU) without loading anything")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", help="no progress bars: stage summaries and the result only")
+    loud.add_argument("--verbose", action="store_true", help="also print every GRPO step's full log dict")
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("serve", help=cmd_serve.__doc__, description=cmd_serve.__doc__)
@@ -206,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--served-name", help="model id reported by /v1/models (default: the model path)")
+    p.add_argument("--max-n", type=int, default=128, help="most samples one request may ask for (default 128)")
+    p.add_argument("--max-tokens", type=int, default=8192, help="largest max_tokens a request may ask for (default 8192)")
+    p.add_argument("--max-body-mb", type=int, default=64, help="largest request body in MiB (default 64)")
+    p.add_argument("--api-key-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on every request "
+                   "(the key is read from this environment variable, never from the command line)")
     p.set_defaults(func=cmd_serve)
 
     add_report_parser(sub)
@@ -220,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with denormals_flushed():
             return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, RunError, SamplerError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, RunError, SamplerError, WriteError) as e:
         print(f"visplay {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,6 +51,12 @@ class EvalConfig:
             raise ConfigError(f"eval.split must be one of {[s for s in SPLITS if s != 'train']}, got {self.split!r}")
         if self.n < 1 or self.k < 1:
             raise ConfigError(f"eval.n and eval.k must be >= 1, got n={self.n}, k={self.k}")
+        for key, value, ok, need in (("temperature", self.temperature, self.temperature >= 0, ">= 0 (0 = greedy)"),
+                                     ("top_k", self.top_k, self.top_k >= 0, ">= 0 (0 = off)"),
+                                     ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
+                                     ("seed", self.seed, 0 <= self.seed < 2**31, "in [0, 2**31)")):
+            if not ok:  # NaN fails every comparison, so it is refused too
+                raise ConfigError(f"eval.{key} must be {need}, got {value}")
         check_families(self.families)
 
 
@@ -119,6 +125,13 @@ class GRPOPhase:
             raise ConfigError(f"vllm_server_url must look like http://host:8000, got {self.vllm_server_url!r}")
         if not 0 < self.vllm_gpu_memory_utilization < 1 or self.vllm_tensor_parallel_size < 1:
             raise ConfigError("need 0 < vllm_gpu_memory_utilization < 1 and vllm_tensor_parallel_size >= 1")
+        for key, value, ok, need in (("lr", self.lr, self.lr > 0, "> 0"),
+                                     ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                                     ("max_grad_norm", self.max_grad_norm, self.max_grad_norm > 0, "> 0"),
+                                     ("temperature", self.temperature, self.temperature > 0, "> 0 (GRPO samples)"),
+                                     ("seed", self.seed, 0 <= self.seed < 2**31, "in [0, 2**31)")):
+            if not ok:  # NaN fails every comparison, so it is refused too
+                raise ConfigError(f"{key} must be {need}, got {value}")
 
     @property
     def rollout_prompts(self) -> int:
@@ -137,13 +150,17 @@ class EvolveConfig:
 
     iterations: int = 3
     source: str = "world:unlabeled"  # or folder:/path, parquet:/path (Vision-SR1 layout)
+    source_objects: tuple[int, ...] | None = None  # world sources: (min, max) objects per scene, the ladder's
+    #   unlabeled levels (e.g. [6, 8] above a base labelled on 1..5); None = the `world` section's range
     questioner_images: int = 64  # images for the questioner's GRPO phase, per iteration
     images_per_iteration: int = 128  # images the trained questioner writes questions for
     questions_per_image: int = 1
     reward_samples: int = 10  # m: frozen-reasoner answers per question in the questioner reward
     label_samples: int = 9  # m: reasoner answers per question for the silver label
-    band_low: float = 0.25
-    band_high: float = 0.75
+    band_low: float = 0.25  # the reasoner trains on questions whose agreement c is in [band_low, band_high]
+    band_high: float = 0.75  #   (VisPlay's band; [0.7, 1] = an agreement threshold, the ladder's filter)
+    accumulate_labels: bool = False  # train each reasoner on the kept labels of every iteration so far
+    stop_agreement: float | None = None  # end the run when the labels' mean agreement reaches this (collapse guard)
     diversity_threshold: float = 0.5
     temperature: float = 1.0
     top_k: int = 40
@@ -169,13 +186,30 @@ class EvolveConfig:
             raise ConfigError(f"evolve.iterations must be >= 1, got {self.iterations}")
         if not 0 <= self.band_low <= self.band_high <= 1:
             raise ConfigError(f"need 0 <= evolve.band_low <= evolve.band_high <= 1, got {self.band_low}, {self.band_high}")
+        if self.source_objects is not None and (len(self.source_objects) != 2
+                                                or not 0 <= self.source_objects[0] <= self.source_objects[1]):
+            raise ConfigError(f"evolve.source_objects must be [min, max] with 0 <= min <= max, got {self.source_objects}")
+        if self.stop_agreement is not None and not 0 < self.stop_agreement <= 1:
+            raise ConfigError(f"evolve.stop_agreement must be in (0, 1] or null, got {self.stop_agreement}")
         if self.labels not in ("majority", "questioner"):
             raise ConfigError(f"evolve.labels must be 'majority' or 'questioner', got {self.labels!r}")
-        if min(self.questioner_images, self.images_per_iteration, self.questions_per_image,
-               self.reward_samples, self.label_samples) < 1:
-            raise ConfigError("evolve image/question/sample counts must be >= 1")
+        for key in ("questioner_images", "images_per_iteration", "questions_per_image", "reward_samples",
+                    "label_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"evolve.top_p must be in (0, 1], got {self.top_p}")
+        for key, value, ok, need in (
+                ("chunk_size", self.chunk_size, self.chunk_size >= 1, ">= 1"),
+                ("grader_timeout", self.grader_timeout, self.grader_timeout > 0, "> 0 seconds"),
+                ("grader_workers", self.grader_workers, self.grader_workers >= 0, ">= 0 (0 = grade in process)"),
+                ("temperature", self.temperature, self.temperature > 0, "> 0 (the loop samples)"),
+                ("top_k", self.top_k, self.top_k >= 0, ">= 0 (0 = off)"),
+                ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
+                ("diversity_threshold", self.diversity_threshold, 0 <= self.diversity_threshold <= 1, "in [0, 1]"),
+                ("seed", self.seed, 0 <= self.seed < 2**31, "in [0, 2**31)")):
+            if not ok:  # NaN fails every comparison, so it is refused too
+                raise ConfigError(f"evolve.{key} must be {need}, got {value}")
         try:
             check_pixel_range(self.min_pixels, self.max_pixels)
         except ValueError as e:
@@ -213,8 +247,14 @@ class SamplerConfig:
         if self.launch is not None and (self.url is None or "{model}" not in self.launch):
             raise ConfigError("sampler.launch needs sampler.url and a {model} placeholder, e.g. "
                               "'vllm serve {model} --port {port}'")
-        if self.concurrency < 1 or self.timeout <= 0 or self.retries < 0 or self.backoff < 0 or self.batch_rows < 1:
-            raise ConfigError("sampler: need concurrency >= 1, timeout > 0, retries >= 0, backoff >= 0, batch_rows >= 1")
+        for key, value, ok, need in (("concurrency", self.concurrency, self.concurrency >= 1, ">= 1"),
+                                     ("timeout", self.timeout, self.timeout > 0, "> 0 seconds"),
+                                     ("retries", self.retries, self.retries >= 0, ">= 0"),
+                                     ("backoff", self.backoff, self.backoff >= 0, ">= 0 seconds"),
+                                     ("startup_timeout", self.startup_timeout, self.startup_timeout > 0, "> 0 seconds"),
+                                     ("batch_rows", self.batch_rows, self.batch_rows >= 1, ">= 1")):
+            if not ok:  # NaN fails every comparison, so it is refused too
+                raise ConfigError(f"sampler.{key} must be {need}, got {value}")
 
 
 STRATEGIES = ("ddp", "zero2", "zero2_offload", "zero3", "fsdp")
@@ -337,17 +377,40 @@ class Config:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("model must name a model: 'tiny', a local directory or an HF repo id")
+        try:
+            self.source_world  # noqa: B018 -- validates source_objects against the grid
+        except ValueError as e:
+            raise ConfigError(f"evolve.source_objects: {e}") from e
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
 
+    @property
+    def source_world(self) -> WorldConfig:
+        """The world the loop's unlabeled images come from: `world`, with `evolve.source_objects`."""
+        lo_hi = self.evolve.source_objects
+        if lo_hi is None:
+            return self.world
+        return dataclasses.replace(self.world, min_objects=lo_hi[0], max_objects=lo_hi[1])
+
+    @property
+    def labelled_levels(self) -> tuple[int, ...]:
+        """Levels (objects per scene) the embedded base saw labels for: the `pretrain.world` range."""
+        w = self.pretrain.world
+        return tuple(range(w.min_objects, w.max_objects + 1))
+
+
 def resolve_model(name_or_path: str) -> Path:
-    """An embedded name, an existing local path, or an HF repo id found in the local HF cache
-    (never downloaded: `local_files_only`). Anything else comes back as a path, which
-    `visplay.models.check_model_dir` then reports as missing."""
+    """An embedded name, an existing local path, a run directory (its final reasoner), or an HF repo
+    id found in the local HF cache (never downloaded: `local_files_only`). Anything else comes back
+    as a path, which `visplay.models.check_model_dir` then reports as missing."""
     if name_or_path in EMBEDDED_MODELS:
         return EMBEDDED_MODELS[name_or_path]
     path = Path(name_or_path).expanduser()
+    if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
+        from visplay.cards import final_model  # a run directory: its last trained reasoner
+
+        return final_model(path) or path
     if path.exists() or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~")):
         return path
     try:
@@ -365,6 +428,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
     if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # `--set evolve.report_to=wandb`: a list of one
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
@@ -377,6 +442,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return _convert(options[0], value, where) if len(options) == 1 else value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

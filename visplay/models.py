@@ -108,12 +108,13 @@ def restore_weights(model, checkpoint: str | Path) -> None:
 
 
 def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: bool = True,
-                    record: Callable[[], dict] | None = None) -> Path:
+                    record: Callable[[], dict] | None = None, dress: Callable[[Path], None] | None = None) -> Path:
     """Run an HF/TRL trainer from its last complete checkpoint in ``ckpt_dir`` (if any), then
     ``save_pretrained`` model + processor to ``out_dir`` atomically (temp dir, fsync, rename).
 
     ``record()``, if given, is saved as ``PHASE_RECORD`` inside the same folder, so it exists
-    exactly when the model does."""
+    exactly when the model does; ``dress(folder)`` adds files to it before the rename (the model
+    card, `visplay.cards.dress_checkpoint`)."""
     from visplay.io import atomic_dir, atomic_write_json
 
     ckpt = last_checkpoint(ckpt_dir) if resume else None
@@ -126,6 +127,8 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        if dress is not None:
+            dress(tmp)
         if record is not None:
             atomic_write_json(tmp / PHASE_RECORD, record())
     return out_dir

@@ -1,6 +1,7 @@
 """`visplay status RUN_DIR`: where a run stands, read-only, also while it runs in another terminal.
 
-Prints the stages done (with their key numbers), the stage in progress (the first one not done),
+Prints the stages done (with their key numbers), stages marked done whose outputs have since gone
+missing or been damaged ("redo": `--resume` runs them again), the stage in progress (the first one not done),
 how far that stage has got (parts written, last GRPO checkpoint), the last line of metrics.jsonl,
 and whether RUN/lock is held by a live `visplay evolve` process. The lock is probed with a
 non-blocking shared `flock` on a read-only descriptor and released at once; nothing in the run
@@ -226,8 +227,12 @@ def status_text(run_dir: str | Path, now: float | None = None) -> str:
     lock = lock_state(root)
     stages = manifest["stages"]
     expected = expected_stages(manifest)
-    done = [s for s in expected if is_done(manifest, s)]
-    current = next_stage(manifest)
+    from visplay.evolve.rundir import output_problem
+
+    # marked done, but an output is missing or damaged since: `--resume` runs these again
+    broken = {s: p for s in expected if is_done(manifest, s) and (p := output_problem(root, stages[s]))}
+    done = [s for s in expected if is_done(manifest, s) and s not in broken]
+    current = next((s for s in expected if s not in done), None)
     command = manifest.get("command") or []
     created = manifest.get("created")
     lines = [f"run: {root}"]
@@ -242,6 +247,9 @@ def status_text(run_dir: str | Path, now: float | None = None) -> str:
         state = f"finished: all {len(expected)} stages done ({n} iteration{'' if n == 1 else 's'})"
     elif lock.held:
         state = f"in progress: {current} (running for {duration(now - last_time)}; {lock.describe()})"
+    elif current in broken:
+        state = (f"{current} must run again: {broken[current]} ({lock.describe()}); "
+                 f"resume: visplay evolve --run {shlex.quote(str(root))} --resume")
     else:
         state = (f"stopped before {current} ({lock.describe()}: crashed or interrupted); "
                  f"resume: visplay evolve --run {shlex.quote(str(root))} --resume")
@@ -251,7 +259,9 @@ def status_text(run_dir: str | Path, now: float | None = None) -> str:
     width = max(len(s) for s in expected)
     for s in expected:
         info = stages.get(s, {})
-        if is_done(manifest, s):
+        if s in broken:
+            lines.append(f"  redo     {s:<{width}}  outputs damaged: {broken[s]}; --resume runs it again")
+        elif is_done(manifest, s):
             secs = info.get("seconds")
             lines.append(f"  done     {s:<{width}}  {duration(secs) if isinstance(secs, (int, float)) else '':>7}  "
                          f"{stage_summary(s, info)}".rstrip())

@@ -53,6 +53,62 @@ class HealthGuard:
         return self.fired
 
 
+#: (logged key, postfix name, decimals) shown on a phase's progress bar, in this order.
+POSTFIX = (("reward", "reward", 3), ("kl", "kl", 3), ("questioner/valid", "valid", 2),
+           ("reasoner/accuracy", "acc", 2))
+
+
+def step_postfix(logs: dict) -> str:
+    """A progress bar's postfix for one logged GRPO step.
+
+    >>> step_postfix({"reward": 0.2968, "kl": 0.0031, "questioner/valid": 1.0, "loss": 0.1})
+    'reward 0.297 kl 0.003 valid 1.00'
+    """
+    return " ".join(f"{name} {logs[key]:.{d}f}" for key, name, d in POSTFIX if isinstance(logs.get(key), (int, float)))
+
+
+def phase_progress(label: str):
+    """A `TrainerCallback` that draws one bar labelled ``label`` (e.g. ``iter1/questioner``) in
+    place of the Trainer's unlabelled one, with `step_postfix` of the latest step; the per-step
+    dicts are printed only at `visplay.console` level verbose (they are in ``state.log_history``,
+    hence metrics.jsonl, either way)."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    from visplay import console
+
+    class PhaseProgress(TrainerCallback):
+        def __init__(self):
+            self.bar, self.step = None, 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:
+                self.step = state.global_step  # > 0 when resumed from a checkpoint
+                self.bar = tqdm(total=state.max_steps, initial=self.step, desc=label, unit="step",
+                                disable=console.bar_disable(), dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.step)
+                self.step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if self.bar is None or not logs:
+                return
+            text = step_postfix(logs)
+            if text:
+                self.bar.set_postfix_str(text, refresh=True)
+            if console.level() == "verbose":
+                self.bar.write(f"{label} step {state.global_step}: {logs}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return PhaseProgress()
+
+
 def _text(completion) -> str:
     if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": "..."}]
         return "".join(m.get("content", "") if isinstance(m.get("content"), str) else "" for m in completion)
@@ -117,10 +173,11 @@ def check_vllm(phase: GRPOPhase, name: str = "phase") -> None:
     if phase.use_vllm and importlib.util.find_spec("vllm") is None:
         raise VLLMUnavailable(
             f"{name}.use_vllm is on but vLLM is not installed in this environment. TRL's vLLM rollouts (colocate "
-            "and server mode alike) import vllm in the training processes: install it there (`pip install "
-            "'visplay[vllm]'`; vllm 0.33.0 pins torch==2.14.0, torchvision==0.29.0 and transformers<5.21, so it "
-            "needs its own environment, see docs/scaling.md), or turn vLLM rollouts off with "
-            f"--set {name}.use_vllm=false (transformers generate: fine for small rollout batches)")
+            "and server mode alike) import vllm in the training processes, and no vllm release installs beside "
+            "visplay's torch 2.14.1 + transformers 5.23 (vllm 0.33.0 pins torch==2.14.0 and transformers<5.21). "
+            f"Turn vLLM rollouts off with --set {name}.use_vllm=false (transformers generate: fine for small "
+            "rollout batches) and put vLLM where it fits: a separate serving environment "
+            "(requirements/serve-vllm.txt) used through --sampler-url or sampler.launch (docs/scaling.md)")
 
 
 def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, use_cpu: bool = True,
@@ -163,15 +220,16 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
         use_cpu=use_cpu,
         bf16=bf16,
         # TRL turns this on by default; it disables the KV cache during rollouts (10x slower on
-        # the tiny model) and only pays off for models that do not fit in memory.
-        gradient_checkpointing=phase.gradient_checkpointing,
+        # the tiny model) and only pays off for models that do not fit in memory. (transformers 5's
+        # name; `gradient_checkpointing` is its deprecated alias.)
+        activation_checkpointing=phase.gradient_checkpointing,
         logging_steps=1,
         save_steps=phase.save_steps * updates,
         save_total_limit=1,
         report_to=[r for r in report_to or [] if r != "tensorboard"] or "none",
         seed=phase.seed,
         data_seed=phase.seed,
-        disable_tqdm=False,
+        disable_tqdm=False,  # its bar is replaced by `PhaseProgress` in `build_trainer`
     )
     if phase.use_vllm:
         # vLLM's SamplingParams has no suppress_tokens; real checkpoints do not sample <|image_pad|>.
@@ -187,15 +245,26 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
     return kw
 
 
+def phase_label(ckpt_dir: str | Path) -> str:
+    """The stage name of the phase checkpointing to ``ckpt_dir``: ``run/iter1/questioner.ckpt`` -> ``iter1/questioner``."""
+    ckpt_dir = Path(ckpt_dir)
+    return f"{ckpt_dir.parent.name}/{ckpt_dir.name.removesuffix('.ckpt')}"
+
+
 def build_trainer(model, processor, dataset, reward_fn, phase: GRPOPhase, ckpt_dir: Path, log_dir: Path | None = None,
-                  report_to: list[str] | None = None, bf16: bool = False, **overrides):
+                  report_to: list[str] | None = None, bf16: bool = False, label: str | None = None, **overrides):
     """A `GRPOTrainer` for one phase plus its `HealthGuard`; ``overrides`` go to `GRPOConfig` as is.
 
     ``bf16`` (GPU only): bf16 autocast over the policy's fp32 master weights -- at lr 1e-6 an update
-    is far below bf16's resolution, so the weights must stay fp32 -- and a bf16 reference model."""
+    is far below bf16's resolution, so the weights must stay fp32 -- and a bf16 reference model.
+    The console shows one bar named ``label`` (default: `phase_label` of ``ckpt_dir``)."""
+    from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from visplay.console import quiet_library_warnings
     from visplay.dist import current as current_ranks
+
+    quiet_library_warnings()
 
     check_vllm(phase)
     if phase.freeze_vision:
@@ -215,7 +284,21 @@ def build_trainer(model, processor, dataset, reward_fn, phase: GRPOPhase, ckpt_d
         callbacks.append(TensorBoardCallback(SummaryWriter(str(log_dir))))
     trainer = GRPOTrainer(model=model, args=args, reward_funcs=[reward_fn], train_dataset=dataset,
                           processing_class=processor, callbacks=callbacks)
+    for printer in (ProgressCallback, PrinterCallback):  # both print every step's log dict
+        trainer.remove_callback(printer)
+    trainer.add_callback(phase_progress(label or phase_label(ckpt_dir)))
     return trainer, guard
+
+
+def dress_phase(folder: Path, out_dir: Path, role: str, phase: GRPOPhase, start, tokenizer) -> None:
+    """Model card, chat template and generation defaults of a phase's model, written into ``folder``
+    (the temp folder that becomes ``out_dir``)."""
+    from visplay.cards import dress_checkpoint, phase_card_info
+
+    title, info = phase_card_info(out_dir, role, phase, start)
+    dress_checkpoint(folder, title, info, max_new_tokens=phase.max_completion_length, tokenizer=tokenizer,
+                     card_dir=out_dir, sampling=f"GRPO rollouts sampled at temperature {phase.temperature:g}, "
+                     f"top_k {phase.top_k}, top_p {phase.top_p:g}.")
 
 
 def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
@@ -234,8 +317,10 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
     if done is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return out_dir, list(done.get("log_history", [])), done.get("guard")
+    start = getattr(model.config, "_name_or_path", None)
     trainer, guard = build_trainer(model, processor, dataset, reward_fn, phase, ckpt_dir, log_dir, report_to, bf16)
     history = lambda: [dict(h) for h in trainer.state.log_history]  # noqa: E731
-    train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history(), "guard": guard.fired})
+    train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history(), "guard": guard.fired},
+                    dress=lambda tmp: dress_phase(tmp, out_dir, reward_fn.__name__, phase, start, processor.tokenizer))
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir, history(), guard.fired

@@ -3,8 +3,10 @@
 Every stage reads images through one interface, `ImageSource`: iterate it to get `ImageItem`s
 (id, RGB image, origin) in a deterministic order, one at a time, never the whole set in memory.
 Bad items never stop a run: each is skipped with a logged warning naming its file/row and counted
-in `source.skipped[reason]` (reasons are `ImageError.reason`s plus `file_too_large`, `empty_row`
-and `unreadable_parquet`). `skipped` is cleared when a new pass starts, so it describes the
+in `source.skipped[reason]` (reasons are `ImageError.reason`s plus `file_too_large`, `not_a_file`
+(FIFOs, devices, sockets: never opened, so a FIFO cannot hang a run), `out_of_memory`, `empty_row`,
+`bad_cell`, `outside_source_root`, `unsupported_type` and `unreadable_parquet`). Only regular
+files are read, at most `MAX_FILE_BYTES + 1` bytes each. `skipped` is cleared when a new pass starts, so it describes the
 latest pass. Sources open their inputs read-only and never write, move or delete them.
 
     src = open_source("folder:/data/photos", max_pixels=2048 * 2048)
@@ -24,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +54,20 @@ class ImageItem:
     id: str  # stable: content hash for files/parquet; the scene id for the world
     image: Image.Image  # RGB, resized into the pixel range
     origin: str  # "path/to/file.png", "data.parquet#row=17" or "world/unlabeled/12"
+
+
+class SkipCounts(Counter):
+    """reason -> count, plus `first`: the first few skips as "origin (reason): why", for error messages."""
+
+    KEEP = 5
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.first: list[str] = []
+
+    def clear(self) -> None:
+        super().clear()
+        self.first = []
 
 
 @runtime_checkable
@@ -84,7 +101,7 @@ class WorldSource:
     count: int | None = None
     min_pixels: int | None = None
     max_pixels: int | None = None
-    skipped: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    skipped: Counter[str] = field(default_factory=SkipCounts, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -119,7 +136,7 @@ class FolderSource:
     path: str | os.PathLike[str]
     min_pixels: int | None = None
     max_pixels: int | None = None
-    skipped: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    skipped: Counter[str] = field(default_factory=SkipCounts, init=False, repr=False)
     files: tuple[Path, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -155,7 +172,10 @@ class ParquetSource:
 
     Each cell is a list of images or a single image; an image is a `{"bytes", "path"}` struct
     (HF datasets' Image feature; bytes win when both are set), raw bytes, or a path string,
-    relative paths being relative to the parquet file's folder. Other columns (the Vision-SR1 /
+    relative paths being relative to the parquet file's folder. Path strings must resolve inside
+    the source's root (the folder given, or the parquet file's folder), so a row holding
+    "../../etc/passwd" is skipped (`outside_source_root`) unless `allow_outside_root=True`.
+    A struct whose `bytes` field is not binary (a str) is `bad_cell`, a skip of that row. Other columns (the Vision-SR1 /
     benchmark `problem`, `answer`) are never read. Origins are "file.parquet#row=N" (row within
     that file), with "&image=K" added when a row holds more than one image. Rows are read
     `PARQUET_BATCH_ROWS` at a time, so memory is bounded by one row group of the file.
@@ -165,12 +185,16 @@ class ParquetSource:
     column: str = "images"
     min_pixels: int | None = None
     max_pixels: int | None = None
-    skipped: Counter[str] = field(default_factory=Counter, init=False, repr=False)
+    allow_outside_root: bool = False  # opt in to path strings that point outside the source's folder
+    skipped: Counter[str] = field(default_factory=SkipCounts, init=False, repr=False)
     files: tuple[Path, ...] = field(default=(), init=False, repr=False)
+    root: Path = field(default=Path(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_pixel_range(self.min_pixels, self.max_pixels)
-        self.files = _parquet_files(Path(self.path).expanduser())
+        path = Path(self.path).expanduser()
+        self.files = _parquet_files(path)
+        self.root = (path if path.is_dir() else path.parent).resolve()
         for file in self.files:
             columns = _schema(file).names
             if self.column not in columns:
@@ -191,12 +215,28 @@ class ParquetSource:
             _skip(self.skipped, "empty_row", f"{file}#row={row}", "no image in this row")
         for k, value in enumerate(images):
             origin = f"{file}#row={row}" + (f"&image={k}" if len(images) > 1 else "")
-            if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
-                value = value["path"]
+            if isinstance(value, dict):  # HF Image struct: bytes win, else the path
+                raw, ref = value.get("bytes"), value.get("path")
+                if raw is not None and not isinstance(raw, (bytes, bytearray, memoryview)):
+                    _skip(self.skipped, "bad_cell", origin, f"the struct's bytes field holds a {type(raw).__name__}, "
+                          "not binary image data")
+                    continue
+                value = raw if raw is not None else ref
+            if value is None or value == "":
+                _skip(self.skipped, "missing_data", origin, "image entry has neither bytes nor a path")
+                continue
             if isinstance(value, str):
-                item = _decode_item(file.parent / value, origin, self.skipped, self.min_pixels, self.max_pixels)
+                path = (file.parent / value).resolve()
+                if not self.allow_outside_root and not path.is_relative_to(self.root):
+                    _skip(self.skipped, "outside_source_root", origin,
+                          f"path {value!r} resolves to {path}, outside {self.root} (allow_outside_root=True to read it)")
+                    continue
+                item = _decode_item(path, origin, self.skipped, self.min_pixels, self.max_pixels)
+            elif isinstance(value, (bytes, bytearray, memoryview)):
+                item = _decode_bytes(bytes(value), origin, self.skipped, self.min_pixels, self.max_pixels)
             else:
-                item = _decode_bytes(value, origin, self.skipped, self.min_pixels, self.max_pixels)
+                item = _skip(self.skipped, "unsupported_type", origin,
+                             f"image cell holds a {type(value).__name__}, not image bytes or a path")
             if item is not None:
                 yield item
 
@@ -235,34 +275,61 @@ def _cells(file: Path, column: str, skipped: Counter[str]) -> Iterator[tuple[int
 def _decode_item(
     path: Path, origin: str, skipped: Counter[str], min_pixels: int | None, max_pixels: int | None
 ) -> ImageItem | None:
-    """Read a file's bytes (for the content id) and decode them; None (counted) when unusable."""
+    """Read a regular file's bytes (for the content id) and decode them; None (counted) when unusable.
+
+    FIFOs, devices and sockets (also behind a symlink, e.g. to /dev/zero) are never read: a FIFO
+    would block forever and a device would fill memory. The file is opened non-blocking and checked
+    again on the open descriptor (it may have been swapped since the stat), and at most
+    `MAX_FILE_BYTES + 1` bytes are read whatever the file claims its size is.
+    """
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return _skip(skipped, "file_too_large", origin, f"{size:,} bytes, over {MAX_FILE_BYTES:,}")
-        with open(path, "rb") as f:
-            raw = f.read()
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return _skip(skipped, "not_a_file", origin, f"{path} is {_file_kind(st.st_mode)}, not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            return _skip(skipped, "file_too_large", origin, f"{st.st_size:,} bytes, over {MAX_FILE_BYTES:,}")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                return _skip(skipped, "not_a_file", origin, f"{path} is {_file_kind(mode)}, not a regular file")
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            return _skip(skipped, "file_too_large", origin, f"over {MAX_FILE_BYTES:,} bytes (it grew while read)")
     except FileNotFoundError:
         return _skip(skipped, "missing_file", origin, f"no such file: {path}")
     except OSError as e:
         return _skip(skipped, "unreadable", origin, f"cannot read {path}: {e}")
+    except MemoryError:
+        return _skip(skipped, "out_of_memory", origin, f"not enough memory to read {path}")
     return _decode_bytes(raw, origin, skipped, min_pixels, max_pixels)
 
 
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
 def _decode_bytes(
-    raw: Any, origin: str, skipped: Counter[str], min_pixels: int | None, max_pixels: int | None
+    raw: bytes, origin: str, skipped: Counter[str], min_pixels: int | None, max_pixels: int | None
 ) -> ImageItem | None:
     try:
         image = decode_image(raw, where=origin, min_pixels=min_pixels, max_pixels=max_pixels)
     except ImageError as e:
         return _skip(skipped, e.reason, origin, e.detail)
-    if isinstance(raw, dict):
-        raw = raw["bytes"]
-    return ImageItem(id=image_id(bytes(raw)), image=image, origin=origin)
+    except MemoryError:
+        return _skip(skipped, "out_of_memory", origin, "not enough memory to decode it")
+    return ImageItem(id=image_id(raw), image=image, origin=origin)
 
 
 def _skip(skipped: Counter[str], reason: str, origin: str, message: str) -> None:
     skipped[reason] += 1
+    first = getattr(skipped, "first", None)
+    if first is not None and len(first) < SkipCounts.KEEP:
+        first.append(f"{origin} ({reason}): {message}")
     logger.warning("skipping %s (%s): %s", origin, reason, message)
     return None
 

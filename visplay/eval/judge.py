@@ -278,7 +278,7 @@ class JudgeClient:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as e:
-            detail = self._redact(_safe_body(e))
+            detail = self._redact(_safe_body(e))[:300]  # masked first: a cut can never leave part of the key
             if e.code == 404 and allow_404:
                 return None
             if e.code == 429 or e.code >= 500:
@@ -293,7 +293,7 @@ class JudgeClient:
         try:
             reply = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _Transient(f"reply is not JSON: {self._redact(body[:200].decode('utf-8', 'replace'))!r}") from None
+            raise _Transient(f"reply is not JSON: {self._redact(body.decode('utf-8', 'replace'))[:200]!r}") from None
         if payload is not None and not isinstance(_reply_text(reply), str):
             raise _Transient("reply has no choices[0].message.content")
         return reply if isinstance(reply, dict) else None
@@ -309,9 +309,10 @@ def _reply_text(reply: dict | None) -> str | None:
         return None
 
 
-def _safe_body(e: urllib.error.HTTPError) -> str:
+def _safe_body(e: urllib.error.HTTPError, limit: int = 1 << 16) -> str:
+    """The error body, read up to ``limit`` bytes; the caller masks the key, then shortens it."""
     try:
-        return e.read()[:300].decode("utf-8", "replace").strip()
+        return e.read(limit).decode("utf-8", "replace").strip()
     except Exception:  # noqa: BLE001 - a broken error body must not hide the status
         return ""
 

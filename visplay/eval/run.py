@@ -507,12 +507,13 @@ def run_benchmark_eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from visplay.config import ConfigError, load_config, resolve_model
+    from visplay.io import check_writable_dir
     from visplay.models import check_model_dir
 
     benchmarks = resolve_benchmarks(args.benchmarks or "")
     if not getattr(args, "out", None):
         raise EvalError("--out RUN_DIR is required with --benchmarks (items.jsonl and summary.md go there)")
-    out = Path(args.out)
+    out = check_writable_dir(args.out)  # a read-only --out fails now, not after every benchmark ran
     try:
         cfg = load_config(getattr(args, "preset", "tiny") or "tiny", list(getattr(args, "overrides", None) or []))
     except ConfigError as e:

@@ -2,7 +2,9 @@
 
 Self-evolution can only turn into greedy accuracy what the majority vote already knows, so this
 reports maj@k - greedy (the headroom), the agreement distribution, and majority-label accuracy per
-agreement band next to plain accuracy. Questions come from held-out seeds only.
+agreement band next to plain accuracy, by family and by level (objects in the scene: the
+difficulty ladder; the base model saw labels only on ``labelled_levels``). Questions come from
+held-out seeds only.
 Run: `visplay eval --model tiny --n 500`; test: `pytest tests/test_eval_world.py`.
 """
 
@@ -47,19 +49,32 @@ def answer_prior(world: WorldConfig, families, n: int = 3000, seed: int = 0) -> 
     return {fam: c.most_common(1)[0][0] for fam, c in counts.items()}
 
 
+def se(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy ``p`` over ``n`` items."""
+    return (p * (1 - p) / n) ** 0.5 if n else 0.0
+
+
 @dataclass
 class WorldEval:
     rows: list[dict]
     summary: dict
 
     def table(self) -> str:
-        head = f"{'family':<10} {'n':>5} {'prior':>7} {'greedy':>7} {'maj@k':>7} {'pass@k':>7} {'maj-gr':>7}"
+        head = f"{'':<12} {'n':>5} {'prior':>7} {'greedy':>7} {'± se':>6} {'maj@k':>7} {'pass@k':>7} {'maj-gr':>7}"
         lines = [head, "-" * len(head)]
-        for fam, s in sorted(self.summary["by_family"].items()) + [("ALL", self.summary["overall"])]:
+        labelled = set(self.summary.get("labelled_levels", []))
+        levels = [(f"level {lv}{'*' if int(lv) in labelled else ''}", s)
+                  for lv, s in sorted(self.summary.get("by_level", {}).items(), key=lambda kv: int(kv[0]))]
+        fams = sorted(self.summary["by_family"].items())
+        for name, s in fams + levels + [("ALL", self.summary["overall"])]:
+            band = s.get("label_accuracy_c>=0.7")
             lines.append(
-                f"{fam:<10} {s['n']:>5} {s['prior']:>7.1%} {s['greedy']:>7.1%} {s['maj']:>7.1%} "
-                f"{s['pass']:>7.1%} {100 * (s['maj'] - s['greedy']):>+6.1f}p"
+                f"{name:<12} {s['n']:>5} {s['prior']:>7.1%} {s['greedy']:>7.1%} {100 * se(s['greedy'], s['n']):>5.1f}p "
+                f"{s['maj']:>7.1%} {s['pass']:>7.1%} {100 * (s['maj'] - s['greedy']):>+6.1f}p"
+                + (f"  labels at c>=0.7: {band['accuracy']:.0%} of {band['n']}" if band else "")
             )
+        if labelled:
+            lines.append("* labelled level (seen with labels in pretraining); the others are the ladder above it")
         bands = self.summary["label_accuracy_by_band"]
         lines.append("majority-label accuracy by agreement: " + ", ".join(
             f"c {b}: {v['accuracy']:.1%} (n={v['n']})" for b, v in bands.items()))
@@ -70,20 +85,27 @@ def _rate(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / len(rows) if rows else 0.0
 
 
-def summarize(rows: list[dict]) -> dict:
+def _band(rows: list[dict], lo: float, hi: float) -> dict:
+    """Majority-label accuracy of the rows whose agreement is in [lo, hi]: what a filter would keep."""
+    rs = [r for r in rows if r["majority"] is not None and lo <= r["agreement"] <= hi]
+    return {"n": len(rs), "accuracy": _rate(rs, "maj_correct")}
+
+
+def summarize(rows: list[dict], labelled_levels=()) -> dict:
     def stats(rs):
         return {"n": len(rs), "prior": _rate(rs, "prior_correct"), "greedy": _rate(rs, "greedy_correct"),
                 "maj": _rate(rs, "maj_correct"), "pass": _rate(rs, "pass_at_k")}
 
     fams = sorted({r["family"] for r in rows})
-    bands = {}
-    for name, (lo, hi) in BANDS.items():
-        rs = [r for r in rows if r["majority"] is not None and lo <= r["agreement"] <= hi]
-        bands[name] = {"n": len(rs), "accuracy": _rate(rs, "maj_correct")}
+    bands = {name: _band(rows, lo, hi) for name, (lo, hi) in BANDS.items()}
     hist = Counter(round(r["agreement"], 1) for r in rows)
+    levels = sorted({r["level"] for r in rows if r.get("level") is not None})
     return {
         "overall": stats(rows),
         "by_family": {f: stats([r for r in rows if r["family"] == f]) for f in fams},
+        "by_level": {str(lv): {**stats(rs), "label_accuracy_c>=0.7": _band(rs, 0.7, 1.0)}
+                     for lv in levels for rs in [[r for r in rows if r.get("level") == lv]]},
+        "labelled_levels": sorted(labelled_levels),
         "label_accuracy_by_band": bands,
         "agreement_histogram": {str(k): v for k, v in sorted(hist.items())},
         "greedy_format_ok": _rate(rows, "greedy_format_ok"),
@@ -102,9 +124,11 @@ def evaluate_world(
     seed: int = 0,
     families=None,
     grader: Grader | None = None,
+    labelled_levels=(),
 ) -> WorldEval:
     """Greedy, maj@k and pass@k on ``n`` held-out questions. Pass the run's ``grader`` so the
-    majority vote over model answers runs with its hard per-comparison timeout."""
+    majority vote over model answers runs with its hard per-comparison timeout, and the base
+    model's ``labelled_levels`` so the summary can tell the ladder from what it was taught."""
     from visplay.worlds.questions import FAMILIES
 
     families = tuple(families or FAMILIES)
@@ -112,26 +136,27 @@ def evaluate_world(
     prior = answer_prior(world, families, seed=seed)
     prompts = [Prompt(reasoner_messages(q.text), (scene.render(),)) for scene, q in items]
     greedy = sampler.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens, seed=seed))
-    samples = sampler.generate(
+    samples = sampler.generate(  # k = 0: greedy only (maj/pass then read 0)
         prompts, SamplingParams(n=k, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
-    )
+    ) if k else [[] for _ in prompts]
     rows = []
     for (scene, q), g, ss in zip(items, greedy, samples):
         gp = parse_reasoner(g[0])
         answers = [parse_reasoner(s).answer for s in ss]
         label, count, total = majority_vote(answers, grader)
         rows.append({
-            "id": scene.id, "split": split, "index": scene.index, "family": q.family, "qtype": q.qtype,
+            "id": scene.id, "split": split, "index": scene.index, "level": scene.level, "family": q.family,
+            "qtype": q.qtype,
             "question": q.text, "truth": q.answer,
             "greedy_output": g[0], "greedy_answer": gp.answer, "greedy_format_ok": gp.format_ok,
             "greedy_correct": grade(q.text, gp.answer, q.answer),
             "samples": ss, "sample_answers": answers,
-            "majority": label, "agreement": count / k,  # share of all k samples, invalid ones included
+            "majority": label, "agreement": count / k if k else 0.0,  # share of all k samples, invalid ones included
             "maj_correct": grade(q.text, label, q.answer),
             "pass_at_k": any(grade(q.text, a, q.answer) for a in answers),
             "prior_answer": prior.get(q.family), "prior_correct": grade(q.text, prior.get(q.family), q.answer),
         })
-    return WorldEval(rows, summarize(rows))
+    return WorldEval(rows, summarize(rows, labelled_levels))
 
 
 def write_eval(result: WorldEval, out_dir: str | Path, meta: dict) -> Path:
@@ -161,3 +186,25 @@ def questioner_validity(sampler: Sampler, world: WorldConfig, split: str = "held
     return {"n": n, "valid": sum(p.valid for p in parsed) / n, "answerable": sum(answerable) / n,
             "own_answer_correct": sum(correct) / n, "reasons": dict(Counter(p.reason for p in parsed)),
             "distinct_questions": len({p.question for p in parsed if p.valid})}
+
+
+def paired(before: list[bool], after: list[bool]) -> dict:
+    """Paired comparison of two models on the same items: the gain, its standard error (over item
+    differences) and an exact McNemar test (two-sided binomial on the discordant items)."""
+    from scipy.stats import binomtest
+
+    if len(before) != len(after):
+        raise ValueError(f"paired comparison needs the same items: {len(before)} vs {len(after)}")
+    n = len(before)
+    d = [int(a) - int(b) for b, a in zip(before, after)]
+    gain = sum(d) / n if n else 0.0
+    var = sum((x - gain) ** 2 for x in d) / (n - 1) if n > 1 else 0.0
+    wins, losses = sum(x > 0 for x in d), sum(x < 0 for x in d)
+    p = binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    return {"n": n, "gain": gain, "se": (var / n) ** 0.5 if n else 0.0, "wins": wins, "losses": losses, "p": p}
+
+
+def level_groups(levels, labelled_levels) -> dict[str, set]:
+    """The two halves of the ladder: levels seen with labels, and the unlabelled ones above them."""
+    labelled = set(labelled_levels)
+    return {"labelled": {lv for lv in levels if lv in labelled}, "unlabelled": {lv for lv in levels if lv not in labelled}}

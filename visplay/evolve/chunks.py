@@ -58,13 +58,15 @@ def run_chunked(parts_dir: Path, items: Sequence, size: int, fn: Callable[[Seque
     rate, ETA) when ``desc`` is given."""
     from tqdm.auto import tqdm
 
+    from visplay.console import bar_disable
+
     keys = [str(key(it)) if key else str(i) for i, it in enumerate(items)]
     plan = _plan(keys, size)
     if _read_plan(parts_dir) != plan:
         shutil.rmtree(parts_dir, ignore_errors=True)  # parts of other items (or none yet)
         atomic_write_json(parts_dir / PLAN, plan)
     rows: list[dict] = []
-    bar = tqdm(total=len(items), desc=desc, unit="item", disable=desc is None, leave=False)
+    bar = tqdm(total=len(items), desc=desc, unit="item", disable=True if desc is None else bar_disable(), leave=False)
     for index, start in enumerate(range(0, len(items), size)):
         part = parts_dir / f"{index:05d}.parquet"
         chunk = items[start : start + size]

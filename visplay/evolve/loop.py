@@ -28,17 +28,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from visplay.answers import Grader
+from visplay.cards import publish_stage
 from visplay.config import Config, from_dict, to_dict
 from visplay.data.sources import skip_seen
-from visplay.eval.world import evaluate_world, write_eval
+from visplay.eval.world import evaluate_world, level_groups, paired, write_eval
 from visplay.evolve.chunks import run_chunked
 from visplay.evolve.preflight import open_images, preflight
 from visplay.evolve.rundir import RunDir, RunError, sigterm_as_interrupt
 from visplay.evolve.stages import (
     question_key,
     label_accuracy,
+    level_mix,
     questioner_dataset,
     reasoner_dataset,
+    reasoner_rows,
     skip_reasons,
 )
 from visplay.evolve.worker import (
@@ -99,11 +102,21 @@ def _eval_stage(cfg: Config, run: RunDir, model_dir: Path, stage: str, say: Say,
     e = cfg.evolve.eval
     with _sampler(cfg, run, model_dir, stage, progress=True) as sampler:
         result = evaluate_world(sampler, cfg.world, e.split, e.n, e.k, e.temperature, e.top_k, e.max_new_tokens, e.seed,
-                                e.families, grader=grader)
+                                e.families, grader=grader, labelled_levels=cfg.labelled_levels)
     write_eval(result, out, {"model": str(model_dir)})
     o = result.summary["overall"]
-    say(f"{stage}: greedy {o['greedy']:.1%}, maj@{e.k} {o['maj']:.1%}, pass@{e.k} {o['pass']:.1%}")
-    return {"greedy": o["greedy"], "maj": o["maj"], "pass": o["pass"], "n": o["n"]}
+    info = {"greedy": o["greedy"], "maj": o["maj"], "pass": o["pass"], "n": o["n"],
+            "by_level": {lv: {k: v[k] for k in ("n", "greedy", "maj")} for lv, v in result.summary["by_level"].items()}}
+    groups = level_groups({r["level"] for r in result.rows}, cfg.labelled_levels)
+    parts = []
+    for name, levels in groups.items():
+        rs = [r["greedy_correct"] for r in result.rows if r["level"] in levels]
+        if rs:
+            info[f"greedy_{name}"], info[f"n_{name}"] = sum(rs) / len(rs), len(rs)
+            parts.append(f"{name} {info[f'greedy_{name}']:.1%}")
+    say(f"{stage}: greedy {o['greedy']:.1%}" + (f" ({', '.join(parts)})" if parts else "")
+        + f", maj@{e.k} {o['maj']:.1%}, pass@{e.k} {o['pass']:.1%}")
+    return info
 
 
 def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: list[str] | None = None,
@@ -134,13 +147,18 @@ def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: 
 def _stage(run: RunDir, name: str, say: Say, fn: Callable[[], dict]) -> dict:
     if run.is_done(name):
         say(f"{name}: done (resumed)")
+        publish_stage(run.root, name)  # in case a kill came between the mark and the tidy-up
         return run.stage_info(name)
+    problem = run.output_problem(name)  # done once, but an output has gone since: run it again
+    if problem:
+        say(f"{name}: marked done but {problem}; running it again")
     run.drop_metrics(name)  # records of an attempt that was killed: this attempt logs them again
     t0 = time.time()
     info = fn()
     info["seconds"] = round(time.time() - t0, 1)
     run.log({"stage": name, **{k: v for k, v in info.items() if isinstance(v, (int, float, str)) or v is None}})
     run.mark(name, "done", **info)  # last: the manifest is the record that the stage finished
+    publish_stage(run.root, name)  # chunk parts merged into the stage's parquet go; the dataset card
     return info
 
 
@@ -152,6 +170,8 @@ def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
         results = {0: _stage(run, "iter0/eval", say, lambda: _eval_stage(cfg, run, base, "iter0/eval", say, grader))}
         for t in range(1, ev.iterations + 1):
             lineage = _iteration(cfg, run, t, lineage, grader, say)
+            if run.stage_info(f"iter{t}/reasoner").get("stopped"):
+                break  # the label-free stop signal fired: the last trained reasoner is the run's result
             results[t] = _stage(run, f"iter{t}/eval", say,
                                 lambda: _eval_stage(cfg, run, lineage.reasoner, f"iter{t}/eval", say, grader))
             _refresh_report(run, say)
@@ -228,15 +248,20 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
                 labeled = run_chunked(it / "labels.parts", rows, ev.chunk_size, labels_fn(cfg, sampler, sample, grader),
                                       desc=f"iter{t} labels", key=question_key, row_key=question_key)
         atomic_write_parquet(it / "labels.parquet", labeled)
-        stats = label_accuracy(labeled)
+        stats, mix = label_accuracy(labeled), level_mix(labeled)
         say(f"iter{t}/labels: kept {stats['n_kept']}/{len(rows)}; pseudo-label accuracy (kept) "
-            f"{_pct(stats['label_accuracy_kept'])}")
-        return {**stats, "skipped": skip_reasons(labeled)}
+            f"{_pct(stats['label_accuracy_kept'])}"
+            + ("; kept by level " + " ".join(f"{lv}:{m['kept']}/{m['valid']}" for lv, m in mix.items()) if mix else ""))
+        return {**stats, "skipped": skip_reasons(labeled), "by_level": mix}
 
     _stage(run, f"iter{t}/labels", say, labels_stage)
 
     def reasoner_stage() -> dict:
-        rows = pq.read_table(it / "labels.parquet").to_pylist()
+        stop = stop_signal(run.stage_info(f"iter{t}/labels"), ev.stop_agreement)
+        if stop:
+            say(f"iter{t}/reasoner: stopped before training: {stop}; the reasoner is carried over unchanged")
+            return {"model": str(prev.reasoner), "skipped": stop, "train_rows": 0, "stopped": True}
+        rows = reasoner_rows(run.root, t, ev.accumulate_labels)
         label_col = "questioner_answer" if ev.labels == "questioner" else "label"
         if not any(r["kept"] for r in rows):
             say(f"iter{t}/reasoner: no question kept in the agreement band; the reasoner is carried over unchanged")
@@ -259,15 +284,56 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
     return Lineage(questioner_dir, Path(r_info["model"]))
 
 
+def stop_signal(labels_info: dict, stop_agreement: float | None) -> str | None:
+    """Label-free collapse warning: when the reasoner's votes on fresh unlabeled questions agree
+    this much, self-labels stop carrying information (min(c, 1-c) ~ 0) and the agreement filter
+    starts letting consistent errors in (docs/experiments.md, session 6). None = keep going."""
+    agreement = labels_info.get("mean_agreement")
+    if stop_agreement is None or agreement is None or agreement < stop_agreement:
+        return None
+    return f"mean agreement {agreement:.2f} >= evolve.stop_agreement {stop_agreement}"
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
-def summary_table(results: dict) -> str:
-    lines = [f"{'model':<12} {'greedy':>8} {'maj@k':>8} {'pass@k':>8}"]
+def summary_table(results: dict, run_root: str | Path | None = None, k: int | None = None) -> str:
+    """The run's result: one row per evaluated model (greedy overall, on labelled and unlabelled
+    levels, maj@k, the kept-label accuracy that trained it), then the gain of the final model over
+    the base on the same held-out items, paired (± standard error, exact McNemar p)."""
+    maj = f"maj@{k}" if k else "maj@k"
+    lines = [f"{'model':<8} {'greedy':>7} {'labelled':>9} {'unlabelled':>11} {maj:>7} {'kept labels':>12}"]
+    stages = RunDir(run_root).manifest()["stages"] if run_root is not None else {}
     for t, r in sorted(results.items()):
-        lines.append(f"{'base' if t == 0 else f'iter {t}':<12} {r['greedy']:>8.1%} {r['maj']:>8.1%} {r['pass']:>8.1%}")
-    gain = results[max(results)]["greedy"] - results[0]["greedy"]
-    lines.append(f"held-out greedy gain: {100 * gain:+.1f} points")
+        acc = stages.get(f"iter{t}/labels", {}).get("label_accuracy_kept")
+        lines.append(f"{'base' if t == 0 else f'iter {t}':<8} {r['greedy']:>7.1%} {_pct(r.get('greedy_labelled')):>9} "
+                     f"{_pct(r.get('greedy_unlabelled')):>11} {r['maj']:>7.1%} {_pct(acc):>12}")
+    last = max(results)
+    if run_root is None or last == 0:
+        gain = results[last]["greedy"] - results[0]["greedy"]
+        lines.append(f"held-out greedy gain: {100 * gain:+.1f} points")
+        return "\n".join(lines)
+    root = Path(run_root)
+    before = pq.read_table(root / "iter0/eval/items.parquet").to_pylist()
+    after = pq.read_table(root / f"iter{last}/eval/items.parquet").to_pylist()
+    groups = [("all levels", lambda r: True)]
+    if any(r.get("level") is not None for r in before):
+        levels = {r["level"] for r in before}
+        for name, lv in level_groups(levels, _labelled(root)).items():
+            if lv:
+                groups.append((f"{name} levels ({min(lv)}-{max(lv)})", lambda r, lv=lv: r["level"] in lv))
+    for name, keep in groups:
+        b = [r["greedy_correct"] for r in before if keep(r)]
+        a = [r["greedy_correct"] for r in after if keep(r)]
+        pt = paired(b, a)
+        lines.append(f"{name}: {100 * pt['gain']:+.1f} ± {100 * pt['se']:.1f} points, iter {last} vs base "
+                     f"(paired, n={pt['n']}, McNemar p={pt['p']:.3f})")
+    final = stages.get(f"iter{last}/reasoner", {}).get("model")
+    if final:
+        lines.append(f"final model: {final if Path(final).is_absolute() else root / final}")
     return "\n".join(lines)
 
+
+def _labelled(root: Path) -> list[int]:
+    return json.loads((root / "iter0/eval/summary.json").read_text()).get("labelled_levels", [])

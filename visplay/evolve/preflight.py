@@ -3,8 +3,8 @@
 `preflight(cfg)` runs before the run directory is created (and again on resume), so bad input
 -- a preset naming a model that is not on disk, a parquet folder without the image column, a
 folder without images, vLLM asked for but not installed, a launcher that is not on PATH, a
-sampling server that does not answer -- is one clear error naming the thing, never a
-half-written stage. `open_images` is the one
+sampling server that does not answer, a parquet or folder whose every row or file is unusable
+-- is one clear error naming the thing, never a half-written stage. `open_images` is the one
 place that turns ``evolve.source`` + pixel range + image column into an image source.
 Test: `pytest tests/test_scale.py`.
 """
@@ -32,7 +32,21 @@ def open_images(cfg: Config) -> ImageSource:
     kw = {k: v for k, v in (("min_pixels", ev.min_pixels), ("max_pixels", ev.max_pixels)) if v is not None}
     if _is_parquet(ev.source):
         kw["column"] = ev.image_column
-    return open_source(ev.source, world_config=cfg.world, **kw)
+    return open_source(ev.source, world_config=cfg.source_world, **kw)
+
+
+def check_images(source: ImageSource, spec: str) -> None:
+    """Decode items until one is usable, so a source whose every file or row is unusable fails here,
+    with the count and the first reasons, not iterations later as "no unseen images left"."""
+    for _ in source:
+        return
+    n = sum(source.skipped.values())
+    if not n:
+        raise ValueError(f"image source {spec!r} holds no images")
+    counts = ", ".join(f"{k} {v}" for k, v in source.skipped.most_common())
+    first = "; ".join(getattr(source.skipped, "first", [])[:3])
+    raise ValueError(f"image source {spec!r} has no usable image: all {n} skipped ({counts})"
+                     + (f"; first: {first}" if first else ""))
 
 
 def model_dir(cfg: Config) -> Path:
@@ -54,7 +68,7 @@ def preflight(cfg: Config) -> Path:
     from visplay.train import check_vllm
 
     base = model_dir(cfg)
-    open_images(cfg)  # ValueError naming the folder/file/column when unusable
+    check_images(open_images(cfg), cfg.evolve.source)  # ValueError naming the folder/file/column/rows when unusable
     ev = cfg.evolve
     if ev.train_questioner:
         check_vllm(ev.questioner, "evolve.questioner")

@@ -6,7 +6,11 @@
     runs/<name>/iter<t>/…       stage outputs (parquet, HF model dirs, eval summaries)
 
 A stage's outputs and its metrics records are written first (atomically, durably), then the
-manifest marks it done: a crash between the two only repeats that stage. Before a stage runs (or
+manifest marks it done: a crash between the two only repeats that stage. Marking a stage done
+records its output files (``<stage>`` and ``<stage>.parquet``, with sizes) and stores model paths
+inside the run relative to the run root, so a copied or moved run resumes with its own models; a
+done stage whose outputs are since missing, resized or unreadable is not done (`output_problem`),
+so ``--resume`` runs it again instead of failing on its missing file forever. Before a stage runs (or
 re-runs after a crash), metrics records left by an unfinished attempt of it are dropped, so every
 finished stage's records appear exactly once. A metrics line torn by a kill is skipped by readers
 and never glued onto. The lock is taken before anything is created or changed, so two processes
@@ -22,6 +26,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -67,15 +72,53 @@ class RunDir:
         atomic_write_json(self.manifest_path, manifest)
 
     def is_done(self, stage: str) -> bool:
-        return self.manifest()["stages"].get(stage, {}).get("state") == "done"
+        """Marked done and its recorded outputs are all still there, whole and readable."""
+        info = self.manifest()["stages"].get(stage, {})
+        return info.get("state") == "done" and output_problem(self.root, info) is None
+
+    def output_problem(self, stage: str) -> str | None:
+        """Why a stage marked done must run again (an output missing, resized or unreadable), else None."""
+        info = self.manifest()["stages"].get(stage, {})
+        return output_problem(self.root, info) if info.get("state") == "done" else None
 
     def stage_info(self, stage: str) -> dict:
-        return self.manifest()["stages"].get(stage, {})
+        """The stage's manifest entry, run-relative paths resolved against this run's root."""
+        info = dict(self.manifest()["stages"].get(stage, {}))
+        for key in info.get("run_paths", []):
+            if isinstance(info.get(key), str):
+                info[key] = str(self.root / info[key])
+        return info
 
     def mark(self, stage: str, state: str, **info: Any) -> None:
         m = self.manifest()
+        if state == "done":
+            info = {**info, **self._portable(info), "outputs": self._outputs(stage, info)}
         m["stages"][stage] = {"state": state, "time": time.time(), **info}
         self.write_manifest(m)
+
+    def _portable(self, info: dict) -> dict:
+        """Model paths inside the run, made relative to its root (listed in ``run_paths``)."""
+        root = self.root.resolve()
+        out: dict[str, Any] = {}
+        for key in PATH_KEYS:
+            value = info.get(key)
+            if isinstance(value, str) and Path(value).resolve().is_relative_to(root):
+                out[key] = Path(value).resolve().relative_to(root).as_posix()
+        return {**out, "run_paths": sorted(out)} if out else {}
+
+    def _outputs(self, stage: str, info: dict) -> dict[str, int]:
+        """{run-relative file: size} of what the stage wrote: ``<stage>`` (file or folder),
+        ``<stage>.parquet`` and its model folder."""
+        root = self.root.resolve()
+        places = [root / stage, root / f"{stage}.parquet"]
+        if isinstance(info.get("model"), str) and Path(info["model"]).resolve().is_relative_to(root):
+            places.append(Path(info["model"]).resolve())
+        files: dict[str, int] = {}
+        for place in places:
+            found = sorted(p for p in place.rglob("*") if p.is_file()) if place.is_dir() else [place]
+            for p in (p for p in found if p.is_file()):
+                files[p.relative_to(root).as_posix()] = p.stat().st_size
+        return files
 
     def log(self, record: dict) -> None:
         """Append one metrics record durably (a torn earlier line is never glued onto)."""
@@ -127,8 +170,13 @@ class RunDir:
         except BlockingIOError as e:
             os.close(fd)
             raise RunError(f"run {self.root} is in use by another visplay process (lock held)") from e
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as e:  # a full disk: say which file, not a traceback
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise WriteError(self.root / "lock", e) from e
         self._lock_fd = fd
 
     def unlock(self) -> None:
@@ -143,6 +191,37 @@ class RunDir:
 
     def __exit__(self, *exc) -> None:
         self.unlock()
+
+
+#: Stage-info keys that hold paths; kept relative to the run root when they point inside it.
+PATH_KEYS = ("model",)
+
+
+def output_problem(root: str | Path, info: dict) -> str | None:
+    """The first recorded output of a done stage that is missing, resized or unreadable, else None.
+
+    Entries without ``outputs`` (runs made before outputs were recorded) are trusted as they are.
+    """
+    root = Path(root)
+    for rel, size in (info.get("outputs") or {}).items():
+        path = root / rel
+        try:
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                return f"{rel} is no longer a file"
+            if st.st_size != size:
+                return f"{rel} has {st.st_size:,} bytes, {size:,} when it was written"
+            with open(path, "rb") as f:
+                f.read(1)
+            if path.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                pq.read_metadata(path)
+        except FileNotFoundError:
+            return f"{rel} is missing"
+        except Exception as e:  # noqa: BLE001 -- OSError, or pyarrow on a damaged footer
+            return f"{rel} is unreadable ({type(e).__name__}: {e})"
+    return None
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from PIL import Image
 
 from visplay.answers import Grader
 from visplay.data.sources import ImageItem
+from visplay.io import image_bytes
 from visplay.labeling import majority_vote_batch
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
@@ -36,8 +37,9 @@ def png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def from_png(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+def from_png(data) -> Image.Image:
+    """The image of a row's ``image_png``: PNG bytes, or the `datasets.Image` struct parquet gives back."""
+    return Image.open(io.BytesIO(image_bytes(data))).convert("RGB")
 
 
 def storable(text: object) -> str:
@@ -52,12 +54,10 @@ def question_key(row: dict) -> str:
     return f"{row['image_id']}#{row['sample']}"
 
 
-def world_truth(image_id: str, question: str | None, world: WorldConfig | None) -> str | None:
-    """The oracle's answer when the image is a world scene and the question is in the grammar."""
+def world_scene(image_id: str, world: WorldConfig | None):
+    """The scene behind a world image id, or None for other images."""
     m = _WORLD_ID.fullmatch(image_id)
-    if world is None or m is None or not question:
-        return None
-    return oracle(make_scene(m.group(1), int(m.group(2)), world), question)
+    return None if world is None or m is None else make_scene(m.group(1), int(m.group(2)), world)
 
 
 def generate_questions(
@@ -69,13 +69,15 @@ def generate_questions(
     rows = []
     for it, texts in zip(items, outs):
         png = png_bytes(it.image)
+        scene = world_scene(it.id, world)
         for j, text in enumerate(map(storable, texts)):
             p = parse_questioner(text)
             rows.append({
                 "image_id": it.id, "origin": it.origin, "sample": j, "image_png": png, "raw": text,
+                "level": None if scene is None else scene.level,  # recorded for measurement, never used to train
                 "valid": p.valid, "reason": p.reason, "qtype": p.qtype, "question": p.question,
                 "questioner_answer": p.answer,
-                "true_answer": world_truth(it.id, p.question, world) if p.valid else None,
+                "true_answer": oracle(scene, p.question) if p.valid and scene is not None else None,
             })
     return rows
 
@@ -131,6 +133,28 @@ def questioner_dataset(items: Iterable[ImageItem]):
     return Dataset.from_list([{"prompt": questioner_messages(), "image": it.image, "image_id": it.id} for it in items])
 
 
+def level_mix(rows: Sequence[dict]) -> dict[str, dict]:
+    """Per scene level (world images only): valid questions, kept ones, and kept-label accuracy --
+    where the questioner's questions and the label filter put the iteration on the ladder."""
+    out: dict[str, dict] = {}
+    for lv in sorted({r["level"] for r in rows if r.get("level") is not None}):
+        rs = [r for r in rows if r.get("level") == lv and r["valid"]]
+        kept = [r for r in rs if r["kept"] and r.get("label_correct") is not None]
+        out[str(lv)] = {"valid": len(rs), "kept": sum(r["kept"] for r in rs),
+                        "kept_accuracy": sum(bool(r["label_correct"]) for r in kept) / len(kept) if kept else None}
+    return out
+
+
+def reasoner_rows(run_root, t: int, accumulate: bool) -> list[dict]:
+    """The label rows iteration ``t``'s reasoner trains on: this iteration's, or with ``accumulate``
+    every iteration's so far (self-labelled data kept across rounds, as in Lee et al. 2025)."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    its = range(1, t + 1) if accumulate else (t,)
+    return [r for i in its for r in pq.read_table(Path(run_root) / f"iter{i}" / "labels.parquet").to_pylist()]
+
+
 def reasoner_dataset(rows: Sequence[dict], label_column: str = "label"):
     """GRPO rows (prompt, image, label) from kept silver labels (or another label column, for ablations)."""
     from datasets import Dataset
@@ -153,5 +177,6 @@ def label_accuracy(rows: Sequence[dict]) -> dict:
         "label_accuracy": rate(known, "label_correct"), "label_accuracy_kept": rate(kept, "label_correct"),
         "questioner_answer_accuracy": rate(known, "questioner_correct"),
         "mean_agreement": sum(r["agreement"] for r in rows) / len(rows) if rows else None,
+        "kept_share": sum(r["kept"] for r in rows) / len(rows) if rows else None,
     }
 

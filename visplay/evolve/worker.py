@@ -68,7 +68,7 @@ def questions_fn(cfg: Config, sampler, sample):
 
     ev = cfg.evolve
     return lambda chunk, i: generate_questions(sampler, chunk, ev.questions_per_image,
-                                               replace(sample, seed=sample.seed + 7919 * i), cfg.world)
+                                               replace(sample, seed=sample.seed + 7919 * i), cfg.source_world)
 
 
 def labels_fn(cfg: Config, sampler, sample, grader):
@@ -130,11 +130,11 @@ def grpo_main(run_root: str, stage: str) -> None:
     from visplay import dist
     from visplay.answers import Grader
     from visplay.evolve.loop import _take_images
-    from visplay.evolve.stages import questioner_dataset, reasoner_dataset
+    from visplay.evolve.stages import questioner_dataset, reasoner_dataset, reasoner_rows
     from visplay.io import atomic_dir, atomic_write_json
     from visplay.models import PHASE_RECORD, denormals_flushed, last_checkpoint, load_model, restore_weights
     from visplay.sampling.factory import for_rank, open_sampler
-    from visplay.train import QuestionerRewardFn, ReasonerRewardFn, build_trainer
+    from visplay.train import QuestionerRewardFn, ReasonerRewardFn, build_trainer, dress_phase
 
     cfg, run, base = _context(run_root)
     t, role = _parse(stage)
@@ -155,7 +155,7 @@ def grpo_main(run_root: str, stage: str) -> None:
                                  log_path=run.root / f"{stage}.rank{ranks.rank}.server.log")
     else:
         label_col = "questioner_answer" if ev.labels == "questioner" else "label"
-        rows = pq.read_table(run.root / f"iter{t}/labels.parquet").to_pylist()
+        rows = reasoner_rows(run.root, t, ev.accumulate_labels)
         dataset, start, frozen_cm = reasoner_dataset(rows, label_col), prev_r, contextlib.nullcontext()
     model, processor = load_model(start, dtype=torch.float32)
     with Grader(timeout=ev.grader_timeout, workers=ev.grader_workers) as grader, frozen_cm as frozen:
@@ -182,6 +182,7 @@ def grpo_main(run_root: str, stage: str) -> None:
             dist.barrier(ranks)  # tmp exists: every rank may take part in the (ZeRO-3/FSDP) gather
             trainer.save_model(str(tmp))  # gathers sharded weights; only the main process writes
             processor.save_pretrained(tmp)
+            dress_phase(tmp, out_dir, role, phase, start, processor.tokenizer)
             atomic_write_json(tmp / PHASE_RECORD, record)
     else:
         dist.barrier(ranks)

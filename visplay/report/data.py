@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from visplay.io import image_bytes
 from visplay.status import LockState, expected_stages, is_done, iterations, lock_state, next_stage, read_manifest
 
 #: Columns of questions.parquet / labels.parquet the report uses (samples and image bytes excluded).
@@ -164,7 +165,7 @@ def _gallery(path: Path, rows: list[dict], problems: list[str]) -> list[dict]:
     except Exception as e:  # noqa: BLE001
         problems.append(f"images of {path}: {e}")
         images = [None] * len(idx)
-    return [{**rows[i], "image_png": img, "row": i} for i, img in zip(idx, images)]
+    return [{**rows[i], "image_png": image_bytes(img), "row": i} for i, img in zip(idx, images)]
 
 
 def load_run(run_dir: str | Path) -> Run:

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from html import escape
 from pathlib import Path
 
+from visplay.io import WriteError
 from visplay.report import plots
 from visplay.report.data import Run, load_run, qtype_mix
 from visplay.status import StatusError, duration, fmt, stage_summary
@@ -511,9 +512,11 @@ def build_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` (default RUN/report.html) atomically; returns its path."""
-    from visplay.io import atomic_write_text
+    from visplay.io import atomic_write_text, check_writable_dir
 
     out = Path(run_dir) / "report.html" if out is None else Path(out)
+    if Path(run_dir, "manifest.json").is_file():  # a bad run dir is a StatusError from build_report
+        check_writable_dir(out.parent)  # a WriteError naming the folder before the plots are drawn
     return atomic_write_text(out, build_report(run_dir))
 
 
@@ -521,7 +524,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write a self-contained HTML report of a run: accuracy, rewards, labels, sample questions, config."""
     try:
         path = write_report(args.run_dir, args.out)
-    except StatusError as e:
+    except (StatusError, WriteError) as e:
         print(f"visplay report: error: {e}", file=sys.stderr)
         return 2
     print(f"report: {path}")

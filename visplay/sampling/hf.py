@@ -60,7 +60,9 @@ class TransformersSampler:
         if self.progress:
             from tqdm.auto import tqdm
 
-            it = tqdm(batches, desc="sampling", unit="batch", leave=False)
+            from visplay.console import bar_disable
+
+            it = tqdm(batches, desc="sampling", unit="batch", leave=False, disable=bar_disable())
         for start, batch in it:
             torch.manual_seed(params.seed + start)
             out += self._generate_batch(batch, params)
@@ -79,7 +81,8 @@ class TransformersSampler:
         cache = model(**pre, use_cache=True).past_key_values
         if n > 1:
             cache.batch_repeat_interleave(n)
-            inner.rope_deltas = inner.rope_deltas.repeat_interleave(n, 0)
+            if inner.rope_deltas is not None:  # None for text-only prompts: generate() sets zeros itself
+                inner.rope_deltas = inner.rope_deltas.repeat_interleave(n, 0)
         ids = enc["input_ids"].repeat_interleave(n, 0)
         mask = enc["attention_mask"].repeat_interleave(n, 0)
         kw = dict(max_new_tokens=params.max_new_tokens, suppress_tokens=self.suppress, eos_token_id=self.eos_id,

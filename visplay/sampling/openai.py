@@ -188,7 +188,9 @@ class OpenAISampler:
             if self.progress:
                 from tqdm.auto import tqdm
 
-                it = tqdm(futures, desc="sampling", unit="prompt", leave=False)
+                from visplay.console import bar_disable
+
+                it = tqdm(futures, desc="sampling", unit="prompt", leave=False, disable=bar_disable())
             try:
                 return [f.result() for f in it]
             except BaseException:

@@ -330,8 +330,9 @@ def check_invariants(run: Path, final: bool = False) -> list[str]:
                 problems.append(f"{stage}: {sum(rows.values())} rows on disk, the manifest says {info.get('rows')}")
         if name == "eval" and not (run / stage / "summary.json").is_file():
             problems.append(f"{stage} is marked done but summary.json is missing")
-        if name in MODEL_STAGES and "model" in info and Path(info["model"]).resolve().is_relative_to(run.resolve()):
-            why = _model_loads(Path(info["model"]))
+        model = run / info["model"] if "model" in info.get("run_paths", []) else Path(info.get("model", ""))
+        if name in MODEL_STAGES and "model" in info and model.resolve().is_relative_to(run.resolve()):
+            why = _model_loads(model)
             if why:
                 problems.append(f"{stage} is marked done but its model does not load: {why}")
     for ckpt_dir in run.glob("iter*/*.ckpt"):

@@ -1,6 +1,9 @@
 """Supervised pretraining of the embedded model on world data, both roles, in the real formats.
 
-Reasoner: question + image -> `<think>cells in random order</think>\\boxed{answer}`.
+Reasoner: question + image -> `<think>a1 red 1. b3 blue -. …</think>\\boxed{answer}` (the marked walk:
+every object in reading order with an inline mark, so perception and comparison are dense in the
+loss). Only scenes of the labelled levels (``world``: 1..5 objects) are seen; the levels above are
+the ladder the loop climbs without labels.
 Questioner: instruction + image -> `<type>…</type><question>…</question><answer>…</answer>`.
 Runs on `transformers.Trainer` (checkpoints, resume, progress); deterministic from the seed, since
 example i is a pure function of (seed, i). The vision tower stays at its random init (a linear probe
@@ -16,25 +19,25 @@ from pathlib import Path
 
 from visplay.roles.prompts import questioner_messages, questioner_target, reasoner_messages
 from visplay.tiny.build import TinyModelConfig, build_model, build_processor, build_tokenizer
-from visplay.worlds.questions import FAMILIES, check_families, make_question
+from visplay.worlds.questions import MARKED_FAMILIES, check_families, make_question
 from visplay.worlds.scene import WorldConfig, make_scene
 
 
 @dataclass
 class PretrainConfig:
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
     weight_decay: float = 0.01
-    questioner_share: float = 0.25
-    describe_share: float = 0.25  # perception curriculum: list every object row by row (not a question family)
+    questioner_share: float = 0.1
+    describe_share: float = 0.0  # "describe the objects row by row" (the marked walk already lists every object)
     freeze_vision: bool = True
     seed: int = 0
     save_steps: int = 500
     logging_steps: int = 50
-    world: WorldConfig = field(default_factory=lambda: WorldConfig(min_objects=1, max_objects=6))
-    families: tuple[str, ...] = tuple(FAMILIES)
+    world: WorldConfig = field(default_factory=lambda: WorldConfig(min_objects=1, max_objects=5))  # labelled levels
+    families: tuple[str, ...] = MARKED_FAMILIES
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
 
     def __post_init__(self) -> None:
@@ -114,15 +117,19 @@ def init_model_dir(out: Path, cfg: PretrainConfig):
     return model, processor
 
 
-def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True) -> Path:
-    """Train and ``save_pretrained`` to ``out_dir``; checkpoints go to ``out_dir/../<name>.ckpt``."""
+def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True, init: str | Path | None = None) -> Path:
+    """Train and ``save_pretrained`` to ``out_dir``; checkpoints go to ``out_dir/../<name>.ckpt``.
+
+    ``init``: continue from this model instead of a fresh build -- the compute-matched supervised
+    control of `scripts/evolve_study.py` (labelled levels only, no self-labels)."""
     from transformers import Trainer, TrainingArguments
 
-    from visplay.models import freeze_vision_tower, train_resumable
+    from visplay.models import freeze_vision_tower, load_model, train_resumable
 
     out = Path(out_dir)
     ckpt_dir = out.with_name(out.name + ".ckpt")
-    model, processor = init_model_dir(out, cfg)
+    model, processor = load_model(init) if init is not None else init_model_dir(out, cfg)
+    model.train()
     if cfg.freeze_vision:
         freeze_vision_tower(model)
     args = TrainingArguments(

@@ -87,6 +87,11 @@ class Scene:
     def id(self) -> str:
         return f"world/{self.split}/{self.index}"
 
+    @property
+    def level(self) -> int:
+        """The scene's difficulty level: its number of objects (the ladder's axis)."""
+        return len(self.objects)
+
     def at(self, cell: str) -> Obj | None:
         return next((o for o in self.objects if o.cell == cell), None)
 
