@@ -58,7 +58,7 @@ def snippet(model_dir: str | Path, index: int = 0) -> str:
 
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from visplay.worlds.questions import make_question  # only to draw a held-out scene and ask about it
+from visplay.worlds.questions import MARKED_FAMILIES, make_question  # to draw a held-out question
 from visplay.worlds.scene import make_scene
 
 model_dir = {str(model_dir)!r}
@@ -66,7 +66,7 @@ index = {index}
 model = AutoModelForImageTextToText.from_pretrained(model_dir)
 processor = AutoProcessor.from_pretrained(model_dir)
 scene = make_scene("heldout", index)
-question = make_question(scene, random.Random(index))
+question = make_question(scene, random.Random(index), MARKED_FAMILIES)  # the families models/tiny learned
 messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": question.text}}]}}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)  # lays it out as trained
 inputs = processor(text=[prompt], images=[scene.render()], return_tensors="pt")

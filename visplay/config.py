@@ -152,6 +152,8 @@ class EvolveConfig:
     source: str = "world:unlabeled"  # or folder:/path, parquet:/path (Vision-SR1 layout)
     source_objects: tuple[int, ...] | None = None  # world sources: (min, max) objects per scene, the ladder's
     #   unlabeled levels (e.g. [6, 8] above a base labelled on 1..5); None = the `world` section's range
+    ladder: bool = False  # world sources: iteration t draws only level min + t - 1 of source_objects (one
+    #   difficulty step per round, as in Lee et al. 2025); the level is the generator's knob, never an answer
     questioner_images: int = 64  # images for the questioner's GRPO phase, per iteration
     images_per_iteration: int = 128  # images the trained questioner writes questions for
     questions_per_image: int = 1
@@ -392,6 +394,15 @@ class Config:
         if lo_hi is None:
             return self.world
         return dataclasses.replace(self.world, min_objects=lo_hi[0], max_objects=lo_hi[1])
+
+    def source_world_at(self, t: int) -> WorldConfig:
+        """Iteration ``t``'s source world: with `evolve.ladder`, the one level ``min + t - 1``
+        (capped at max) of `source_objects`; otherwise the whole range."""
+        w = self.source_world
+        if not self.evolve.ladder:
+            return w
+        level = min(w.min_objects + t - 1, w.max_objects)
+        return dataclasses.replace(w, min_objects=level, max_objects=level)
 
     @property
     def labelled_levels(self) -> tuple[int, ...]:

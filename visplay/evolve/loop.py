@@ -77,7 +77,7 @@ def _seen_ids(run: RunDir, upto: int) -> set[str]:
 
 def _take_images(cfg: Config, run: RunDir, t: int, n: int):
     ev = cfg.evolve
-    source = open_images(cfg)
+    source = open_images(cfg, t)
     items = list(itertools.islice(skip_seen(source, _seen_ids(run, t)), n))
     if not items:
         raise ValueError(f"image source {ev.source} has no unseen images left for iteration {t}")
@@ -228,7 +228,7 @@ def _iteration(cfg: Config, run: RunDir, t: int, prev: Lineage, grader: Grader, 
             rows = run_sharded_stage(cfg, run, f"iter{t}/questions", items, it / "questions.parts", item_id, row_image_id)
         else:
             with _sampler(cfg, run, questioner_dir, f"iter{t}/questions") as sampler:
-                rows = run_chunked(it / "questions.parts", items, ev.chunk_size, questions_fn(cfg, sampler, sample),
+                rows = run_chunked(it / "questions.parts", items, ev.chunk_size, questions_fn(cfg, sampler, sample, t),
                                    desc=f"iter{t} questions", key=item_id, row_key=row_image_id)
         atomic_write_parquet(it / "questions.parquet", rows)
         valid = sum(r["valid"] for r in rows)

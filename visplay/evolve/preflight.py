@@ -26,13 +26,13 @@ def _is_parquet(spec: str) -> bool:
     return path.suffix.lower() == ".parquet" or (path.is_dir() and any(p.is_file() for p in path.glob("*.parquet")))
 
 
-def open_images(cfg: Config) -> ImageSource:
-    """The run's image source with its pixel range (and image column, for parquet)."""
+def open_images(cfg: Config, t: int = 1) -> ImageSource:
+    """Iteration ``t``'s image source with its pixel range (and image column, for parquet)."""
     ev = cfg.evolve
     kw = {k: v for k, v in (("min_pixels", ev.min_pixels), ("max_pixels", ev.max_pixels)) if v is not None}
     if _is_parquet(ev.source):
         kw["column"] = ev.image_column
-    return open_source(ev.source, world_config=cfg.source_world, **kw)
+    return open_source(ev.source, world_config=cfg.source_world_at(t), **kw)
 
 
 def check_images(source: ImageSource, spec: str) -> None:

@@ -62,13 +62,13 @@ def stage_params(cfg: Config, t: int):
                           seed=ev.seed + t)
 
 
-def questions_fn(cfg: Config, sampler, sample):
-    """``fn(chunk, chunk_index) -> rows`` of the questions stage (each chunk its own seed)."""
+def questions_fn(cfg: Config, sampler, sample, t: int):
+    """``fn(chunk, chunk_index) -> rows`` of iteration ``t``'s questions stage (each chunk its own seed)."""
     from visplay.evolve.stages import generate_questions
 
     ev = cfg.evolve
     return lambda chunk, i: generate_questions(sampler, chunk, ev.questions_per_image,
-                                               replace(sample, seed=sample.seed + 7919 * i), cfg.source_world)
+                                               replace(sample, seed=sample.seed + 7919 * i), cfg.source_world_at(t))
 
 
 def labels_fn(cfg: Config, sampler, sample, grader):
@@ -233,7 +233,7 @@ def shard_main(run_root: str, stage: str, rank: int, world: int) -> None:
     if name == "questions":
         items, _ = _take_images(cfg, run, t, ev.images_per_iteration)
         with open_sampler(cfg.sampler, _model_of(run, f"iter{t}/questioner"), cfg.dtype) as sampler:
-            run_shard(it / "questions.parts", items, ranks, ev.chunk_size, questions_fn(cfg, sampler, sample),
+            run_shard(it / "questions.parts", items, ranks, ev.chunk_size, questions_fn(cfg, sampler, sample, t),
                       key=item_id, row_key=row_image_id)
     elif name == "labels":
         rows = pq.read_table(it / "questions.parquet").to_pylist()
