@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from visplay.evolve.plan_of_stages import ITERATION_STAGES
 from visplay.testing import faults
 from visplay.testing.faults import KillPoint
 
@@ -41,8 +42,7 @@ def kill_points(stages: list[str], seed: int, random_per_stage: int) -> list[Kil
         if name in faults.CHUNKED_STAGES:
             points += [KillPoint(s, "part", 1), KillPoint(s, "part", 2)]
         points += [KillPoint(s, "frac", round(rng.uniform(0.05, 0.95), 2)) for _ in range(random_per_stage)]
-    q, g, lab, r, ev = (next(s for s in stages if s.endswith(n)) for n in
-                        ("questioner", "questions", "labels", "reasoner", "iter1/eval"))
+    q, g, lab, r, ev = (next(s for s in stages if s == f"iter1/{k}") for k in ITERATION_STAGES)
     points += [
         KillPoint(q, "frac", 0.5, signal.SIGINT), KillPoint(lab, "part", 1, signal.SIGINT),
         KillPoint(r, "checkpoint", 1, signal.SIGINT), KillPoint(ev, "frac", 0.5, signal.SIGINT),

@@ -19,6 +19,7 @@ import torch
 
 from visplay.answers import Grader
 from visplay.config import GRPOPhase
+from visplay.dist import Ranks
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable
 from visplay.rewards.questioner import questioner_reward
 from visplay.rewards.reasoner import reasoner_reward_parts
@@ -302,14 +303,17 @@ def dress_phase(folder: Path, out_dir: Path, role: str, phase: GRPOPhase, start,
 
 
 def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
-               report_to: list[str] | None = None, bf16: bool = False) -> tuple[Path, list[dict], str | None]:
+               report_to: list[str] | None = None, bf16: bool = False, role: str | None = None,
+               ranks: Ranks | None = None) -> tuple[Path, list[dict], str | None]:
     """Run one GRPO phase; save the result to ``out_dir`` (atomically).
 
     Returns the model directory, the log history and why the health guard stopped the phase (or None).
 
     Checkpoints go to ``out_dir.ckpt``; a phase interrupted mid-way resumes from the last one. A
     phase whose model was already saved (killed before the caller recorded it) is not rerun: its
-    history and guard verdict come back from the record saved with the model.
+    history and guard verdict come back from the record saved with the model. ``role`` names the
+    model card's role (default: the reward's ``__name__``); ``ranks``: every rank of a launcher
+    runs this (`visplay.evolve.worker`), the main rank writes.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
@@ -318,9 +322,11 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return out_dir, list(done.get("log_history", [])), done.get("guard")
     start = getattr(model.config, "_name_or_path", None)
+    role = role or reward_fn.__name__
     trainer, guard = build_trainer(model, processor, dataset, reward_fn, phase, ckpt_dir, log_dir, report_to, bf16)
     history = lambda: [dict(h) for h in trainer.state.log_history]  # noqa: E731
     train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history(), "guard": guard.fired},
-                    dress=lambda tmp: dress_phase(tmp, out_dir, reward_fn.__name__, phase, start, processor.tokenizer))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+                    dress=lambda tmp: dress_phase(tmp, out_dir, role, phase, start, processor.tokenizer), ranks=ranks)
+    if ranks is None or ranks.main:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir, history(), guard.fired

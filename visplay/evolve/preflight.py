@@ -77,7 +77,7 @@ def preflight(cfg: Config) -> Path:
         import shlex
         import shutil
 
-        from visplay.evolve.worker import launcher_path
+        from visplay.evolve.launch import launcher_path
 
         program = shlex.split(cfg.hardware.launcher)[0]
         if program != "{python}" and shutil.which(program, path=launcher_path()) is None:

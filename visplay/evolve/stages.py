@@ -149,10 +149,11 @@ def reasoner_rows(run_root, t: int, accumulate: bool) -> list[dict]:
     """The label rows iteration ``t``'s reasoner trains on: this iteration's, or with ``accumulate``
     every iteration's so far (self-labelled data kept across rounds, as in Lee et al. 2025)."""
     import pyarrow.parquet as pq
-    from pathlib import Path
 
-    its = range(1, t + 1) if accumulate else (t,)
-    return [r for i in its for r in pq.read_table(Path(run_root) / f"iter{i}" / "labels.parquet").to_pylist()]
+    from visplay.evolve.rundir import RunDir
+
+    run, its = RunDir(run_root), range(1, t + 1) if accumulate else (t,)
+    return [r for i in its for r in pq.read_table(run.output(f"iter{i}/labels")).to_pylist()]
 
 
 def reasoner_dataset(rows: Sequence[dict], label_column: str = "label"):
