@@ -41,6 +41,7 @@ from visplay.evolve.stages import (
     skip_reasons,
 )
 from visplay.io import atomic_write_parquet
+from visplay.rewards.registry import build_rewards
 from visplay.sampling.base import SamplingParams
 from visplay.sampling.factory import for_rank, open_sampler
 
@@ -154,17 +155,14 @@ def _chunked(ctx: Context, kind: str, items) -> list[dict]:
 # -- GRPO phases ------------------------------------------------------------------------------------
 
 
-def reward_fn(ctx: Context, role: str, frozen=None, rank: int = 0):
-    """The TRL reward of a GRPO phase (built here only, for the loop and every worker rank)."""
-    from visplay.train import QuestionerRewardFn, ReasonerRewardFn
-
+def reward_fns(ctx: Context, role: str, frozen=None, rank: int = 0) -> list:
+    """The TRL rewards of a GRPO phase, from its config (built here only, for the loop and every
+    worker rank; the questioner's frozen-reasoner samples get a seed per iteration and rank)."""
     ev = ctx.cfg.evolve
-    if role == "reasoner":
-        return ReasonerRewardFn(ctx.grader)
-    return QuestionerRewardFn(frozen, ctx.grader, m=ev.reward_samples, temperature=ev.temperature, top_k=ev.top_k,
-                              max_new_tokens=ev.max_new_tokens,
-                              threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0,
-                              seed=ev.seed + ctx.t + 100003 * rank)
+    return build_rewards(getattr(ev, role).rewards, grader=ctx.grader, reasoner=frozen, m=ev.reward_samples,
+                         temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
+                         threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0,
+                         seed=ev.seed + ctx.t + 100003 * rank)
 
 
 def phase_dataset(ctx: Context, role: str):
@@ -200,7 +198,7 @@ def train_phase(ctx: Context, role: str, dataset=None) -> tuple[list[dict], str 
     model, processor = load_model(ctx.model(role, ctx.t - 1), dtype=torch.float32)
     main = ranks is None or ranks.main
     with frozen as sampler:
-        _, history, guard = train_grpo(model, processor, dataset, reward_fn(ctx, role, sampler, ranks.rank if ranks else 0),
+        _, history, guard = train_grpo(model, processor, dataset, reward_fns(ctx, role, sampler, ranks.rank if ranks else 0),
                                        getattr(cfg.evolve, role), run.output(stage), log_dir=run.tb_dir(stage),
                                        report_to=list(cfg.evolve.report_to) if main else [],
                                        bf16=cfg.dtype == "bfloat16", role=role, ranks=ranks)

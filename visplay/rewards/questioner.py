@@ -7,6 +7,8 @@ For each generated question (one batched call for the whole GRPO batch):
              samples count in m, so a question the reasoner cannot answer has low c)
   reward   = min(c, 1 - c) - cluster share of the question in the batch   (valid)
            = -1                                                           (invalid)
+`QuestionerReward` is the callable TRL calls (``f(prompts, completions, image=..., **columns)``);
+it logs the parts (``questioner/valid``, ``uncertainty``, ``agreement``, ``diversity_penalty``).
 Test: `pytest tests/test_rewards.py`.
 """
 
@@ -21,6 +23,7 @@ from PIL import Image
 from visplay.answers import Grader
 from visplay.labeling import majority_vote_batch
 from visplay.rewards.diversity import cluster_shares
+from visplay.rewards.text import completion_text
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
@@ -81,3 +84,26 @@ def questioner_reward(
     return QuestionerScores(
         reward, [p.valid for p in parsed], uncertainty, agreement, penalty, questions, Counter(p.reason for p in parsed)
     )
+
+
+class QuestionerReward:
+    """The questioner's TRL reward over a frozen reasoner; each call samples with its own seed."""
+
+    __name__ = "questioner"
+
+    def __init__(self, reasoner: Sampler, grader: Grader | None = None, m: int = 10, temperature: float = 1.0,
+                 top_k: int = 40, max_new_tokens: int = 64, threshold: float = 0.5, seed: int = 0):
+        self.reasoner, self.grader = reasoner, grader
+        self.kw = dict(m=m, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, threshold=threshold)
+        self.seed = seed
+        self.calls = 0
+
+    def __call__(self, prompts, completions, image, log_metric=None, **_) -> list[float]:
+        self.calls += 1
+        scores = questioner_reward([completion_text(c) for c in completions], image, self.reasoner, grader=self.grader,
+                                   seed=self.seed + self.calls, **self.kw)
+        if log_metric is not None:
+            for k, v in scores.means().items():
+                if k != "reward":
+                    log_metric(f"questioner/{k}", v)
+        return scores.reward
