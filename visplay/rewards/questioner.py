@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from visplay.answers import Grader
+from visplay.answers import Grader, agreement
 from visplay.labeling import majority_vote_batch
 from visplay.rewards.diversity import cluster_shares
 from visplay.rewards.text import completion_text
@@ -70,7 +70,7 @@ def questioner_reward(
     questions = [p.question if p.valid else "" for p in parsed]
     penalty = cluster_shares(questions, threshold).tolist() if questions else []
     valid_idx = [i for i, p in enumerate(parsed) if p.valid]
-    agreement = [0.0] * len(parsed)
+    agreements = [0.0] * len(parsed)
     if valid_idx:
         prompts = [Prompt(reasoner_messages(questions[i]), (images[i],)) for i in valid_idx]
         samples = reasoner.generate(
@@ -78,11 +78,11 @@ def questioner_reward(
         )
         votes = majority_vote_batch([[parse_reasoner(s).answer for s in row] for row in samples], grader)
         for i, v in zip(valid_idx, votes):
-            agreement[i] = v.count / m
-    uncertainty = [min(c, 1 - c) if p.valid else 0.0 for c, p in zip(agreement, parsed)]
+            agreements[i] = agreement(v)
+    uncertainty = [min(c, 1 - c) if p.valid else 0.0 for c, p in zip(agreements, parsed)]
     reward = [u - d if p.valid else INVALID_REWARD for u, d, p in zip(uncertainty, penalty, parsed)]
     return QuestionerScores(
-        reward, [p.valid for p in parsed], uncertainty, agreement, penalty, questions, Counter(p.reason for p in parsed)
+        reward, [p.valid for p in parsed], uncertainty, agreements, penalty, questions, Counter(p.reason for p in parsed)
     )
 
 
