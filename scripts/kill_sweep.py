@@ -1,6 +1,6 @@
 """Kill `visplay evolve` at every stage boundary and at random points inside every stage; resume; compare.
 
-Builds the kill points (`visplay.testing.faults.KillPoint`): the moment each stage is recorded
+Builds the kill points (`tests/faults.py` `KillPoint`): the moment each stage is recorded
 done, GRPO checkpoints complete and half-written, final model folders mid-save, chunk parts of
 the generation and labeling stages, random fractions of every stage (seeded), and Ctrl-C / SIGTERM
 at a few of them. Points are packed into chains (at most one per stage, in stage order): each
@@ -26,8 +26,10 @@ from collections import Counter
 from pathlib import Path
 
 from visplay.evolve.plan_of_stages import ITERATION_STAGES
-from visplay.testing import faults
-from visplay.testing.faults import KillPoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers below live there
+import faults  # noqa: E402
+from faults import KillPoint  # noqa: E402
 
 ORDER = {"frac": 0, "part": 1, "checkpoint": 1, "checkpoint-partial": 1, "saving": 2, "done": 3}
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from visplay.answers import Grader
 from visplay.answers import agreement
 from visplay.labeling import Vote, majority_vote, majority_vote_batch
-from visplay.testing.reference import reference_majority_vote
+from reference import reference_majority_vote
 
 # A small pool with many equivalent spellings, so that groups, ties and merges happen.
 POOL = [

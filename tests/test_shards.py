@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from visplay.dist import SINGLE, Ranks
+from visplay.dist import Ranks
 from visplay.evolve.shards import ShardError, gather_shards, run_shard, shard, shard_dir
 
 
@@ -49,7 +49,7 @@ def test_two_ranks_merge_to_the_one_process_order(tmp_path):
     assert sorted(chunk_ids) == list(range(len(chunk_ids)))  # chunk i of rank r is global chunk 2i + r: all distinct
     merged = gather_shards(tmp_path / "p", ITEMS, 2, 2, key, row_key)
     assert [(r["image_id"], r["sample"]) for r in merged] == [(i, j) for i in ITEMS for j in range(2)]
-    single = run_shard(tmp_path / "one", ITEMS, SINGLE, 2, lambda c, i: rows_for(c, i, []))
+    single = run_shard(tmp_path / "one", ITEMS, Ranks(), 2, lambda c, i: rows_for(c, i, []))
     assert [(r["image_id"], r["sample"]) for r in single] == [(r["image_id"], r["sample"]) for r in merged]
     assert (tmp_path / "one" / "00000.parquet").is_file()  # one process keeps the plain layout
     # a rank rerun after a crash reuses its finished parts

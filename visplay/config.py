@@ -285,17 +285,19 @@ STRATEGIES = ("ddp", "zero2", "zero2_offload", "zero3", "fsdp")
 
 @dataclass
 class HardwareConfig:
-    """The GPU layout a run is planned for (`visplay evolve --dry-run`, docs/scaling.md).
+    """Where a run's processes go, and the GPU layout its dry-run plan assumes.
 
-    The actual layout comes from the launcher (`accelerate launch --config_file
-    configs/accelerate/...`); these fields size the plan's memory and token estimates.
+    ``launcher`` and ``generation_shards`` decide where the loop's heavy parts run. The other
+    fields only size the plan's memory and token estimates (`visplay evolve --dry-run`,
+    docs/scaling.md): the processes and their sharding come from the launcher itself (its own
+    ``--config_file configs/accelerate/...``), which ``strategy`` and ``accelerate_config`` merely name.
     """
 
     nodes: int = 1
     gpus_per_node: int = 1
     gpu_memory_gib: float = 80.0
     strategy: str = "ddp"  # ddp | zero2 | zero2_offload | zero3 | fsdp: the memory layout the plan assumes
-    accelerate_config: str | None = None  # e.g. configs/accelerate/zero3.yaml (for the plan and `launcher`)
+    accelerate_config: str | None = None  # e.g. configs/accelerate/zero3.yaml, shown in the plan (not read)
     peak_tflops: float = 989.0  # dense bf16 peak per GPU, for MFU (H100 SXM: 989)
     # How the loop (one controller process) runs its heavy parts elsewhere (visplay/evolve/worker.py):
     launcher: str | None = None  # GRPO phases run as `{launcher} -m visplay.evolve.worker grpo ...`, e.g.

@@ -1,6 +1,6 @@
 """Silver labels: majority vote over the reasoner's sampled answers (agreement: `visplay.answers.agreement`).
 
-Pure functions, no torch. Semantics (those of ``visplay.testing.reference.reference_majority_vote``):
+Pure functions, no torch. Semantics (those of ``tests/reference.py`` ``reference_majority_vote``):
 
 * Answers that are None or empty after ``strip()`` are dropped; ``total`` counts the kept ones.
   Other non-strings are converted with ``str()``.

@@ -54,10 +54,6 @@ class PhasePlan:
     def train_tokens(self) -> int:
         return self.rollouts * (self.prompt_tokens + self.completion_tokens)
 
-    @property
-    def generated_tokens(self) -> int:
-        return self.rollouts * self.completion_tokens
-
 
 def arch_of(cfg: Config) -> tuple[ArchConfig | None, str]:
     """The model's shape and where it came from: the config's ``arch``, else the model's config.json."""

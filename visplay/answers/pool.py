@@ -185,10 +185,6 @@ class Grader:
         """Stop every worker process (the cache is kept; new work starts new workers)."""
         _stop_all(self._workers)
 
-    def start(self) -> None:
-        """Start all workers now without waiting for them (they are otherwise started on demand)."""
-        self._top_up(self.n_workers)
-
     @property
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w.process.pid is not None]

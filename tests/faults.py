@@ -45,7 +45,7 @@ from visplay.evolve.rundir import RunDir
 
 __all__ = ["CHUNKED_STAGES", "MODEL_STAGES", "stage_names"]  # read by the kill sweep and tests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 POLL = 0.01  # seconds between looks at the run directory
 CLEAN_STOP_CODES = (130, -signal.SIGINT)  # exit statuses of a Ctrl-C'd run that stopped cleanly
 

@@ -6,7 +6,7 @@ leaves a crashed run: every stage before it done, that stage's partial parts on 
 absent, and a lock file whose holder is gone. Imports neither torch nor matplotlib.
 
 Build one and its report (this is how docs/report-screenshot.png was made):
-    python -m visplay.report.synthetic /tmp/demo-run && visplay report /tmp/demo-run
+    python tests/synthetic.py /tmp/demo-run && visplay report /tmp/demo-run
 Test: `pytest -q tests/test_report.py tests/test_status.py`.
 """
 
