@@ -18,8 +18,8 @@ labeling and evaluation).
 'red'
 >>> normalize_answer("(B)")
 'B'
->>> equivalent("0.5", "\\\\frac{1}{2}")
-True
+>>> fast_verdict("0.5", "1/2")
+(True, 'fraction')
 
 Test: ``pytest -q tests/test_answers.py``.
 """
@@ -28,10 +28,6 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # only for the annotation: the pool imports this module
-    from visplay.answers.pool import Grader
 
 #: An option letter as written: "(B)", "B.", "B)", "B:" (capital letters; group 1 or 2 is the letter).
 OPTION_FORM = r"(?:\(([A-Z])\)|([A-Z])[.):])"
@@ -189,21 +185,3 @@ def _digits(number: str) -> int:
         return len(Decimal(number).as_tuple().digits)
     except InvalidOperation:  # pragma: no cover - the regex only lets decimals through
         return _SYMPY_FLOAT_DIGITS + 1
-
-
-def equivalent(a: object, b: object, grader: Grader | None = None) -> bool:
-    """Normalised equality, or ``grade_answer`` in either direction on the normalised strings.
-
-    Without a ``grader`` the symbolic comparison runs in this process with no timeout; pass a
-    ``Grader`` for untrusted input (hard timeout, shared cache).
-    """
-    if grader is not None:
-        return grader.equivalent(a, b)
-    na, nb = normalize_answer(a), normalize_answer(b)
-    fast = fast_verdict(na, nb)
-    if fast is not None:
-        return fast[0]
-    try:
-        return grade_pair(na, nb)
-    except Exception:  # mathruler/sympy failures mean "not shown equivalent"
-        return False

@@ -1,5 +1,9 @@
-"""``Grader``: equivalence verdicts for many answer pairs, with a hard timeout per symbolic comparison
-(part of `visplay.answers`; the verdict itself is `visplay.answers.equivalence`).
+"""``Grader``: equivalence verdicts for many answer pairs, with a hard timeout per symbolic comparison,
+and ``equivalent(a, b, grader=None)`` for one pair (part of `visplay.answers`; the verdict itself
+is `visplay.answers.equivalence`).
+
+>>> equivalent("0.5", "\\\\frac{1}{2}")
+True
 
 Test: ``pytest -q tests/test_answers.py``.
 """
@@ -308,3 +312,21 @@ class Grader:
         worker.task = None
         self._workers.remove(worker)
         worker.stop(grace=0.0)
+
+
+def equivalent(a: object, b: object, grader: Grader | None = None) -> bool:
+    """Normalised equality, or ``grade_answer`` in either direction on the normalised strings.
+
+    Without a ``grader`` the symbolic comparison runs in this process with no timeout; pass a
+    ``Grader`` for untrusted input (hard timeout, shared cache).
+    """
+    if grader is not None:
+        return grader.equivalent(a, b)
+    na, nb = normalize_answer(a), normalize_answer(b)
+    fast = fast_verdict(na, nb)
+    if fast is not None:
+        return fast[0]
+    try:
+        return grade_pair(na, nb)
+    except Exception:  # mathruler/sympy failures mean "not shown equivalent"
+        return False

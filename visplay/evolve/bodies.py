@@ -131,8 +131,9 @@ def chunk_fn(ctx: Context, kind: str, sampler):
     if kind == "questions":
         return lambda chunk, i: generate_questions(sampler, chunk, ev.questions_per_image,
                                                    replace(sample, seed=sample.seed + 7919 * i), ctx.cfg.source_world)
-    return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples, replace(sample, seed=sample.seed + 7919 * i),
-                                            ctx.grader, (ev.band_low, ev.band_high))
+    return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples,
+                                            replace(sample, seed=sample.seed + 7919 * i), ctx.grader,
+                                            (ev.band_low, ev.band_high))
 
 
 def _sampler(ctx: Context, model_dir: Path, progress: bool = False, stage: str | None = None):
@@ -198,8 +199,9 @@ def train_phase(ctx: Context, role: str, dataset=None) -> tuple[list[dict], str 
     model, processor = load_model(ctx.model(role, ctx.t - 1), dtype=torch.float32)
     main = ranks is None or ranks.main
     with frozen as sampler:
-        _, history, guard = train_grpo(model, processor, dataset, reward_fns(ctx, role, sampler, ranks.rank if ranks else 0),
-                                       getattr(cfg.evolve, role), run.output(stage), log_dir=run.tb_dir(stage),
+        rewards = reward_fns(ctx, role, sampler, ranks.rank if ranks else 0)
+        _, history, guard = train_grpo(model, processor, dataset, rewards, getattr(cfg.evolve, role), run.output(stage),
+                                       log_dir=run.tb_dir(stage),
                                        report_to=list(cfg.evolve.report_to) if main else [],
                                        bf16=cfg.dtype == "bfloat16", role=role, ranks=ranks)
     return history, guard
