@@ -1,7 +1,7 @@
 """Benchmark: ``cluster_shares`` (sparse n-gram counts + scipy linkage) vs the nltk/sklearn reference.
 
 Measures, in one run and side by side for each batch size: wall and CPU time of the reference
-(``visplay.testing.reference.reference_cluster_shares``: nltk ``sentence_bleu`` double loop +
+(``tests/reference.py`` ``reference_cluster_shares``: nltk ``sentence_bleu`` double loop +
 sklearn ``AgglomerativeClustering``) and of ``visplay.rewards.diversity.cluster_shares``, both
 speed ratios (CPU time is the fairer one on a shared, loaded machine), whether the shares are
 identical (max absolute difference), and our peak memory (tracemalloc: numpy/scipy allocations in
@@ -28,14 +28,18 @@ from __future__ import annotations
 import argparse
 import random
 import resource
+import sys
 import time
 import tracemalloc
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from visplay.rewards.diversity import cluster_shares
-from visplay.testing.reference import reference_cluster_shares
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers below live there
+from reference import reference_cluster_shares  # noqa: E402
 
 COLORS = ["red", "blue", "green", "yellow", "purple", "gray", "brown", "cyan", "orange", "black"]
 SHAPES = ["circle", "square", "triangle", "cube", "sphere", "cylinder", "star", "hexagon"]

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     from visplay.evolve.stages import questioner_dataset
     from visplay.roles.prompts import reasoner_messages
     from visplay.sampling.hf import TransformersSampler
-    from visplay.train import QuestionerRewardFn, ReasonerRewardFn
+    from visplay.rewards.questioner import QuestionerReward
+    from visplay.rewards.registry import build_rewards
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="qwen2_5_vl_3b")
@@ -161,13 +162,14 @@ def main(argv: list[str] | None = None) -> dict:
                                    use_vllm=False, save_steps=10**6)
         q_items = [ImageItem(id=f"bench/{i}", image=im, origin="bench") for i, im in enumerate(images)]
         sampler = TransformersSampler(model, processor)
-        q_reward = QuestionerRewardFn(sampler, grader, m=args.reward_samples, max_new_tokens=args.completion)
+        q_reward = QuestionerReward(sampler, grader, m=args.reward_samples, max_new_tokens=args.completion)
         results["phases"].append(run_phase("questioner", model, processor, questioner_dataset(q_items), q_reward,
                                            phases["questioner"], out, n_params, gpus, cfg.hardware.peak_tflops))
         from datasets import Dataset
 
         rows = [{"prompt": reasoner_messages("How many objects are there?"), "image": im, "label": "3"} for im in images]
-        results["phases"].append(run_phase("reasoner", model, processor, Dataset.from_list(rows), ReasonerRewardFn(grader),
+        results["phases"].append(run_phase("reasoner", model, processor, Dataset.from_list(rows),
+                                           build_rewards(cfg.evolve.reasoner.rewards, grader=grader),
                                            phases["reasoner"], out, n_params, gpus, cfg.hardware.peak_tflops))
     if not ranks.main:
         return results

@@ -1,7 +1,7 @@
 """Benchmark: ``majority_vote_batch`` (dedup + fast path + batch cache + worker processes) vs the reference.
 
 Measures, in one run and side by side: wall and CPU time of the reference
-(``visplay.testing.reference.reference_majority_vote``: mathruler ``grade_answer`` in both
+(``tests/reference.py`` ``reference_majority_vote``: mathruler ``grade_answer`` in both
 directions for every new answer against every group representative, question by question) and of
 ``visplay.labeling.majority_vote_batch`` with a fresh ``Grader`` (worker start-up included; CPU
 time includes the worker processes), both speed ratios (CPU is the fairer one on a shared, loaded
@@ -31,13 +31,17 @@ from __future__ import annotations
 import argparse
 import random
 import resource
+import sys
 import time
 import tracemalloc
 from collections.abc import Sequence
+from pathlib import Path
 
 from visplay.answers import Grader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers below live there
+from reference import reference_majority_vote  # noqa: E402
 from visplay.labeling import Vote, majority_vote_batch
-from visplay.testing.reference import reference_majority_vote
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "gray"]
 

@@ -1,6 +1,6 @@
 """Kill `visplay evolve` at every stage boundary and at random points inside every stage; resume; compare.
 
-Builds the kill points (`visplay.testing.faults.KillPoint`): the moment each stage is recorded
+Builds the kill points (`tests/faults.py` `KillPoint`): the moment each stage is recorded
 done, GRPO checkpoints complete and half-written, final model folders mid-save, chunk parts of
 the generation and labeling stages, random fractions of every stage (seeded), and Ctrl-C / SIGTERM
 at a few of them. Points are packed into chains (at most one per stage, in stage order): each
@@ -25,8 +25,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from visplay.testing import faults
-from visplay.testing.faults import KillPoint
+from visplay.evolve.plan_of_stages import ITERATION_STAGES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers below live there
+import faults  # noqa: E402
+from faults import KillPoint  # noqa: E402
 
 ORDER = {"frac": 0, "part": 1, "checkpoint": 1, "checkpoint-partial": 1, "saving": 2, "done": 3}
 
@@ -41,8 +44,7 @@ def kill_points(stages: list[str], seed: int, random_per_stage: int) -> list[Kil
         if name in faults.CHUNKED_STAGES:
             points += [KillPoint(s, "part", 1), KillPoint(s, "part", 2)]
         points += [KillPoint(s, "frac", round(rng.uniform(0.05, 0.95), 2)) for _ in range(random_per_stage)]
-    q, g, lab, r, ev = (next(s for s in stages if s.endswith(n)) for n in
-                        ("questioner", "questions", "labels", "reasoner", "iter1/eval"))
+    q, g, lab, r, ev = (next(s for s in stages if s == f"iter1/{k}") for k in ITERATION_STAGES)
     points += [
         KillPoint(q, "frac", 0.5, signal.SIGINT), KillPoint(lab, "part", 1, signal.SIGINT),
         KillPoint(r, "checkpoint", 1, signal.SIGINT), KillPoint(ev, "frac", 0.5, signal.SIGINT),

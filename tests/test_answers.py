@@ -229,7 +229,6 @@ def test_hung_comparison_is_killed_and_the_batch_goes_on() -> None:
     # Answers like "x1" reach the worker: no fast path applies to them.
     grader = Grader(timeout=1.0, workers=1, compare=hang_on_marker, start_method="fork", worker_init=None)
     with grader:
-        grader.start()
         grader.resolve([("a1", "b1")])  # the worker is up and answering
         first_pid = grader.worker_pids[0]
         start = time.perf_counter()
@@ -269,7 +268,7 @@ def _broken_init() -> None:
 
 
 ORPHAN_SCRIPT = """
-import sys, time
+import sys, threading, time
 from visplay.answers import Grader
 
 def hang(a, b):
@@ -277,9 +276,12 @@ def hang(a, b):
         time.sleep(0.01)
 
 grader = Grader(workers=1, timeout=600, compare=hang, start_method="fork", worker_init=None)
-grader.start()
+# blocks: the worker hangs and the timeout is long
+threading.Thread(target=grader.resolve, args=([("a1", "b1")],), daemon=True).start()
+while not grader.worker_pids:
+    time.sleep(0.01)
 print(grader.worker_pids[0], flush=True)
-grader.resolve([("a1", "b1")])  # blocks: the worker hangs and the timeout is long
+time.sleep(600)
 """
 
 

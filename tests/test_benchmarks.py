@@ -20,7 +20,9 @@ import pytest
 
 from visplay.answers import Grader
 from visplay.eval.benchmarks import Benchmark, BenchmarkError, resolve_benchmarks
-from visplay.eval.grading import extract_answer, grade_free, grade_number, grade_option, grade_rule, grade_yesno
+from visplay.answers import extract as extract_answer
+from visplay.answers import grade
+from visplay.answers.grading import grade_free, grade_number, grade_option, grade_yesno
 from visplay.eval.run import (
     EvalError,
     EvalSettings,
@@ -202,9 +204,9 @@ def test_grade_yesno_and_free_text():
     assert not grade_free("a red square", "red<AND>circle").correct
     assert grade_free("four", "4<OR>four").correct and grade_free("4.0", "4<OR>four").correct
     assert not grade_free("14", "4").correct
-    assert grade_rule("option", None, "A").reason == "no_boxed_answer"
-    with pytest.raises(ValueError, match="unknown answer type"):
-        grade_rule("essay", "x", "y")
+    assert grade(None, "A", "option").reason == "no_boxed_answer"
+    with pytest.raises(ValueError, match="unknown question type"):
+        grade("x", "y", "essay")
 
 
 # ---------------------------------------------------------------- registry and bad input

@@ -66,14 +66,15 @@ def _phase(micro_model_dir, out):
     from visplay.evolve.stages import questioner_dataset
     from visplay.models import load_model
     from visplay.sampling.hf import TransformersSampler
-    from visplay.train import QuestionerRewardFn, train_grpo
+    from visplay.rewards.questioner import QuestionerReward
+    from visplay.train import train_grpo
     from visplay.worlds.scene import WorldConfig
 
     model, processor = load_model(micro_model_dir)
     items = list(itertools.islice(WorldSource(WorldConfig(), "unlabeled"), 2))
     phase = GRPOPhase(steps=1, prompts_per_step=2, num_generations=2, max_completion_length=6)
     with Grader(workers=0) as g:
-        reward = QuestionerRewardFn(TransformersSampler(model, processor), g, m=2, max_new_tokens=4)
+        reward = QuestionerReward(TransformersSampler(model, processor), g, m=2, max_new_tokens=4)
         return train_grpo(model, processor, questioner_dataset(items), reward, phase, out)
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from scipy.cluster.hierarchy import linkage
 
 from visplay.rewards.diversity import bleu_distance_matrix, cluster_shares
-from visplay.testing.reference import reference_bleu_distance_matrix, reference_cluster_shares
+from reference import reference_bleu_distance_matrix, reference_cluster_shares
 
 # Two or three words and short questions: n-gram overlaps, duplicates and exact ties are common.
 WORDS = st.sampled_from(["a", "b", "c"])

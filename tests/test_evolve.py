@@ -7,6 +7,7 @@ a minute on 2 cores): questioner GRPO, questions, silver labels, reasoner GRPO, 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -99,15 +100,35 @@ def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):
     from visplay.data.sources import WorldSource
     from visplay.evolve.stages import questioner_dataset
     from visplay.sampling.hf import TransformersSampler
-    from visplay.train import QuestionerRewardFn, train_grpo
+    from visplay.rewards.questioner import QuestionerReward
+    from visplay.train import train_grpo
     from visplay.worlds.scene import WorldConfig
 
     model, processor = load_model(micro_model_dir)  # a private copy: this test trains it
     items = list(itertools.islice(WorldSource(WorldConfig(), "unlabeled"), 4))
     phase = GRPOPhase(steps=3, prompts_per_step=2, num_generations=2, max_completion_length=4, max_kl=-1.0)
     with Grader(workers=0) as g:
-        reward = QuestionerRewardFn(TransformersSampler(model, processor), g, m=2, max_new_tokens=4)
+        reward = QuestionerReward(TransformersSampler(model, processor), g, m=2, max_new_tokens=4)
         out, history, guard = train_grpo(model, processor, questioner_dataset(items), reward, phase, tmp_path / "q")
     assert guard == "kl 0 > -1 at step 1"
     assert [h["step"] for h in history if "kl" in h] == [1]  # stopped after the first step, not 3
     assert (out / "config.json").is_file()
+
+
+def test_the_stage_list_is_what_the_loop_status_and_report_read():
+    import doctest
+
+    import visplay.evolve.plan_of_stages as plan_of_stages
+    from visplay.evolve.bodies import BODIES
+    from visplay.status import expected_stages
+
+    assert doctest.testmod(plan_of_stages).failed == 0
+    assert tuple(BODIES) == plan_of_stages.ITERATION_STAGES
+    manifest = {"config": {"evolve": {"iterations": 2}}, "stages": {}}
+    assert expected_stages(manifest) == plan_of_stages.stage_names(2)
+    run = RunDir("/r")
+    assert run.output("iter2/labels") == Path("/r/iter2/labels.parquet")
+    assert run.checkpoints("iter1/reasoner") == Path("/r/iter1/reasoner.ckpt")
+    assert run.parts("iter1/questions") == Path("/r/iter1/questions.parts")
+    with pytest.raises(ValueError, match="unknown stage"):
+        plan_of_stages.parse_stage("iter0/labels")

@@ -1,7 +1,7 @@
 """Crash anywhere and resume with nothing lost: `visplay evolve` killed for real, as a subprocess.
 
 One uncrashed reference run, then one run killed four times in a row and resumed after each
-(`visplay.testing.faults`): SIGKILL once questioner checkpoint-1 exists, SIGKILL once the first
+(`tests/faults.py`): SIGKILL once questioner checkpoint-1 exists, SIGKILL once the first
 chunk of questions is written, Ctrl-C during reasoner training (clean stop, exit 130, a message
 saying how to resume), SIGKILL right after the reasoner stage is recorded. While one resumed
 process runs, a second `visplay evolve` on the same run must be refused by the lock. The finished
@@ -31,8 +31,8 @@ import pytest
 from PIL import Image
 
 from visplay.config import EMBEDDED_MODELS, PRESETS_DIR
-from visplay.testing import faults
-from visplay.testing.faults import KillPoint
+import faults
+from faults import KillPoint
 from visplay.worlds.scene import make_scene
 
 pytestmark = [pytest.mark.faults, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")]

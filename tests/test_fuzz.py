@@ -31,7 +31,7 @@ from visplay.evolve.stages import generate_questions, label_questions, skip_reas
 from visplay.io import atomic_write_parquet
 from visplay.labeling import majority_vote_batch
 from visplay.rewards.questioner import INVALID_REWARD, questioner_reward
-from visplay.rewards.reasoner import reasoner_reward_parts
+from visplay.rewards.reasoner import accuracy_reward, format_reward
 from visplay.roles.parsing import QTYPES, last_boxed, parse_questioner, parse_reasoner
 from visplay.roles.prompts import questioner_target
 from visplay.sampling.base import SamplingParams
@@ -150,7 +150,7 @@ def test_majority_vote_on_the_whole_corpus(reasoner_corpus, grader):
 
 def test_reasoner_reward_on_the_whole_corpus(reasoner_corpus, grader):
     texts, labels = [r["text"] for r in reasoner_corpus], [r["label"] for r in reasoner_corpus]
-    acc, fmt = reasoner_reward_parts(texts, labels, grader)
+    acc, fmt = accuracy_reward(None, texts, label=labels, grader=grader), format_reward(None, texts)
     assert len(acc) == len(fmt) == len(texts)
     assert set(acc) <= {0.0, 1.0} and set(fmt) <= {0.0, 1.0}
     assert fmt == [float(parse_reasoner(t).format_ok) for t in texts]

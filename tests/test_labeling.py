@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visplay.answers import Grader
-from visplay.labeling import Vote, keep_in_band, majority_vote, majority_vote_batch
-from visplay.testing.reference import reference_majority_vote
+from visplay.answers import agreement
+from visplay.labeling import Vote, majority_vote, majority_vote_batch
+from reference import reference_majority_vote
 
 # A small pool with many equivalent spellings, so that groups, ties and merges happen.
 POOL = [
@@ -49,11 +50,12 @@ def test_ties_go_to_the_earliest_group() -> None:
 
 def test_none_and_empty_are_dropped_and_counted() -> None:
     (vote,) = majority_vote_batch([[None, "", "  ", "4", None, "4.0", "5"]])
-    assert vote == Vote("4", 2, 3, 2 / 3, {"none": 2, "empty": 2}, 0)
+    assert vote == Vote("4", 2, 3, {"none": 2, "empty": 2}, 0)
+    assert agreement(vote) == 2 / 7  # over all samples, unanswered ones included
     assert majority_vote([None, "", " \n"]) == (None, 0, 0)
     assert majority_vote([]) == (None, 0, 0)
     (nothing,) = majority_vote_batch([[]])
-    assert nothing.share == 0.0 and nothing.label is None
+    assert agreement(nothing) == 0.0 and nothing.label is None
 
 
 def test_no_prefix_is_not_a_wildcard() -> None:
@@ -83,7 +85,7 @@ def test_timeouts_in_workers_are_counted_per_question() -> None:
         stats = dict(grader.stats)
     # "hang" vs "HANG" normalise to "hang" (words are lowercased) -> one group without any comparison;
     # "x" vs "hang" hangs -> timeout -> not equivalent.
-    assert votes[0] == Vote("hang", 2, 3, 2 / 3, {}, 1)
+    assert votes[0] == Vote("hang", 2, 3, {}, 1)
     assert votes[1].as_tuple() == ("y", 2, 3) and votes[1].timeouts == 0
     assert stats["timeout"] == 1 and stats["letter"] >= 2
 
@@ -95,16 +97,35 @@ def _hang_on_marker(a: str, b: str) -> bool:
     return a == b
 
 
+class _Votes:
+    """A reasoner whose m samples for every question are ``answers``."""
+
+    def __init__(self, answers):
+        self.answers = answers
+
+    def generate(self, prompts, params):
+        assert params.n == len(self.answers)
+        return [[f"<think>x</think>\\boxed{{{a}}}" if a else "no box" for a in self.answers] for _ in prompts]
+
+
 @pytest.mark.parametrize(
-    ("share", "kept"),
-    [(0.0, False), (0.2, False), (0.25, True), (0.5, True), (0.75, True), (0.76, False), (1.0, False)],
+    ("answers", "kept"),
+    [(["1", "2", "3", "4"], False),  # c = 0.25 < band_low 0.3
+     (["1", "1", "2", "3"], True),  # c = 0.5
+     (["1", "1", "1", "2"], True),  # c = 0.75 = band_high: inclusive
+     (["1", "1", "1", "1"], False),  # c = 1.0 > band_high
+     (["1", "1", "1", None], True)],  # unanswered samples count in m: c = 0.75
 )
-def test_keep_in_band_is_inclusive(share: float, kept: bool) -> None:
-    assert keep_in_band([Vote("1", 1, 1, share)]) == [kept]
+def test_the_labels_stage_keeps_agreement_inside_the_band_inclusive(answers, kept) -> None:
+    """The band the pipeline applies (`label_questions`, as the labels stage calls it), at its edges."""
+    from PIL import Image
 
+    from visplay.evolve.stages import label_questions, png_bytes
+    from visplay.sampling.base import SamplingParams
 
-def test_keep_in_band_never_keeps_unlabelled_and_checks_bounds() -> None:
-    assert keep_in_band([Vote(None, 0, 0, 0.5)], low=0.0, high=1.0) == [False]
-    assert keep_in_band([Vote("1", 4, 4, 1.0)], low=0.0, high=1.0) == [True]
-    with pytest.raises(ValueError, match="low"):
-        keep_in_band([], low=0.8, high=0.2)
+    row = {"image_id": "x", "sample": 0, "valid": True, "reason": "ok", "question": "How many red objects are there?",
+           "image_png": png_bytes(Image.new("RGB", (8, 8))), "questioner_answer": "1", "true_answer": None}
+    with Grader(workers=0) as g:
+        (out,) = label_questions(_Votes(answers), [row], len(answers), SamplingParams(), g, (0.3, 0.75))
+    assert out["kept"] is kept and out["label"] == "1"
+    assert out["agreement"] == answers.count("1") / len(answers)

@@ -128,7 +128,7 @@ def test_stop_signal_fires_only_at_the_threshold():
 
 
 def test_source_objects_config():
-    cfg = load_config("tiny", ["evolve.source_objects=[6, 8]"])
+    cfg = load_config("tiny", ["evolve.source_objects=[6, 8]", "evolve.ladder=false"])
     assert (cfg.source_world.min_objects, cfg.source_world.max_objects) == (6, 8)
     assert cfg.world.min_objects == 1  # evaluation still spans every level
     assert cfg.labelled_levels == tuple(range(cfg.pretrain.world.min_objects, cfg.pretrain.world.max_objects + 1))

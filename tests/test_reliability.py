@@ -305,7 +305,7 @@ def _fake_run(root: Path, question_ids: list[str], steps: list[int], stage_recor
 
 
 def test_the_fault_harness_reports_lost_duplicated_and_foreign_rows(tmp_path):
-    from visplay.testing.faults import compare
+    from faults import compare
 
     ref = _fake_run(tmp_path / "ref", ["a", "b", "c"], [1, 2])
     assert compare(ref, _fake_run(tmp_path / "same", ["a", "b", "c"], [1, 2])).ok
@@ -323,7 +323,7 @@ def test_kill_sweep_packs_points_into_runs_in_stage_order():
     spec = importlib.util.spec_from_file_location("kill_sweep", Path(__file__).parents[1] / "scripts" / "kill_sweep.py")
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
-    from visplay.testing.faults import stage_names
+    from faults import stage_names
 
     stages = stage_names(1)
     points = sweep.kill_points(stages, seed=0, random_per_stage=2)

@@ -1,6 +1,6 @@
 """`visplay report`: the HTML page of a synthetic finished run and a synthetic crashed run.
 
-Offline, no model: run directories are written by hand (`visplay.report.synthetic`), reports are
+Offline, no model: run directories are written by hand (`tests/synthetic.py`), reports are
 parsed with html.parser. Checked: every <img> is a data URI that PIL decodes, the gallery has
 thumbnails, every number in the machine-readable tables equals manifest.json / metrics.jsonl /
 summary.json / labels.parquet (shown with 3 decimals), the crashed run's report marks what is
@@ -32,7 +32,7 @@ from visplay.evolve.rundir import RunDir
 from visplay.report import add_report_parser, write_report
 import visplay.report.data
 from visplay.report.data import load_run
-from visplay.report.synthetic import make_synthetic_run
+from synthetic import make_synthetic_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 VOID = {"img", "meta", "br", "hr", "input", "link", "source", "wbr"}

@@ -1,4 +1,6 @@
-"""Rewards on hand-built cases: questioner min(c, 1-c) - cluster share, -1 if malformed; reasoner 0.9/0.1."""
+"""Rewards on hand-built cases, called exactly as training calls them (the registry, then TRL's
+keyword arguments): questioner min(c, 1-c) - cluster share, -1 if malformed; reasoner accuracy and
+format, weighted 0.9/0.1 by the config. Test: `pytest tests/test_rewards.py`."""
 
 from __future__ import annotations
 
@@ -6,9 +8,10 @@ import pytest
 from PIL import Image
 
 from visplay.answers import Grader
+from visplay.config import GRPOPhase
 from visplay.rewards.diversity import cluster_shares
 from visplay.rewards.questioner import questioner_reward
-from visplay.rewards.reasoner import reasoner_reward, reasoner_reward_parts
+from visplay.rewards.registry import build_rewards, resolve_reward
 from visplay.roles.prompts import questioner_target
 
 
@@ -67,14 +70,46 @@ def test_questioner_reward_all_invalid_makes_no_sampler_call():
     assert s.reward == [-1.0, -1.0] and sampler.calls == []
 
 
-def test_reasoner_reward():
+def _trl_rewards(fns, weights, completions, **columns) -> list[float]:
+    """What TRL's GRPOTrainer computes: each function's rewards, summed with ``reward_weights`` (float32)."""
+    import torch
+
+    logged: dict[str, float] = {}
+    per_func = torch.tensor([fn(prompts=[None] * len(completions), completions=completions, log_metric=logged.__setitem__,
+                                **columns) for fn in fns], dtype=torch.float32).T
+    return (per_func * torch.tensor(weights, dtype=torch.float32)).nansum(dim=1).tolist(), logged
+
+
+def test_reasoner_rewards_as_training_builds_and_weights_them():
+    from visplay.config import EvolveConfig
+
+    phase = EvolveConfig().reasoner
+    assert phase.rewards == ("accuracy", "format") and phase.reward_weights == (0.9, 0.1)
     comps = [box("1/2"), "\\boxed{0.5}", box("3"), "<think>a</think>", box("\\frac{1}{2}")]
     labels = ["0.5", "0.5", "0.5", "0.5", "1/2"]
-    acc, fmt = reasoner_reward_parts(comps, labels)
-    assert acc == [1.0, 1.0, 0.0, 0.0, 1.0]
-    assert fmt == [1.0, 0.0, 1.0, 0.0, 1.0]
-    assert reasoner_reward(comps, labels) == pytest.approx([1.0, 0.9, 0.1, 0.0, 1.0])
-    assert reasoner_reward([box("B")], ["(B)"]) == [1.0]
+    with Grader(workers=0) as g:
+        fns = build_rewards(phase.rewards, grader=g, reasoner=None, m=3)
+        total, logged = _trl_rewards(fns, phase.reward_weights, comps, label=labels, image=[None] * 5)
+        assert [f(None, comps, label=labels) for f in fns] == [[1.0, 1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0, 1.0]]
+        assert total == pytest.approx([1.0, 0.9, 0.1, 0.0, 1.0])
+        assert logged == {"reasoner/accuracy": 0.6, "reasoner/format": 0.6}
+        assert _trl_rewards(fns, phase.reward_weights, [box("B")], label=["(B)"])[0] == [1.0]
+    other = EvolveConfig(reasoner=GRPOPhase(reward_weights=(0.5, 0.5))).reasoner
+    assert other.rewards == ("accuracy", "format") and other.reward_weights == (0.5, 0.5)
+
+
+def test_reward_registry_takes_import_paths_and_refuses_unknown_names():
+    assert resolve_reward("accuracy") is resolve_reward("visplay.rewards.reasoner:accuracy_reward")
+    assert resolve_reward("visplay.rewards.reasoner.format_reward")(None, [box(1)]) == [1.0]
+    with pytest.raises(ValueError, match="unknown reward 'nope'"):
+        resolve_reward("nope")
+    with pytest.raises(ValueError, match="cannot be imported"):
+        resolve_reward("visplay.rewards.reasoner:missing")
+    from visplay.config import ConfigError, EvolveConfig
+
+    with pytest.raises(ConfigError, match="one weight per reward"):
+        EvolveConfig(reasoner=GRPOPhase(reward_weights=(1.0,)))
+    assert EvolveConfig(questioner=GRPOPhase(rewards=("questioner", "format"))).questioner.reward_weights == (1.0, 1.0)
 
 
 def test_health_guard_fires_on_kl_or_entropy_and_remembers_why():
@@ -86,3 +121,14 @@ def test_health_guard_fires_on_kl_or_entropy_and_remembers_why():
     assert g.check({"kl": 0.1, "entropy": 0.01}, 8) == "kl 447 > 10 at step 7"  # first reason kept
     g2 = HealthGuard(max_kl=10, min_entropy=0.05)
     assert g2.check({"entropy": 0.01}, 3) == "entropy 0.01 < 0.05 at step 3"
+
+
+def test_doctests():
+    import doctest
+
+    import visplay.rewards.reasoner
+    import visplay.rewards.registry
+    import visplay.rewards.text
+
+    for module in (visplay.rewards.reasoner, visplay.rewards.registry, visplay.rewards.text):
+        assert doctest.testmod(module).failed == 0

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from visplay.dist import SINGLE, Ranks
+from visplay.dist import Ranks
 from visplay.evolve.shards import ShardError, gather_shards, run_shard, shard, shard_dir
 
 
@@ -49,7 +49,7 @@ def test_two_ranks_merge_to_the_one_process_order(tmp_path):
     assert sorted(chunk_ids) == list(range(len(chunk_ids)))  # chunk i of rank r is global chunk 2i + r: all distinct
     merged = gather_shards(tmp_path / "p", ITEMS, 2, 2, key, row_key)
     assert [(r["image_id"], r["sample"]) for r in merged] == [(i, j) for i in ITEMS for j in range(2)]
-    single = run_shard(tmp_path / "one", ITEMS, SINGLE, 2, lambda c, i: rows_for(c, i, []))
+    single = run_shard(tmp_path / "one", ITEMS, Ranks(), 2, lambda c, i: rows_for(c, i, []))
     assert [(r["image_id"], r["sample"]) for r in single] == [(r["image_id"], r["sample"]) for r in merged]
     assert (tmp_path / "one" / "00000.parquet").is_file()  # one process keeps the plain layout
     # a rank rerun after a crash reuses its finished parts
@@ -138,12 +138,12 @@ def test_launched_reasoner_phase_on_two_ranks_saves_model_and_record(micro_model
     """`launch_phase` runs the worker under a real 2-process launcher (torchrun, gloo on CPU: DDP), which
     trains on labels.parquet and saves the gathered model with its record on rank 0; asking again
     returns the record without training; a launcher that fails is an error quoting its log."""
-    from visplay.evolve.worker import WorkerError, launch_phase
+    from visplay.evolve.launch import WorkerError, launch_phase
     from visplay.models import PHASE_RECORD, load_model
 
     cfg, run = reasoner_run(tmp_path, micro_model_dir, "{python} -m torch.distributed.run --nproc_per_node 2")
     out = run.root / "iter1/reasoner"
-    history, guard = launch_phase(cfg, run, "iter1/reasoner", out)
+    history, guard = launch_phase(cfg, run, "iter1/reasoner")
     log = (run.root / "iter1/reasoner.worker.log").read_text()
     assert "iter1/reasoner: rank 0 of 2" in log and "iter1/reasoner: rank 1 of 2" in log  # trained together
     assert [h["step"] for h in history if "loss" in h] == [1, 2] and guard is None
@@ -154,18 +154,19 @@ def test_launched_reasoner_phase_on_two_ranks_saves_model_and_record(micro_model
     assert any((trained[n] != p).any() for n, p in base.named_parameters() if ".visual." not in f".{n}")
     assert not (run.root / "iter1/reasoner.ckpt").exists()
     stamp = (out / PHASE_RECORD).stat().st_mtime_ns
-    assert launch_phase(cfg, run, "iter1/reasoner", out)[0] == history  # saved: not trained again
+    assert launch_phase(cfg, run, "iter1/reasoner")[0] == history  # saved: not trained again
     assert (out / PHASE_RECORD).stat().st_mtime_ns == stamp
     broken_cfg, broken = reasoner_run(tmp_path / "b", micro_model_dir,
                                       "{python} -c 'import sys; print(sys.argv[1:]); raise SystemExit(7)'")
     with pytest.raises(WorkerError, match=r"(?s)exited with status 7.*'grpo', '.*/run', 'iter1/reasoner'"):
-        launch_phase(broken_cfg, broken, "iter1/reasoner", broken.root / "iter1/reasoner")
+        launch_phase(broken_cfg, broken, "iter1/reasoner")
 
 
 _CONTROLLER = """
 import shlex, subprocess, sys, time
-from visplay.evolve.worker import worker_env
-child = ("import os, time; from visplay.evolve.worker import CONTROLLER_PID, exit_with_controller; "
+from visplay.evolve.launch import worker_env
+child = ("import os, time; from visplay.evolve.launch import CONTROLLER_PID; "
+         "from visplay.evolve.worker import exit_with_controller; "
          "exit_with_controller(int(os.environ[CONTROLLER_PID]) if sys.argv[1] == 'watch' else None, 0.2); "
          "print(os.getpid(), flush=True); time.sleep(120)")
 # through a shell, as a launcher would be: the worker is a grandchild the kernel cannot signal for us

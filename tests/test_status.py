@@ -18,7 +18,7 @@ import pytest
 
 import visplay.status
 from visplay.evolve.rundir import RunDir, RunError
-from visplay.report.synthetic import make_synthetic_run
+from synthetic import make_synthetic_run
 from visplay.status import (
     StatusError,
     add_status_parser,

@@ -24,6 +24,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from visplay.evolve.plan_of_stages import CHUNKED_STAGES, parse_stage
+from visplay.evolve.rundir import RunDir
 from visplay.io import atomic_write_text
 from visplay.roles.prompts import QUESTIONER_INSTRUCTION, REASONER_INSTRUCTION
 
@@ -238,9 +240,9 @@ def publish_stage(run_root: str | Path, stage: str) -> None:
     ``<stage>.parquet``) are removed, and the iteration's dataset card lists the parquet files."""
     import shutil
 
-    run_root = Path(run_root)
-    merged = run_root / f"{stage}.parquet"
-    if not merged.is_file():
+    run = RunDir(run_root)
+    merged = run.output(stage)
+    if parse_stage(stage)[1] not in CHUNKED_STAGES or not merged.is_file():
         return
-    shutil.rmtree(run_root / f"{stage}.parts", ignore_errors=True)
+    shutil.rmtree(run.parts(stage), ignore_errors=True)
     write_dataset_card(merged.parent)

@@ -9,6 +9,7 @@ Test: `pytest tests/test_config.py tests/test_scale.py`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 import urllib.parse
@@ -61,6 +62,9 @@ class EvalConfig:
 
 
 VLLM_MODES = ("colocate", "server")
+#: Each role's rewards and weights when its phase names none: the questioner's min(c, 1-c) minus the
+#: diversity penalty; the reasoner's 0.9 accuracy + 0.1 format (the reference's weights).
+ROLE_REWARDS = {"questioner": (("questioner",), (1.0,)), "reasoner": (("accuracy", "format"), (0.9, 0.1))}
 
 
 @dataclass
@@ -93,6 +97,10 @@ class GRPOPhase:
     seed: int = 0
     gradient_checkpointing: bool = False  # on for 3B/7B presets
     freeze_vision: bool = True  # train the LM and the merger, as in pretraining (the reference trains all)
+    # TRL reward functions by name (visplay/rewards/registry.py) or import path pkg.module:fn, and
+    # TRL's reward_weights (one per function); None = the role's (ROLE_REWARDS)
+    rewards: tuple[str, ...] | None = None
+    reward_weights: tuple[float, ...] | None = None
     max_kl: float = 10.0  # health guard: stop the phase when the logged KL exceeds this
     min_entropy: float = 0.02  # health guard: stop the phase when sampling entropy collapses
     # rollouts through vLLM inside TRL (optional extra `vllm`, docs/scaling.md); off = transformers generate
@@ -119,6 +127,13 @@ class GRPOPhase:
             raise ConfigError(f"need 0 < top_p <= 1 and top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}")
         if min(self.max_prompt_length, self.max_completion_length, self.save_steps) < 1:
             raise ConfigError("max_prompt_length, max_completion_length and save_steps must be >= 1")
+        if self.rewards is not None and not self.rewards:
+            raise ConfigError("rewards must name at least one reward function, or be null for the role's")
+        if self.reward_weights is not None and (
+                any(not math.isfinite(w) for w in self.reward_weights)
+                or (self.rewards is not None and len(self.reward_weights) != len(self.rewards))):
+            raise ConfigError(f"reward_weights {list(self.reward_weights)} must be finite numbers, one per reward "
+                              f"in {list(self.rewards or [])}")
         if self.vllm_mode not in VLLM_MODES:
             raise ConfigError(f"vllm_mode must be one of {list(VLLM_MODES)}, got {self.vllm_mode!r}")
         if self.vllm_server_url is not None and not self.vllm_server_url.startswith(("http://", "https://")):
@@ -216,6 +231,14 @@ class EvolveConfig:
             check_pixel_range(self.min_pixels, self.max_pixels)
         except ValueError as e:
             raise ConfigError(f"evolve: {e}") from e
+        for role, (names, weights) in ROLE_REWARDS.items():
+            phase = getattr(self, role)
+            rewards = names if phase.rewards is None else phase.rewards
+            default = weights if rewards == names else (1.0,) * len(rewards)
+            if len(phase.reward_weights or default) != len(rewards):
+                raise ConfigError(f"evolve.{role}.reward_weights needs one weight per reward in {list(rewards)}")
+            setattr(self, role, dataclasses.replace(phase, rewards=tuple(rewards),
+                                                    reward_weights=tuple(phase.reward_weights or default)))
 
 
 @dataclass
@@ -264,17 +287,19 @@ STRATEGIES = ("ddp", "zero2", "zero2_offload", "zero3", "fsdp")
 
 @dataclass
 class HardwareConfig:
-    """The GPU layout a run is planned for (`visplay evolve --dry-run`, docs/scaling.md).
+    """Where a run's processes go, and the GPU layout its dry-run plan assumes.
 
-    The actual layout comes from the launcher (`accelerate launch --config_file
-    configs/accelerate/...`); these fields size the plan's memory and token estimates.
+    ``launcher`` and ``generation_shards`` decide where the loop's heavy parts run. The other
+    fields only size the plan's memory and token estimates (`visplay evolve --dry-run`,
+    docs/scaling.md): the processes and their sharding come from the launcher itself (its own
+    ``--config_file configs/accelerate/...``), which ``strategy`` and ``accelerate_config`` merely name.
     """
 
     nodes: int = 1
     gpus_per_node: int = 1
     gpu_memory_gib: float = 80.0
     strategy: str = "ddp"  # ddp | zero2 | zero2_offload | zero3 | fsdp: the memory layout the plan assumes
-    accelerate_config: str | None = None  # e.g. configs/accelerate/zero3.yaml (for the plan and `launcher`)
+    accelerate_config: str | None = None  # e.g. configs/accelerate/zero3.yaml, shown in the plan (not read)
     peak_tflops: float = 989.0  # dense bf16 peak per GPU, for MFU (H100 SXM: 989)
     # How the loop (one controller process) runs its heavy parts elsewhere (visplay/evolve/worker.py):
     launcher: str | None = None  # GRPO phases run as `{launcher} -m visplay.evolve.worker grpo ...`, e.g.

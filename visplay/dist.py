@@ -1,15 +1,15 @@
 """Which process this is: rank, world size and local rank under `accelerate launch` / torchrun, else (0, 1, 0).
 
-`visplay evolve` runs the same loop on every rank (docs/scaling.md): GRPO phases are data
-parallel through TRL/accelerate, generation and labeling take every world-th item
-(`visplay.evolve.shards`), and only the main rank writes the run directory. `barrier` and
-`broadcast` are no-ops in a single process. Test: `pytest tests/test_shards.py`.
+`visplay evolve` is one controller process; only a GRPO phase run through ``hardware.launcher``
+runs on several ranks (`visplay.evolve.worker grpo`: data parallel through TRL/accelerate, the
+main rank saves), and a generation shard is told its rank on the command line
+(`visplay.evolve.shards`). `barrier` is a no-op in a single process.
+Test: `pytest tests/test_shards.py`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,6 @@ class Ranks:
         return self.rank == 0
 
 
-SINGLE = Ranks()
-
-
 def current() -> Ranks:
     """This process's ranks; initialises the process group when a launcher set one up (gloo on
     CPU-only machines, e.g. `torchrun --nproc_per_node 2` in tests)."""
@@ -45,12 +42,3 @@ def barrier(ranks: Ranks) -> None:
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()
-
-
-def broadcast(ranks: Ranks, value: Any) -> Any:
-    """The main rank's ``value`` on every rank (picklable values)."""
-    if ranks.world == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]

@@ -1,6 +1,6 @@
-"""Silver labels: majority vote over the reasoner's sampled answers, and the agreement band filter.
+"""Silver labels: majority vote over the reasoner's sampled answers (agreement: `visplay.answers.agreement`).
 
-Pure functions, no torch. Semantics (those of ``visplay.testing.reference.reference_majority_vote``):
+Pure functions, no torch. Semantics (those of ``tests/reference.py`` ``reference_majority_vote``):
 
 * Answers that are None or empty after ``strip()`` are dropped; ``total`` counts the kept ones.
   Other non-strings are converted with ``str()``.
@@ -36,7 +36,7 @@ from visplay.answers import Grader, normalize_answer
 class Vote:
     """The majority answer of one question's samples.
 
-    share is count / total (0.0 when nothing was kept); dropped counts removed answers by reason
+    dropped counts removed answers by reason
     ("none", "empty"); timeouts counts comparisons that hit the grader's hard timeout (they count
     as "not equivalent").
     """
@@ -44,7 +44,6 @@ class Vote:
     label: str | None
     count: int
     total: int
-    share: float
     dropped: dict[str, int] = field(default_factory=dict)
     timeouts: int = 0
 
@@ -115,9 +114,9 @@ class _Question:
 
     def vote(self) -> Vote:
         if not self.groups:
-            return Vote(None, 0, 0, 0.0, dict(self.dropped), self.timeouts)
+            return Vote(None, 0, 0, dict(self.dropped), self.timeouts)
         best = max(self.groups, key=lambda g: g.count)  # max keeps the earliest of equal groups
-        return Vote(best.label, best.count, self.total, best.count / self.total, dict(self.dropped), self.timeouts)
+        return Vote(best.label, best.count, self.total, dict(self.dropped), self.timeouts)
 
 
 def majority_vote_batch(answer_lists: Sequence[Sequence[str | None]], grader: Grader | None = None) -> list[Vote]:
@@ -146,14 +145,15 @@ def majority_vote(answers: Sequence[str | None], grader: Grader | None = None) -
     return majority_vote_batch([answers], grader)[0].as_tuple()
 
 
-def keep_in_band(votes: Sequence[Vote], low: float = 0.25, high: float = 0.75) -> list[bool]:
-    """Silver-label filter: keep questions whose agreement share is in [low, high] (both inclusive).
+def rate(rows: Sequence[dict], key: str, empty: float | None = None) -> float | None:
+    """Share of ``rows`` whose ``key`` is true (accuracy, kept share, ...), over the rows where it is
+    known (not None); ``empty`` when there are none.
 
-    Questions without any kept answer (label None) are never kept.
+    >>> rate([{"ok": True}, {"ok": False}, {"ok": None}], "ok"), rate([], "ok"), rate([], "ok", 0.0)
+    (0.5, None, 0.0)
     """
-    if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(f"need 0 <= low <= high <= 1, got low={low!r}, high={high!r}")
-    return [v.label is not None and low <= v.share <= high for v in votes]
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return sum(map(bool, values)) / len(values) if values else empty
 
 
-__all__ = ["Vote", "keep_in_band", "majority_vote", "majority_vote_batch"]
+__all__ = ["Vote", "majority_vote", "majority_vote_batch", "rate"]

@@ -1,4 +1,6 @@
-"""Load a model + processor from a local `save_pretrained` directory, with clear errors."""
+"""Load a model + processor from a local `save_pretrained` directory, with clear errors; run a
+Trainer from its last complete checkpoint and save its model atomically (`train_resumable`).
+Test: `pytest tests/test_tiny.py tests/test_reliability.py`."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import json
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+
+from visplay.dist import Ranks, barrier
 
 
 class ModelError(ValueError):
@@ -108,13 +112,16 @@ def restore_weights(model, checkpoint: str | Path) -> None:
 
 
 def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: bool = True,
-                    record: Callable[[], dict] | None = None, dress: Callable[[Path], None] | None = None) -> Path:
+                    record: Callable[[], dict] | None = None, dress: Callable[[Path], None] | None = None,
+                    ranks: Ranks | None = None) -> Path:
     """Run an HF/TRL trainer from its last complete checkpoint in ``ckpt_dir`` (if any), then
-    ``save_pretrained`` model + processor to ``out_dir`` atomically (temp dir, fsync, rename).
+    save model + processor to ``out_dir`` atomically (temp dir, fsync, rename).
 
     ``record()``, if given, is saved as ``PHASE_RECORD`` inside the same folder, so it exists
     exactly when the model does; ``dress(folder)`` adds files to it before the rename (the model
-    card, `visplay.cards.dress_checkpoint`)."""
+    card, `visplay.cards.dress_checkpoint`). With ``ranks`` (every rank of a launcher runs this),
+    the weights are gathered by ``trainer.save_model`` (ZeRO-3/FSDP shards) and only the main rank
+    writes."""
     from visplay.io import atomic_dir, atomic_write_json
 
     ckpt = last_checkpoint(ckpt_dir) if resume else None
@@ -124,13 +131,28 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
         trainer.train(resume_from_checkpoint=ckpt)
     model = trainer.model
     model.model.rope_deltas = None
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
+
+    def finish(tmp: Path) -> None:
         processor.save_pretrained(tmp)
         if dress is not None:
             dress(tmp)
         if record is not None:
             atomic_write_json(tmp / PHASE_RECORD, record())
+
+    if ranks is None:
+        with atomic_dir(out_dir) as tmp:
+            model.save_pretrained(tmp)
+            finish(tmp)
+        return out_dir
+    if ranks.main:
+        with atomic_dir(out_dir) as tmp:
+            barrier(ranks)  # tmp exists: every rank may take part in the (ZeRO-3/FSDP) gather
+            trainer.save_model(str(tmp))  # gathers sharded weights; only the main process writes
+            finish(tmp)
+    else:
+        barrier(ranks)
+        trainer.save_model(str(out_dir.with_name(out_dir.name + ".tmp")))  # the folder atomic_dir fills on the main rank
+    barrier(ranks)
     return out_dir
 
 

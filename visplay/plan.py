@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
 from visplay.config import STRATEGIES, ArchConfig, Config, GRPOPhase, resolve_model
+from visplay.evolve.plan_of_stages import BASELINE, STAGES
 
 GIB = 1024 ** 3
 #: Prompt text around the image (instruction, chat template, question), tokens; generous.
@@ -52,10 +53,6 @@ class PhasePlan:
     @property
     def train_tokens(self) -> int:
         return self.rollouts * (self.prompt_tokens + self.completion_tokens)
-
-    @property
-    def generated_tokens(self) -> int:
-        return self.rollouts * self.completion_tokens
 
 
 def arch_of(cfg: Config) -> tuple[ArchConfig | None, str]:
@@ -165,26 +162,32 @@ def build_plan(cfg: Config, preset: str = "") -> dict:
 
 
 def _stage_lines(cfg: Config, plan: dict) -> list[str]:
+    """One line (or two) per stage of `STAGES`, in the loop's order."""
     ev = cfg.evolve
     e = ev.eval
     by = {p.name: p for p in plan["phases"]}
-    lines = [f"  iter0/eval          world '{e.split}' scenes: {e.n} questions, greedy + {e.k} samples each"]
-    lines.append(f"  then {ev.iterations} iteration(s) t = 1..{ev.iterations}:")
-    if "questioner" in by:
-        q, ph = by["questioner"], ev.questioner
-        lines.append(f"  iter<t>/questioner  GRPO on {ev.questioner_images:,} images: {_phase_text(q, ph)}")
-        lines.append(f"                      reward: {ev.reward_samples} frozen-reasoner answers per rollout = "
-                     f"{_n(q.rollouts * ev.reward_samples)} answers of <= {ev.max_new_tokens} tokens")
-    else:
-        lines.append("  iter<t>/questioner  frozen (evolve.train_questioner=false): the base questioner is reused")
-    lines.append(f"  iter<t>/questions   {ev.images_per_iteration:,} unseen images x {ev.questions_per_image} question(s), "
-                 f"<= {ev.max_new_tokens} tokens, {ev.chunk_size} images per durable part")
-    lines.append(f"  iter<t>/labels      {ev.images_per_iteration * ev.questions_per_image:,} questions x "
-                 f"{ev.label_samples} reasoner answers; majority vote; keep agreement in "
-                 f"[{ev.band_low:g}, {ev.band_high:g}]")
-    r, ph = by["reasoner"], ev.reasoner
-    lines.append(f"  iter<t>/reasoner    GRPO on the kept silver labels: {_phase_text(r, ph)}")
-    lines.append(f"  iter<t>/eval        as iter0/eval, on the new reasoner")
+    eval_text = f"world '{e.split}' scenes: {e.n} questions, greedy + {e.k} samples each"
+    lines = [f"  {BASELINE:<19} {eval_text}", f"  then {ev.iterations} iteration(s) t = 1..{ev.iterations}:"]
+    for stage in STAGES:
+        name = f"iter<t>/{stage.kind}"
+        if stage.kind == "questioner" and "questioner" not in by:
+            text = ["frozen (evolve.train_questioner=false): the base questioner is reused"]
+        elif stage.kind == "questioner":
+            text = [f"GRPO on {ev.questioner_images:,} images: {_phase_text(by['questioner'], ev.questioner)}",
+                    f"reward: {ev.reward_samples} frozen-reasoner answers per rollout = "
+                    f"{_n(by['questioner'].rollouts * ev.reward_samples)} answers of <= {ev.max_new_tokens} tokens"]
+        elif stage.kind == "questions":
+            text = [f"{ev.images_per_iteration:,} unseen images x {ev.questions_per_image} question(s), "
+                    f"<= {ev.max_new_tokens} tokens, {ev.chunk_size} images per durable part"]
+        elif stage.kind == "labels":
+            text = [f"{ev.images_per_iteration * ev.questions_per_image:,} questions x {ev.label_samples} reasoner "
+                    f"answers; majority vote; keep agreement in [{ev.band_low:g}, {ev.band_high:g}]"]
+        elif stage.kind == "reasoner":
+            text = [f"GRPO on the kept silver labels: {_phase_text(by['reasoner'], ev.reasoner)}"]
+        else:
+            text = [f"as {BASELINE}, on the new reasoner"]
+        lines.append(f"  {name:<19} {text[0]}")
+        lines += [f"  {'':<19} {more}" for more in text[1:]]
     return lines
 
 

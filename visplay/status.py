@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The stages of one iteration, in the order the loop runs them (visplay/evolve/loop.py).
-ITERATION_STAGES = ("questioner", "questions", "labels", "reasoner", "eval")
+from visplay.evolve.plan_of_stages import BY_KIND, CHUNKED_STAGES, MODEL_STAGES, stage_names
+
 #: Keys of a metrics line shown first by `status` (the rest are counted, not printed).
 _HEADLINE_KEYS = ("step", "reward", "questioner/uncertainty", "questioner/diversity_penalty", "questioner/valid",
                   "reasoner/accuracy", "reasoner/format", "loss", "kl", "completions/mean_length",
@@ -92,7 +92,7 @@ def iterations(manifest: dict) -> int:
 
 def expected_stages(manifest: dict) -> list[str]:
     """Every stage the finished run will have, in the loop's order."""
-    return ["iter0/eval"] + [f"iter{t}/{k}" for t in range(1, iterations(manifest) + 1) for k in ITERATION_STAGES]
+    return stage_names(iterations(manifest))
 
 
 def is_done(manifest: dict, stage: str) -> bool:
@@ -197,19 +197,22 @@ def stage_summary(stage: str, info: dict) -> str:
 
 def stage_progress(run_dir: str | Path, manifest: dict, stage: str) -> str | None:
     """How far a stage that is not done has got, from the files it has written so far."""
-    root = Path(run_dir)
+    from visplay.evolve.rundir import RunDir
+
+    run = RunDir(run_dir)
     t, _, kind = stage.partition("/")
-    it = root / t
     ev = (manifest.get("config") or {}).get("evolve", {})
-    if kind in ("questioner", "reasoner"):
-        ckpts = [d for d in (it / f"{kind}.ckpt").glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
+    if kind not in BY_KIND:
+        return None
+    if kind in MODEL_STAGES:
+        ckpts = [d for d in run.checkpoints(stage).glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
         steps = (ev.get(kind) or {}).get("steps")
         if not ckpts:
             return f"GRPO: no checkpoint yet (of {steps} steps)" if steps else None
         step = max(int(d.name.split("-")[1]) for d in ckpts if d.name.split("-")[1].isdigit())
         return f"GRPO: last checkpoint at step {step}" + (f" of {steps}" if steps else "")
-    if kind in ("questions", "labels"):
-        parts = len(list((it / f"{kind}.parts").glob("*.parquet")))
+    if kind in CHUNKED_STAGES:
+        parts = len(list(run.parts(stage).glob("*.parquet")))
         size = ev.get("chunk_size")
         n = ev.get("images_per_iteration")
         if kind == "labels":  # one label per question row

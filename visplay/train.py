@@ -1,8 +1,9 @@
-"""Thin wrapper over TRL's `GRPOTrainer` for both roles: one function, two reward adapters.
+"""Thin wrapper over TRL's `GRPOTrainer` for both roles: one function, rewards from `visplay.rewards`.
 
 The questioner learns from images alone (prompt = instruction + image); its reward samples the
 frozen reasoner inside the reward call. The reasoner learns on (image, question, silver label)
-rows; the label is a dataset column, so it reaches the reward as a keyword argument. A KL penalty
+rows; the label is a dataset column, so it reaches the reward as a keyword argument. The reward
+callables and their weights come from the phase config (`visplay.rewards.registry`). A KL penalty
 to the phase's starting model (beta > 0) and a bounded number of steps guard against reward
 hacking. Checkpoints are HF `save_pretrained` directories; a phase resumes from its last one.
 `grpo_args` maps a `GRPOPhase` (EasyR1 units: rollout batches, global batch) onto `GRPOConfig`,
@@ -17,12 +18,9 @@ from pathlib import Path
 
 import torch
 
-from visplay.answers import Grader
 from visplay.config import GRPOPhase
+from visplay.dist import Ranks
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable
-from visplay.rewards.questioner import questioner_reward
-from visplay.rewards.reasoner import reasoner_reward_parts
-from visplay.sampling.base import Sampler
 
 
 class HealthGuard:
@@ -107,51 +105,6 @@ def phase_progress(label: str):
                 self.bar = None
 
     return PhaseProgress()
-
-
-def _text(completion) -> str:
-    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": "..."}]
-        return "".join(m.get("content", "") if isinstance(m.get("content"), str) else "" for m in completion)
-    return completion
-
-
-class QuestionerRewardFn:
-    """TRL reward adapter; logs `uncertainty`, `diversity_penalty`, `valid`, `agreement` each step."""
-
-    __name__ = "questioner"
-
-    def __init__(self, reasoner: Sampler, grader: Grader, m: int = 10, temperature: float = 1.0, top_k: int = 40,
-                 max_new_tokens: int = 64, threshold: float = 0.5, seed: int = 0):
-        self.reasoner, self.grader = reasoner, grader
-        self.kw = dict(m=m, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, threshold=threshold)
-        self.seed = seed
-        self.calls = 0
-
-    def __call__(self, prompts, completions, image, log_metric=None, **_) -> list[float]:
-        self.calls += 1
-        scores = questioner_reward([_text(c) for c in completions], image, self.reasoner, grader=self.grader,
-                                   seed=self.seed + self.calls, **self.kw)
-        if log_metric is not None:
-            for k, v in scores.means().items():
-                if k != "reward":
-                    log_metric(f"questioner/{k}", v)
-        return scores.reward
-
-
-class ReasonerRewardFn:
-    """TRL reward adapter; logs the `accuracy` and `format` parts."""
-
-    __name__ = "reasoner"
-
-    def __init__(self, grader: Grader):
-        self.grader = grader
-
-    def __call__(self, prompts, completions, label, log_metric=None, **_) -> list[float]:
-        acc, fmt = reasoner_reward_parts([_text(c) for c in completions], label, self.grader)
-        if log_metric is not None:
-            log_metric("reasoner/accuracy", sum(acc) / len(acc))
-            log_metric("reasoner/format", sum(fmt) / len(fmt))
-        return [0.9 * a + 0.1 * f for a, f in zip(acc, fmt)]
 
 
 def suppressed_tokens(tokenizer) -> list[int]:
@@ -242,6 +195,8 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
             kw.update(vllm_server_base_url=phase.vllm_server_url)
     elif suppress_tokens:
         kw["generation_kwargs"] = {"suppress_tokens": suppress_tokens}
+    if phase.reward_weights is not None:
+        kw["reward_weights"] = list(phase.reward_weights)
     return kw
 
 
@@ -251,9 +206,12 @@ def phase_label(ckpt_dir: str | Path) -> str:
     return f"{ckpt_dir.parent.name}/{ckpt_dir.name.removesuffix('.ckpt')}"
 
 
-def build_trainer(model, processor, dataset, reward_fn, phase: GRPOPhase, ckpt_dir: Path, log_dir: Path | None = None,
+def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_dir: Path, log_dir: Path | None = None,
                   report_to: list[str] | None = None, bf16: bool = False, label: str | None = None, **overrides):
     """A `GRPOTrainer` for one phase plus its `HealthGuard`; ``overrides`` go to `GRPOConfig` as is.
+
+    ``reward_fns``: one TRL reward callable or a list (weighted by ``phase.reward_weights``,
+    `visplay.rewards.registry.build_rewards`).
 
     ``bf16`` (GPU only): bf16 autocast over the policy's fp32 master weights -- at lr 1e-6 an update
     is far below bf16's resolution, so the weights must stay fp32 -- and a bf16 reference model.
@@ -282,7 +240,7 @@ def build_trainer(model, processor, dataset, reward_fn, phase: GRPOPhase, ckpt_d
         from transformers.integrations import TensorBoardCallback
 
         callbacks.append(TensorBoardCallback(SummaryWriter(str(log_dir))))
-    trainer = GRPOTrainer(model=model, args=args, reward_funcs=[reward_fn], train_dataset=dataset,
+    trainer = GRPOTrainer(model=model, args=args, reward_funcs=_as_list(reward_fns), train_dataset=dataset,
                           processing_class=processor, callbacks=callbacks)
     for printer in (ProgressCallback, PrinterCallback):  # both print every step's log dict
         trainer.remove_callback(printer)
@@ -301,15 +259,22 @@ def dress_phase(folder: Path, out_dir: Path, role: str, phase: GRPOPhase, start,
                      f"top_k {phase.top_k}, top_p {phase.top_p:g}.")
 
 
-def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
-               report_to: list[str] | None = None, bf16: bool = False) -> tuple[Path, list[dict], str | None]:
+def _as_list(reward_fns) -> list:
+    return list(reward_fns) if isinstance(reward_fns, (list, tuple)) else [reward_fns]
+
+
+def train_grpo(model, processor, dataset, reward_fns, phase: GRPOPhase, out_dir: Path, log_dir: Path | None = None,
+               report_to: list[str] | None = None, bf16: bool = False, role: str | None = None,
+               ranks: Ranks | None = None) -> tuple[Path, list[dict], str | None]:
     """Run one GRPO phase; save the result to ``out_dir`` (atomically).
 
     Returns the model directory, the log history and why the health guard stopped the phase (or None).
 
     Checkpoints go to ``out_dir.ckpt``; a phase interrupted mid-way resumes from the last one. A
     phase whose model was already saved (killed before the caller recorded it) is not rerun: its
-    history and guard verdict come back from the record saved with the model.
+    history and guard verdict come back from the record saved with the model. ``role`` names the
+    model card's role (default: the first reward's ``__name__``); ``ranks``: every rank of a launcher
+    runs this (`visplay.evolve.worker`), the main rank writes.
     """
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
@@ -318,9 +283,12 @@ def train_grpo(model, processor, dataset, reward_fn, phase: GRPOPhase, out_dir: 
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return out_dir, list(done.get("log_history", [])), done.get("guard")
     start = getattr(model.config, "_name_or_path", None)
-    trainer, guard = build_trainer(model, processor, dataset, reward_fn, phase, ckpt_dir, log_dir, report_to, bf16)
+    first = _as_list(reward_fns)[0]
+    role = role or getattr(getattr(first, "func", first), "__name__", "phase")
+    trainer, guard = build_trainer(model, processor, dataset, reward_fns, phase, ckpt_dir, log_dir, report_to, bf16)
     history = lambda: [dict(h) for h in trainer.state.log_history]  # noqa: E731
     train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history(), "guard": guard.fired},
-                    dress=lambda tmp: dress_phase(tmp, out_dir, reward_fn.__name__, phase, start, processor.tokenizer))
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+                    dress=lambda tmp: dress_phase(tmp, out_dir, role, phase, start, processor.tokenizer), ranks=ranks)
+    if ranks is None or ranks.main:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir, history(), guard.fired

@@ -11,7 +11,7 @@ in the layout of the paper's benchmark collection:
   string form as MMMU stores it; appended to the question unless the problem already lists them),
   ``category`` (for per-category accuracy).
 
-An entry declares its answer type (``visplay.eval.grading.ANSWER_TYPES``) and whether an LLM judge
+An entry declares its answer type (``visplay.answers.ANSWER_TYPES``) and whether an LLM judge
 grades it when one is configured. Adding a benchmark is one line in ``_ENTRIES``; users can also
 pass ``pkg.mod:obj`` or ``path/file.py:obj`` naming a ``Benchmark`` (or a callable returning one).
 The ``world`` entry generates held-out procedural-world questions instead of reading files, so
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from visplay.answers import Grader
-from visplay.eval.grading import ANSWER_TYPES, LETTERS, RuleVerdict, grade_rule
+from visplay.answers import ANSWER_TYPES, LETTERS, RuleVerdict, grade
 
 REQUIRED_COLUMNS = ("problem", "answer")
 IMAGE_COLUMNS = ("images", "image")
@@ -178,7 +178,7 @@ class Benchmark:
 
     def grade(self, item: Item, answer: str | None, grader: Grader | None = None) -> RuleVerdict:
         """Rule-based verdict for the extracted ``answer`` (None when there was no box)."""
-        return grade_rule(self.answer_type, answer, item.answer, item.options, grader)
+        return grade(answer, item.answer, self.answer_type, item.options, grader)
 
 
 @dataclass(frozen=True)

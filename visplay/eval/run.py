@@ -44,7 +44,8 @@ from visplay.eval.benchmarks import (
     resolve_benchmarks,
     with_options,
 )
-from visplay.eval.grading import extract_answer
+from visplay.answers import extract
+from visplay.labeling import rate
 from visplay.eval.judge import DEFAULT_KEY_ENV, DEFAULT_PROMPT, JudgeClient, JudgeConfig, JudgeError
 from visplay.eval.store import AppendLog
 from visplay.roles.prompts import REASONER_INSTRUCTION, reasoner_messages
@@ -223,7 +224,7 @@ def _judge_may_be_needed(benchmarks, loads, todo, store, judge: JudgeClient) -> 
         if todo[b.name]:
             return True
         for item in loads[b.name].items:
-            answer = extract_answer(store.get(item)).answer
+            answer = extract(store.get(item)).answer
             if answer is not None and not judge.is_cached(b.question(item), item.answer, answer):
                 return True
     return False
@@ -308,7 +309,7 @@ def _grade_rows(b: Benchmark, loaded: Loaded, store: GenerationStore, failures: 
             skip = failures.get(item.key) or SkippedItem(item.id, b.name, "not_generated")
             rows.append(_row(**base, status="skipped", skip_reason=skip.reason, skip_detail=skip.detail))
             continue
-        extraction = extract_answer(text)
+        extraction = extract(text)
         verdict = b.grade(item, extraction.answer, grader)
         rows.append(_row(**base, status="scored", prediction=text, extracted=extraction.answer,
                          extract_reason=extraction.reason, rule_correct=verdict.correct, rule_reason=verdict.reason,
@@ -334,11 +335,6 @@ def _judge_rows(rows: list[dict], by_name: dict[str, Benchmark], judge: JudgeCli
 # ---------------------------------------------------------------- summary and tables
 
 
-def _rate(rows: list[dict], key: str) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None]
-    return sum(map(bool, values)) / len(values) if values else None
-
-
 def summarize(rows: list[dict], benchmarks: Sequence[Benchmark], judge: JudgeClient | None, meta: dict) -> dict:
     """Per-benchmark accuracy (final, rule-based, judge), skips with reasons, and the averages."""
     per: dict[str, dict] = {}
@@ -355,10 +351,10 @@ def summarize(rows: list[dict], benchmarks: Sequence[Benchmark], judge: JudgeCli
             "n_items": len(mine), "n_scored": len(scored), "n_skipped": len(mine) - len(scored),
             "skipped": dict(sorted(Counter(r["skip_reason"] for r in mine if r["status"] == "skipped").items())),
             "correct": sum(bool(r["correct"]) for r in scored),
-            "accuracy": _rate(scored, "correct"), "rule_accuracy": _rate(scored, "rule_correct"),
-            "judge_accuracy": _rate(scored, "judge_correct"),
+            "accuracy": rate(scored, "correct"), "rule_accuracy": rate(scored, "rule_correct"),
+            "judge_accuracy": rate(scored, "judge_correct"),
             "rule_reasons": dict(sorted(Counter(r["rule_reason"] for r in scored).items())),
-            "by_category": {c: {"n": len(rs), "accuracy": _rate(rs, "correct")} for c, rs in sorted(cats.items())},
+            "by_category": {c: {"n": len(rs), "accuracy": rate(rs, "correct")} for c, rs in sorted(cats.items())},
         }
     counted = [n for n, s in per.items() if s["in_average"] and s["n_scored"]]
 

@@ -5,7 +5,7 @@ sample k answers, take the majority answer as the label, keep questions whose ag
 ``min_agreement``, and fine-tune on one sampled chain per question that reaches the majority.
 Held-out greedy accuracy before and after says within minutes whether the loop has something to
 convert; the oracle is only used to report how right the labels were, never to train.
-Run: `visplay self-train --model tiny`; test: `pytest tests/test_eval_world.py -k self_train`.
+Run: `visplay self-train --model tiny`; test: `pytest tests/test_selftrain.py`.
 """
 
 from __future__ import annotations

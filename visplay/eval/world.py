@@ -15,12 +15,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from visplay.answers import Grader
-from visplay.labeling import majority_vote
+from visplay.answers import Grader, agreement, grade
+from visplay.labeling import majority_vote_batch, rate
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import Question, grade, make_question
+from visplay.worlds.questions import Question, make_question
 from visplay.worlds.scene import Scene, WorldConfig, make_scene
 
 BANDS = {"0.25-0.75": (0.25, 0.75), ">=0.5": (0.5, 1.0), ">=0.7": (0.7, 1.0)}
@@ -81,20 +81,16 @@ class WorldEval:
         return "\n".join(lines)
 
 
-def _rate(rows: list[dict], key: str) -> float:
-    return sum(r[key] for r in rows) / len(rows) if rows else 0.0
-
-
 def _band(rows: list[dict], lo: float, hi: float) -> dict:
     """Majority-label accuracy of the rows whose agreement is in [lo, hi]: what a filter would keep."""
     rs = [r for r in rows if r["majority"] is not None and lo <= r["agreement"] <= hi]
-    return {"n": len(rs), "accuracy": _rate(rs, "maj_correct")}
+    return {"n": len(rs), "accuracy": rate(rs, "maj_correct", 0.0)}
 
 
 def summarize(rows: list[dict], labelled_levels=()) -> dict:
     def stats(rs):
-        return {"n": len(rs), "prior": _rate(rs, "prior_correct"), "greedy": _rate(rs, "greedy_correct"),
-                "maj": _rate(rs, "maj_correct"), "pass": _rate(rs, "pass_at_k")}
+        return {"n": len(rs), "prior": rate(rs, "prior_correct", 0.0), "greedy": rate(rs, "greedy_correct", 0.0),
+                "maj": rate(rs, "maj_correct", 0.0), "pass": rate(rs, "pass_at_k", 0.0)}
 
     fams = sorted({r["family"] for r in rows})
     bands = {name: _band(rows, lo, hi) for name, (lo, hi) in BANDS.items()}
@@ -108,7 +104,7 @@ def summarize(rows: list[dict], labelled_levels=()) -> dict:
         "labelled_levels": sorted(labelled_levels),
         "label_accuracy_by_band": bands,
         "agreement_histogram": {str(k): v for k, v in sorted(hist.items())},
-        "greedy_format_ok": _rate(rows, "greedy_format_ok"),
+        "greedy_format_ok": rate(rows, "greedy_format_ok", 0.0),
     }
 
 
@@ -143,18 +139,19 @@ def evaluate_world(
     for (scene, q), g, ss in zip(items, greedy, samples):
         gp = parse_reasoner(g[0])
         answers = [parse_reasoner(s).answer for s in ss]
-        label, count, total = majority_vote(answers, grader)
+        vote = majority_vote_batch([answers], grader)[0]
+        right = lambda a: grade(a, q.answer, q.qtype, grader=grader).correct  # noqa: E731
         rows.append({
             "id": scene.id, "split": split, "index": scene.index, "level": scene.level, "family": q.family,
             "qtype": q.qtype,
             "question": q.text, "truth": q.answer,
             "greedy_output": g[0], "greedy_answer": gp.answer, "greedy_format_ok": gp.format_ok,
-            "greedy_correct": grade(q.text, gp.answer, q.answer),
+            "greedy_correct": right(gp.answer),
             "samples": ss, "sample_answers": answers,
-            "majority": label, "agreement": count / k if k else 0.0,  # share of all k samples, invalid ones included
-            "maj_correct": grade(q.text, label, q.answer),
-            "pass_at_k": any(grade(q.text, a, q.answer) for a in answers),
-            "prior_answer": prior.get(q.family), "prior_correct": grade(q.text, prior.get(q.family), q.answer),
+            "majority": vote.label, "agreement": agreement(vote),  # share of all k samples, invalid ones included
+            "maj_correct": right(vote.label),
+            "pass_at_k": any(right(a) for a in answers),
+            "prior_answer": prior.get(q.family), "prior_correct": right(prior.get(q.family)),
         })
     return WorldEval(rows, summarize(rows, labelled_levels))
 
@@ -175,6 +172,7 @@ def questioner_validity(sampler: Sampler, world: WorldConfig, split: str = "held
     oracle can answer (grammatical and answerable for that scene)."""
     from visplay.roles.parsing import parse_questioner
     from visplay.roles.prompts import questioner_messages
+    from visplay.worlds.questions import grade as grade_question
     from visplay.worlds.questions import oracle
 
     scenes = [make_scene(split, seed * 10**6 + i, world) for i in range(n)]
@@ -182,7 +180,7 @@ def questioner_validity(sampler: Sampler, world: WorldConfig, split: str = "held
                             SamplingParams(temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed))
     parsed = [parse_questioner(o[0]) for o in outs]
     answerable = [p.valid and oracle(s, p.question) is not None for p, s in zip(parsed, scenes)]
-    correct = [a and grade(p.question, p.answer, oracle(s, p.question)) for a, p, s in zip(answerable, parsed, scenes)]
+    correct = [a and grade_question(p.question, p.answer, oracle(s, p.question)) for a, p, s in zip(answerable, parsed, scenes)]
     return {"n": n, "valid": sum(p.valid for p in parsed) / n, "answerable": sum(answerable) / n,
             "own_answer_correct": sum(correct) / n, "reasons": dict(Counter(p.reason for p in parsed)),
             "distinct_questions": len({p.question for p in parsed if p.valid})}

@@ -1,4 +1,4 @@
-"""Checks a run passes before anything is written: model, images, vLLM, sampling server.
+"""Checks a run passes before anything is written: model, images, vLLM, sampling server, rewards.
 
 `preflight(cfg)` runs before the run directory is created (and again on resume), so bad input
 -- a preset naming a model that is not on disk, a parquet folder without the image column, a
@@ -16,6 +16,7 @@ from pathlib import Path
 from visplay.config import Config, resolve_model
 from visplay.data.sources import ImageSource, open_source
 from visplay.models import ModelError, check_model_dir
+from visplay.rewards.registry import resolve_reward
 
 
 def _is_parquet(spec: str) -> bool:
@@ -73,11 +74,17 @@ def preflight(cfg: Config) -> Path:
     if ev.train_questioner:
         check_vllm(ev.questioner, "evolve.questioner")
     check_vllm(ev.reasoner, "evolve.reasoner")
+    for role in ("questioner", "reasoner"):
+        for name in getattr(ev, role).rewards:
+            try:
+                resolve_reward(name)
+            except ValueError as e:
+                raise ValueError(f"evolve.{role}.rewards: {e}") from e
     if cfg.hardware.launcher:
         import shlex
         import shutil
 
-        from visplay.evolve.worker import launcher_path
+        from visplay.evolve.launch import launcher_path
 
         program = shlex.split(cfg.hardware.launcher)[0]
         if program != "{python}" and shutil.which(program, path=launcher_path()) is None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from visplay.eval.store import AppendLog
+from visplay.evolve.plan_of_stages import BY_KIND, parse_stage
 from visplay.io import WriteError, atomic_write_json, atomic_write_text, stale_temps
 
 
@@ -53,6 +54,32 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.manifest_path.is_file()
+
+    # -- where each stage's files live (the only place that spells them; kinds in plan_of_stages) --
+
+    def iter_dir(self, t: int) -> Path:
+        return self.root / f"iter{t}"
+
+    def output(self, stage: str) -> Path:
+        """What ``stage`` writes: ``iter<t>/questioner`` (model folder), ``iter<t>/questions.parquet``, …"""
+        t, kind = parse_stage(stage)
+        return self.iter_dir(t) / BY_KIND[kind].output
+
+    def parts(self, stage: str) -> Path:
+        """The durable chunk parts of a chunked stage (merged into its parquet, then removed)."""
+        return self.root / f"{stage}.parts"
+
+    def checkpoints(self, stage: str) -> Path:
+        """The Trainer checkpoints of a GRPO stage (removed once its model is saved)."""
+        out = self.output(stage)
+        return out.with_name(out.name + ".ckpt")
+
+    def log_path(self, stage: str, what: str) -> Path:
+        """A stage's side log: ``<stage>.server.log``, ``<stage>.worker.log``, ``<stage>.shard0.log``."""
+        return self.root / f"{stage}.{what}.log"
+
+    def tb_dir(self, stage: str) -> Path:
+        return self.root / "tb" / stage.replace("/", "-")
 
     def create(self, config: dict, command: list[str]) -> None:
         if self.exists():

@@ -17,15 +17,14 @@ from collections.abc import Iterable, Sequence
 
 from PIL import Image
 
-from visplay.answers import Grader
+from visplay.answers import Grader, agreement
 from visplay.data.sources import ImageItem
 from visplay.io import image_bytes
-from visplay.labeling import majority_vote_batch
+from visplay.labeling import majority_vote_batch, rate
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import grade
-from visplay.worlds.questions import oracle
+from visplay.worlds.questions import grade, oracle
 from visplay.worlds.scene import WorldConfig, make_scene
 
 _WORLD_ID = re.compile(r"world/(\w+)/(\d+)")
@@ -94,7 +93,7 @@ def label_questions(
 ) -> list[dict]:
     """Majority-vote silver labels from m reasoner samples, one output row per input row.
 
-    ``agreement`` c = majority count / m; ``kept`` = c in the band (inclusive). Rows that cannot be
+    ``agreement`` c = majority count / m (`visplay.answers.agreement`); ``kept`` = c in the band (inclusive). Rows that cannot be
     labeled keep ``label`` None and say why in ``skip_reason`` (invalid question, no boxed answer).
     """
     todo = [r for r in rows if r["valid"]]
@@ -113,12 +112,12 @@ def label_questions(
         if v.label is None:
             out.append({**base, "skip_reason": "no boxed answer in any sample"})
             continue
-        c = v.count / m
+        c = agreement(v)
         truth = r.get("true_answer")
         out.append({
             **base, "label": v.label, "agreement": c, "kept": band[0] <= c <= band[1],
-            "label_correct": None if truth is None else grade(r["question"], v.label, truth),
-            "questioner_correct": None if truth is None else grade(r["question"], r["questioner_answer"], truth),
+            "label_correct": None if truth is None else grade(r["question"], v.label, truth, grader),
+            "questioner_correct": None if truth is None else grade(r["question"], r["questioner_answer"], truth, grader),
         })
     return out
 
@@ -149,10 +148,11 @@ def reasoner_rows(run_root, t: int, accumulate: bool) -> list[dict]:
     """The label rows iteration ``t``'s reasoner trains on: this iteration's, or with ``accumulate``
     every iteration's so far (self-labelled data kept across rounds, as in Lee et al. 2025)."""
     import pyarrow.parquet as pq
-    from pathlib import Path
 
-    its = range(1, t + 1) if accumulate else (t,)
-    return [r for i in its for r in pq.read_table(Path(run_root) / f"iter{i}" / "labels.parquet").to_pylist()]
+    from visplay.evolve.rundir import RunDir
+
+    run, its = RunDir(run_root), range(1, t + 1) if accumulate else (t,)
+    return [r for i in its for r in pq.read_table(run.output(f"iter{i}/labels")).to_pylist()]
 
 
 def reasoner_dataset(rows: Sequence[dict], label_column: str = "label"):
@@ -171,12 +171,11 @@ def label_accuracy(rows: Sequence[dict]) -> dict:
     rows = [r for r in rows if r["label"] is not None]
     known = [r for r in rows if r.get("label_correct") is not None]
     kept = [r for r in known if r["kept"]]
-    rate = lambda rs, k: (sum(bool(r[k]) for r in rs) / len(rs)) if rs else None  # noqa: E731
     return {
         "n_labeled": len(rows), "n_kept": sum(r["kept"] for r in rows), "n_with_truth": len(known),
         "label_accuracy": rate(known, "label_correct"), "label_accuracy_kept": rate(kept, "label_correct"),
         "questioner_answer_accuracy": rate(known, "questioner_correct"),
         "mean_agreement": sum(r["agreement"] for r in rows) / len(rows) if rows else None,
-        "kept_share": sum(r["kept"] for r in rows) / len(rows) if rows else None,
+        "kept_share": rate(rows, "kept"),
     }
 

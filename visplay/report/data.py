@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from visplay.evolve.plan_of_stages import stage_name
+from visplay.evolve.rundir import RunDir
 from visplay.io import image_bytes
 from visplay.status import LockState, expected_stages, is_done, iterations, lock_state, next_stage, read_manifest
 
@@ -171,24 +173,27 @@ def _gallery(path: Path, rows: list[dict], problems: list[str]) -> list[dict]:
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory; raises StatusError only when there is no readable manifest."""
     root = Path(run_dir)
+    run = RunDir(root)
     manifest = read_manifest(root)
     problems: list[str] = []
     metrics = read_metrics(root / "metrics.jsonl", problems)
     its: dict[int, Iteration] = {}
     for t in range(iterations(manifest) + 1):
         it = Iteration(t)
-        d = root / f"iter{t}"
-        it.eval = _read_json(d / "eval" / "summary.json", problems, is_done(manifest, f"iter{t}/eval"))
-        it.bench = _read_json(d / "bench" / "summary.json", problems, False)
+        eval_dir = run.output(stage_name(t, "eval"))
+        it.eval = _read_json(eval_dir / "summary.json", problems, is_done(manifest, stage_name(t, "eval")))
+        it.bench = _read_json(run.iter_dir(t) / "bench" / "summary.json", problems, False)
         if t > 0:
-            it.questions = _read_rows(d / "questions.parquet", problems)
-            it.labels = _read_rows(d / "labels.parquet", problems)
-            for name, rows in (("questions", it.questions), ("labels", it.labels)):
-                if rows is None and is_done(manifest, f"iter{t}/{name}"):
-                    problems.append(f"iter{t}/{name} is marked done but {name}.parquet is missing or unreadable")
-            source, rows = ("labels.parquet", it.labels) if it.labels else ("questions.parquet", it.questions)
+            questions, labels = run.output(stage_name(t, "questions")), run.output(stage_name(t, "labels"))
+            it.questions = _read_rows(questions, problems)
+            it.labels = _read_rows(labels, problems)
+            for path, rows in ((questions, it.questions), (labels, it.labels)):
+                name = path.stem
+                if rows is None and is_done(manifest, stage_name(t, name)):
+                    problems.append(f"iter{t}/{name} is marked done but {path.name} is missing or unreadable")
+            source, rows = (labels, it.labels) if it.labels else (questions, it.questions)
             if rows:
-                it.gallery = _gallery(d / source, rows, problems)
+                it.gallery = _gallery(source, rows, problems)
         its[t] = it
     return Run(root, manifest, lock_state(root), metrics, its, problems)
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from html import escape
 from pathlib import Path
 
+from visplay.evolve.plan_of_stages import ITERATION_STAGES
 from visplay.io import WriteError
 from visplay.report import plots
 from visplay.report.data import Run, load_run, qtype_mix
@@ -440,7 +441,7 @@ def skipped(run: Run) -> str:
                     + num("count", count) + "</tr>")
 
     for t, it in run.iterations.items():
-        for kind in ("questioner", "questions", "labels", "reasoner"):
+        for kind in ITERATION_STAGES:
             stage = f"iter{t}/{kind}"
             info = run.info(stage)
             for reason, count in sorted((info.get("skipped_images") or {}).items()):

@@ -1,7 +1,7 @@
 """Diversity penalty for the questioner: the share of the batch that falls in each question's cluster.
 
 VisPlay penalises a generated question by the size of its cluster among the batch's questions.
-The reference (``visplay.testing.reference.reference_cluster_shares``) builds the pairwise
+The reference (``tests/reference.py`` ``reference_cluster_shares``) builds the pairwise
 distance ``1 - BLEU`` with nltk in a Python double loop (N^2/2 calls to ``sentence_bleu``) and
 clusters it with ``sklearn.cluster.AgglomerativeClustering(linkage="average",
 metric="precomputed", distance_threshold=threshold)``. ``cluster_shares`` returns the same numbers,

@@ -7,6 +7,8 @@ For each generated question (one batched call for the whole GRPO batch):
              samples count in m, so a question the reasoner cannot answer has low c)
   reward   = min(c, 1 - c) - cluster share of the question in the batch   (valid)
            = -1                                                           (invalid)
+`QuestionerReward` is the callable TRL calls (``f(prompts, completions, image=..., **columns)``);
+it logs the parts (``questioner/valid``, ``uncertainty``, ``agreement``, ``diversity_penalty``).
 Test: `pytest tests/test_rewards.py`.
 """
 
@@ -18,9 +20,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from visplay.answers import Grader
+from visplay.answers import Grader, agreement
 from visplay.labeling import majority_vote_batch
 from visplay.rewards.diversity import cluster_shares
+from visplay.rewards.text import completion_text
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
@@ -67,7 +70,7 @@ def questioner_reward(
     questions = [p.question if p.valid else "" for p in parsed]
     penalty = cluster_shares(questions, threshold).tolist() if questions else []
     valid_idx = [i for i, p in enumerate(parsed) if p.valid]
-    agreement = [0.0] * len(parsed)
+    agreements = [0.0] * len(parsed)
     if valid_idx:
         prompts = [Prompt(reasoner_messages(questions[i]), (images[i],)) for i in valid_idx]
         samples = reasoner.generate(
@@ -75,9 +78,32 @@ def questioner_reward(
         )
         votes = majority_vote_batch([[parse_reasoner(s).answer for s in row] for row in samples], grader)
         for i, v in zip(valid_idx, votes):
-            agreement[i] = v.count / m
-    uncertainty = [min(c, 1 - c) if p.valid else 0.0 for c, p in zip(agreement, parsed)]
+            agreements[i] = agreement(v)
+    uncertainty = [min(c, 1 - c) if p.valid else 0.0 for c, p in zip(agreements, parsed)]
     reward = [u - d if p.valid else INVALID_REWARD for u, d, p in zip(uncertainty, penalty, parsed)]
     return QuestionerScores(
-        reward, [p.valid for p in parsed], uncertainty, agreement, penalty, questions, Counter(p.reason for p in parsed)
+        reward, [p.valid for p in parsed], uncertainty, agreements, penalty, questions, Counter(p.reason for p in parsed)
     )
+
+
+class QuestionerReward:
+    """The questioner's TRL reward over a frozen reasoner; each call samples with its own seed."""
+
+    __name__ = "questioner"
+
+    def __init__(self, reasoner: Sampler, grader: Grader | None = None, m: int = 10, temperature: float = 1.0,
+                 top_k: int = 40, max_new_tokens: int = 64, threshold: float = 0.5, seed: int = 0):
+        self.reasoner, self.grader = reasoner, grader
+        self.kw = dict(m=m, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, threshold=threshold)
+        self.seed = seed
+        self.calls = 0
+
+    def __call__(self, prompts, completions, image, log_metric=None, **_) -> list[float]:
+        self.calls += 1
+        scores = questioner_reward([completion_text(c) for c in completions], image, self.reasoner, grader=self.grader,
+                                   seed=self.seed + self.calls, **self.kw)
+        if log_metric is not None:
+            for k, v in scores.means().items():
+                if k != "reward":
+                    log_metric(f"questioner/{k}", v)
+        return scores.reward

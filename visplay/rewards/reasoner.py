@@ -1,40 +1,50 @@
-"""Reasoner reward: 0.9 · accuracy(last \\boxed{} vs the silver label) + 0.1 · format.
+"""Reasoner rewards, as TRL calls them: ``accuracy_reward`` and ``format_reward``.
 
-format = `<think>…</think>` followed by text ending in `\\boxed{…}`; accuracy uses the shared
-answer equivalence (`visplay.answers`), so "0.5", "1/2" and "\\frac{1}{2}" all match a label "1/2".
+    accuracy = 1 when the last ``\\boxed{}`` of the completion equals the silver ``label`` column
+               (the shared answer equivalence of `visplay.answers`: "0.5", "1/2" and "\\frac{1}{2}"
+               all match a label "1/2"), else 0
+    format   = 1 when the completion is ``<think>…</think>`` followed by text ending in ``\\boxed{…}``
 
->>> reasoner_reward([r"<think>a1</think>\\boxed{1/2}", r"\\boxed{0.5}", "no"], ["0.5", "0.5", "0.5"])
-[1.0, 0.9, 0.0]
+TRL adds them with ``reward_weights`` from the config (``evolve.reasoner.reward_weights``,
+default [0.9, 0.1], the reference's weights); each logs its mean as ``reasoner/<part>``.
+
+>>> accuracy_reward(None, [r"<think>a1</think>\\boxed{1/2}", r"\\boxed{0.5}", "no"], label=["0.5"] * 3)
+[1.0, 1.0, 0.0]
+>>> format_reward(None, [r"<think>a1</think>\\boxed{1/2}", r"\\boxed{0.5}", "no"])
+[1.0, 0.0, 0.0]
 
 Test: `pytest tests/test_rewards.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from visplay.answers import Grader, normalize_answer
+from visplay.rewards.text import completion_text
 from visplay.roles.parsing import parse_reasoner
 
-ACCURACY_WEIGHT = 0.9
-FORMAT_WEIGHT = 0.1
 
-
-def reasoner_reward_parts(
-    completions: Sequence[str], labels: Sequence[str], grader: Grader | None = None
-) -> tuple[list[float], list[float]]:
-    """(accuracy, format) per completion, each 0 or 1."""
-    parsed = [parse_reasoner(c) for c in completions]
+def accuracy_reward(prompts, completions: Sequence, label: Sequence[str], grader: Grader | None = None,
+                    log_metric: Callable[[str, float], None] | None = None, **_) -> list[float]:
+    """1.0 per completion whose boxed answer equals its ``label`` (a dataset column), else 0.0."""
     if grader is None:
         with Grader(workers=0) as inline:
-            return reasoner_reward_parts(completions, labels, inline)
+            return accuracy_reward(prompts, completions, label, inline, log_metric)
+    parsed = [parse_reasoner(completion_text(c)) for c in completions]
     # One round of (possibly symbolic, time-bounded) comparisons for the whole batch.
-    grader.resolve({(normalize_answer(p.answer), normalize_answer(lab)) for p, lab in zip(parsed, labels) if p.answer is not None})
-    acc = [float(p.answer is not None and grader.equivalent(p.answer, str(lab))) for p, lab in zip(parsed, labels)]
-    fmt = [float(p.format_ok) for p in parsed]
-    return acc, fmt
+    grader.resolve({(normalize_answer(p.answer), normalize_answer(lab)) for p, lab in zip(parsed, label)
+                    if p.answer is not None})
+    acc = [float(p.answer is not None and grader.equivalent(p.answer, str(lab))) for p, lab in zip(parsed, label)]
+    if log_metric is not None and acc:
+        log_metric("reasoner/accuracy", sum(acc) / len(acc))
+    return acc
 
 
-def reasoner_reward(completions: Sequence[str], labels: Sequence[str], grader: Grader | None = None) -> list[float]:
-    acc, fmt = reasoner_reward_parts(completions, labels, grader)
-    return [round(ACCURACY_WEIGHT * a + FORMAT_WEIGHT * f, 10) for a, f in zip(acc, fmt)]
+def format_reward(prompts, completions: Sequence, log_metric: Callable[[str, float], None] | None = None,
+                  **_) -> list[float]:
+    """1.0 per completion in the ``<think>…</think> … \\boxed{…}`` format, else 0.0."""
+    fmt = [float(parse_reasoner(completion_text(c)).format_ok) for c in completions]
+    if log_metric is not None and fmt:
+        log_metric("reasoner/format", sum(fmt) / len(fmt))
+    return fmt

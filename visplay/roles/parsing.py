@@ -10,53 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-QTYPES = ("multiple choice", "numerical", "regression")
-MAX_CHARS = 20_000  # longer outputs are judged on their first MAX_CHARS characters
+from visplay.answers.grading import MAX_CHARS, QTYPES, last_boxed
 
-_BRACE = re.compile(r"[{}]")
+__all__ = ["MAX_CHARS", "QTYPES", "last_boxed"]  # with the parsers below
+
 _THINK_RE = re.compile(r"\s*<think>(?P<think>.*?)</think>\s*(?P<rest>.*)", re.DOTALL)
-
-
-def _closing_braces(text: str) -> dict[int, int]:
-    """Position of each ``{`` -> position of the ``}`` that closes it (nesting respected), in one pass."""
-    closing: dict[int, int] = {}
-    stack: list[int] = []
-    for m in _BRACE.finditer(text):
-        if m.group() == "{":
-            stack.append(m.start())
-        elif stack:
-            closing[stack.pop()] = m.start()
-    return closing
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced.
-
-    Linear time: brace pairs are matched once for the whole text, so thousands of unclosed
-    boxes (a degenerate sample) cost one pass, not one scan per box.
-
-    >>> last_boxed(r"x \\boxed{1} then \\boxed{\\frac{1}{2}}")
-    '\\\\frac{1}{2}'
-    >>> last_boxed(r"\\boxed{unclosed") is None
-    True
-    """
-    if not isinstance(text, str):
-        return None
-    text = text[:MAX_CHARS]
-    closing: dict[int, int] | None = None
-    for key in ("\\boxed", "\\fbox"):
-        start = text.rfind(key)
-        while start != -1:
-            i = start + len(key)
-            while i < len(text) and text[i] == " ":
-                i += 1
-            if i < len(text) and text[i] == "{":
-                if closing is None:
-                    closing = _closing_braces(text)
-                if i in closing:
-                    return text[i + 1 : closing[i]].strip()
-            start = text.rfind(key, 0, start)
-    return None
 
 
 @dataclass(frozen=True)

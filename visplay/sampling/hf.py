@@ -37,13 +37,6 @@ class TransformersSampler:
     def _added_special(tok) -> list[int]:
         return [i for i, t in tok.added_tokens_decoder.items() if t.special and t.content != "<|im_end|>"]
 
-    @classmethod
-    def load(cls, path: str, **kw) -> "TransformersSampler":
-        from visplay.models import load_model
-
-        model, processor = load_model(path)
-        return cls(model, processor, **kw)
-
     def encode(self, prompts: Sequence[Prompt]) -> dict:
         texts = [self.processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]
         images = [img for p in prompts for img in p.images]

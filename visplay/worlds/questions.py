@@ -14,14 +14,13 @@ import random
 import re
 from dataclasses import dataclass
 
+from visplay.answers import LETTERS, Grader
+from visplay.answers import grade as grade_answer
 from visplay.worlds.scene import COLOURS, SHAPES, SIZES, Obj, Scene
 
-LETTERS = "ABCDE"
-QTYPES = ("multiple choice", "numerical", "regression")
 _C = "|".join(COLOURS)
 _S = "|".join(SHAPES)
 _Z = "|".join(SIZES)
-REGRESSION_TOLERANCE = 0.1
 
 
 @dataclass(frozen=True)
@@ -375,31 +374,8 @@ def oracle(scene: Scene, text: str) -> str | None:
     return hit[0].solve(scene, hit[1]) if hit else None
 
 
-def family_of(text: str) -> str | None:
-    hit = parse(text)
-    return hit[0].name if hit else None
-
-
-def grade(question: str, predicted: str | None, truth: str) -> bool:
-    """Is ``predicted`` right? Regression answers count within ±REGRESSION_TOLERANCE."""
-    if predicted is None:
-        return False
-    pred = predicted.strip().rstrip(".").strip()
+def grade(question: str, predicted: str | None, truth: str, grader: Grader | None = None) -> bool:
+    """Is ``predicted`` right? `visplay.answers.grade` with the question's type from the grammar
+    (regression answers count within ±`visplay.answers.REGRESSION_TOLERANCE`)."""
     hit = parse(question)
-    if hit and hit[0].qtype == "regression":
-        try:
-            return abs(_to_float(pred) - float(truth)) <= REGRESSION_TOLERANCE + 1e-9
-        except (ValueError, ArithmeticError):  # "abc", "1/0": model output is untrusted; wrong, not a crash
-            return False
-    if hit and hit[0].qtype == "multiple choice":
-        m = re.fullmatch(r"\(?([A-Ea-e])\)?\.?", pred)
-        return bool(m) and m.group(1).upper() == truth
-    return pred == truth
-
-
-def _to_float(s: str) -> float:
-    if "/" in s:
-        a, b = s.split("/", 1)
-        return float(a) / float(b)
-    return float(s)
-
+    return grade_answer(predicted, truth, hit[0].qtype if hit else "numerical", grader=grader).correct

@@ -40,11 +40,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from visplay.evolve.plan_of_stages import CHUNKED_STAGES, MODEL_STAGES, stage_names
+from visplay.evolve.rundir import RunDir
+
+__all__ = ["CHUNKED_STAGES", "MODEL_STAGES", "stage_names"]  # read by the kill sweep and tests
+
+REPO = Path(__file__).resolve().parents[1]
 POLL = 0.01  # seconds between looks at the run directory
 CLEAN_STOP_CODES = (130, -signal.SIGINT)  # exit statuses of a Ctrl-C'd run that stopped cleanly
-MODEL_STAGES = ("questioner", "reasoner")
-CHUNKED_STAGES = ("questions", "labels")
 
 
 def fast_overrides(model: str = "tiny") -> list[str]:
@@ -62,13 +65,6 @@ def fast_overrides(model: str = "tiny") -> list[str]:
         "evolve.questioner.max_completion_length=32", "evolve.reasoner.max_completion_length=32",
         "evolve.eval.max_new_tokens=32",
     ]
-
-
-def stage_names(iterations: int) -> list[str]:
-    out = ["iter0/eval"]
-    for t in range(1, iterations + 1):
-        out += [f"iter{t}/{s}" for s in ("questioner", "questions", "labels", "reasoner", "eval")]
-    return out
 
 
 # ---------------------------------------------------------------- looking at a run directory
@@ -147,21 +143,21 @@ class KillPoint:
 
     def reached(self, run: Path, seen: dict[str, float], now: float, timeline: "Timeline | None") -> bool:
         """Whether the run (whose stage-done times so far are ``seen``) has got to this point."""
-        it, name = self.stage.split("/")
-        base = run / it
+        rd = RunDir(run)
         # An event the polling missed (a save faster than POLL) still fires once the stage is done,
         # so a chain never waits for it forever; `KillResult.landed` says where the kill went.
         if self.at == "done" or self.stage in seen:
             return self.stage in seen
         if self.at == "part":
-            return (base / f"{name}.parts" / f"{int(self.value) - 1:05d}.parquet").is_file()
+            return (rd.parts(self.stage) / f"{int(self.value) - 1:05d}.parquet").is_file()
         if self.at == "checkpoint":  # checkpoint-N or a later one is complete (rotation deletes older ones)
             return any(d.name[11:].isdigit() and int(d.name[11:]) >= self.value and (d / "trainer_state.json").is_file()
-                       for d in (base / f"{name}.ckpt").glob("checkpoint-*"))
+                       for d in rd.checkpoints(self.stage).glob("checkpoint-*"))
         if self.at == "checkpoint-partial":  # the folder exists; its trainer_state.json (written last) may not yet
-            return (base / f"{name}.ckpt" / f"checkpoint-{int(self.value)}").is_dir()
+            return (rd.checkpoints(self.stage) / f"checkpoint-{int(self.value)}").is_dir()
         if self.at == "saving":
-            return (base / f"{name}.tmp").is_dir()
+            out = rd.output(self.stage)
+            return out.with_name(out.name + ".tmp").is_dir()
         # "frac": the stage began when the stage before it was seen done, or when this process took
         # the run's lock (imports and checks are over), whichever came later
         if timeline is None:
@@ -285,9 +281,9 @@ def stage_rows(run: Path, stage: str) -> Counter | None:
 
     name = stage.split("/")[-1]
     if name in CHUNKED_STAGES:
-        path, cols = run / f"{stage}.parquet", ("image_id", "sample")
+        path, cols = RunDir(run).output(stage), ("image_id", "sample")
     elif name == "eval":
-        path, cols = run / stage / "items.parquet", ("id", "question")
+        path, cols = RunDir(run).output(stage) / "items.parquet", ("id", "question")
     else:
         return None
     if not path.is_file():
@@ -464,8 +460,7 @@ def strike(proc: Proc, run: Path, point: KillPoint, stages: Sequence[str], timel
     result.reached = True
     result.landed = _in_progress(run, stages) or "end"
     if point.at == "checkpoint-partial":
-        it, name = point.stage.split("/")
-        state = run / it / f"{name}.ckpt" / f"checkpoint-{int(point.value)}" / "trainer_state.json"
+        state = RunDir(run).checkpoints(point.stage) / f"checkpoint-{int(point.value)}" / "trainer_state.json"
         result.note = "checkpoint complete already" if state.exists() else "checkpoint half-written"
     children = descendants(proc.popen.pid)
     if point.sig == signal.SIGINT:

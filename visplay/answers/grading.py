@@ -1,22 +1,23 @@
-"""Rule-based grading of benchmark answers: one small function per answer type, no model, no network.
+"""Grading: one ``extract`` (the last ``\\boxed{}``), one ``grade(answer, reference, qtype)``, one
+``agreement(vote)`` -- used by rewards, labeling, world evaluation and benchmarks alike.
 
-A completion is graded on the content of its last ``\\boxed{...}`` (nested braces; the last box
-wins; ``visplay.roles.parsing.last_boxed``). No box means "incorrect, no_boxed_answer": the
-reasoner prompt asks for one, so a missing box is the model's fault, not the grader's.
+* ``extract``: the content of the last complete ``\\boxed{...}`` (nested braces; several boxes:
+  the last wins). No box means "incorrect, no_boxed_answer": the reasoner prompt asks for one.
+* ``grade`` dispatches on the question type:
+  - ``multiple choice`` / ``option``: option letters, ``"B"``, ``"(B)"``, ``"B. text"``, ``"Option B"``,
+    or the text of one of the item's options. A reference that is not a letter (MMMU's open
+    questions) falls back to ``number`` then ``free``.
+  - ``numerical`` / ``number``: `visplay.answers` equivalence (normalised equality, plain numbers,
+    then mathruler in a worker process with a hard timeout). A letter reference is graded as an option.
+  - ``regression``: within ±``REGRESSION_TOLERANCE`` of the reference.
+  - ``yesno``: the first word of the answer, yes/no/true/false; references may also be 1/0.
+  - ``free``: MM-Vet's reference syntax: ``<OR>`` separates accepted alternatives and ``<AND>``
+    parts that must all appear; each part matches the whole answer (normalised or equivalent) or
+    appears in it as a whole phrase. A lenient approximation: MM-Vet is meant for a judge.
+  Every verdict says why (``RuleVerdict.reason``), so a table can be audited item by item.
+* ``agreement``: majority count over all m samples.
 
-* ``option``: option letters, ``"B"``, ``"(B)"``, ``"B. text"``, ``"Option B"``, or the text of
-  one of the item's options. A reference that is not a letter (MMMU's open questions) falls back
-  to ``number`` then ``free``.
-* ``number``: ``visplay.answers`` equivalence (normalised equality, plain numbers, then mathruler
-  in a worker process with a hard timeout). A letter reference (a multiple-choice MathVision
-  item) is graded as ``option``.
-* ``yesno``: the first word of the answer, yes/no/true/false; references may also be 1/0.
-* ``free``: MM-Vet's reference syntax: ``<OR>`` separates accepted alternatives and ``<AND>``
-  parts that must all appear; each part matches the whole answer (normalised or equivalent) or
-  appears in it as a whole phrase. This is a lenient approximation: MM-Vet is meant for a judge.
-
-Every verdict says why (``RuleVerdict.reason``), so a table can be audited item by item.
-Test: ``pytest -q tests/test_benchmarks.py -k grade``.
+Test: ``pytest -q tests/test_answers.py tests/test_benchmarks.py -k grade``.
 """
 
 from __future__ import annotations
@@ -25,15 +26,66 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from visplay.answers import Grader, normalize_answer
-from visplay.roles.parsing import last_boxed
+from visplay.answers.equivalence import OPTION_FORM, normalize_answer
+from visplay.answers.pool import Grader
 
+MAX_CHARS = 20_000  # longer outputs are judged on their first MAX_CHARS characters
+
+_BRACE = re.compile(r"[{}]")
+
+
+def _closing_braces(text: str) -> dict[int, int]:
+    """Position of each ``{`` -> position of the ``}`` that closes it (nesting respected), in one pass."""
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for m in _BRACE.finditer(text):
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            closing[stack.pop()] = m.start()
+    return closing
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced.
+
+    Linear time: brace pairs are matched once for the whole text, so thousands of unclosed
+    boxes (a degenerate sample) cost one pass, not one scan per box.
+
+    >>> last_boxed(r"x \\boxed{1} then \\boxed{\\frac{1}{2}}")
+    '\\\\frac{1}{2}'
+    >>> last_boxed(r"\\boxed{unclosed") is None
+    True
+    """
+    if not isinstance(text, str):
+        return None
+    text = text[:MAX_CHARS]
+    closing: dict[int, int] | None = None
+    for key in ("\\boxed", "\\fbox"):
+        start = text.rfind(key)
+        while start != -1:
+            i = start + len(key)
+            while i < len(text) and text[i] == " ":
+                i += 1
+            if i < len(text) and text[i] == "{":
+                if closing is None:
+                    closing = _closing_braces(text)
+                if i in closing:
+                    return text[i + 1 : closing[i]].strip()
+            start = text.rfind(key, 0, start)
+    return None
+
+
+#: The question types the questioner writes and the world's grammar has (one grading rule each).
+QTYPES = ("multiple choice", "numerical", "regression")
+#: Benchmark answer types; "option" and "number" share the rules of "multiple choice" and "numerical".
 ANSWER_TYPES = ("option", "number", "yesno", "free")
-LETTERS = "ABCDEFGHIJ"
+LETTERS = "ABCDEFGHIJ"  # option letters (world questions use the first five)
+REGRESSION_TOLERANCE = 0.1  # a regression answer counts within ± this of the reference
 
 _LETTER_ONLY = re.compile(r"^\(?([A-J])\)?$")
 _LETTER_ALONE = re.compile(r"^(?:(?:option|answer|choice)\s*:?\s*)?\(?([A-Ja-j])\)?[.:)]?$", re.IGNORECASE)
-_LETTER_TEXT = re.compile(r"^(?:\(([A-J])\)|([A-J])[.:)])\s*\S")
+_LETTER_TEXT = re.compile("^" + OPTION_FORM + r"\s*\S")  # "B. a red cube"
 _WORD = re.compile(r"[a-z]+")
 _YES = {"yes", "true", "1", "correct"}
 _NO = {"no", "false", "0", "incorrect"}
@@ -55,12 +107,12 @@ class Extraction:
     reason: str  # "boxed", "no_boxed_answer" or "empty_box"
 
 
-def extract_answer(completion: object) -> Extraction:
+def extract(completion: object) -> Extraction:
     """The content of the last ``\\boxed{}`` in ``completion``.
 
-    >>> extract_answer(r"<think>..</think> \\boxed{\\frac{1}{2}}").answer
+    >>> extract(r"<think>..</think> \\boxed{\\frac{1}{2}}").answer
     '\\\\frac{1}{2}'
-    >>> extract_answer("B").reason
+    >>> extract("B").reason
     'no_boxed_answer'
     """
     boxed = last_boxed(completion) if isinstance(completion, str) else None
@@ -118,7 +170,7 @@ def grade_number(answer: str, reference: object, grader: Grader | None = None) -
     """Math equivalence (``visplay.answers``); a letter reference is graded as an option.
 
     >>> grade_number("0.5", "\\\\frac{1}{2}", Grader(workers=0))
-    RuleVerdict(correct=True, reason='equivalent:grader')
+    RuleVerdict(correct=True, reason='equivalent:fraction')
     """
     if reference_letter(reference) is not None:
         return grade_option(answer, reference, (), grader)
@@ -189,17 +241,58 @@ def _equivalence(a: object, b: object, grader: Grader | None) -> tuple[bool, str
     return v.equal, v.reason
 
 
-def grade_rule(answer_type: str, answer: str | None, reference: object, options: Sequence[str] = (),
-               grader: Grader | None = None) -> RuleVerdict:
-    """Dispatch on ``answer_type`` (one of ``ANSWER_TYPES``); ``answer`` None is never correct."""
+def grade_regression(answer: str, reference: object, grader: Grader | None = None) -> RuleVerdict:
+    """A number within ±``REGRESSION_TOLERANCE`` of the reference (``p/q`` allowed); anything that is
+    not a number is wrong (model output is untrusted: wrong, never a crash).
+
+    >>> grade_regression("0.45", "0.5").correct, grade_regression("1/2", "0.6").correct, grade_regression("x", "1").reason
+    (True, True, 'not_a_number')
+    """
+    try:
+        ok = abs(_to_float(answer.strip().rstrip(".").strip()) - float(str(reference))) <= REGRESSION_TOLERANCE + 1e-9
+    except (ValueError, ArithmeticError):
+        return RuleVerdict(False, "not_a_number")
+    return RuleVerdict(ok, "within_tolerance" if ok else "outside_tolerance")
+
+
+def _to_float(s: str) -> float:
+    if "/" in s:
+        a, b = s.split("/", 1)
+        return float(a) / float(b)
+    return float(s)
+
+
+def grade(answer: str | None, reference: object, qtype: str, options: Sequence[str] = (),
+          grader: Grader | None = None) -> RuleVerdict:
+    """The one grading rule, by question type: ``QTYPES`` (the world's, the questioner's) or a
+    benchmark's ``ANSWER_TYPES``; ``answer`` None (nothing boxed) is never correct.
+
+    >>> grade("(B)", "B", "multiple choice").correct, grade("3.0", "3", "numerical").correct
+    (True, True)
+    """
     if answer is None:
         return RuleVerdict(False, "no_boxed_answer")
-    if answer_type == "option":
+    if qtype in ("multiple choice", "option"):
         return grade_option(answer, reference, options, grader)
-    if answer_type == "number":
+    if qtype in ("numerical", "number"):
         return grade_number(answer, reference, grader)
-    if answer_type == "yesno":
+    if qtype == "regression":
+        return grade_regression(answer, reference, grader)
+    if qtype == "yesno":
         return grade_yesno(answer, reference)
-    if answer_type == "free":
+    if qtype == "free":
         return grade_free(answer, reference, grader)
-    raise ValueError(f"unknown answer type {answer_type!r}; choose one of {', '.join(ANSWER_TYPES)}")
+    raise ValueError(f"unknown question type {qtype!r}; choose one of {', '.join(QTYPES + ANSWER_TYPES)}")
+
+
+def agreement(vote) -> float:
+    """Agreement c of a majority vote: the label's count over *all* samples, unanswered ones
+    included (so a question the reasoner cannot answer has low c); 0.0 without samples. The one
+    definition used by the questioner reward, the labels stage and the world evaluation.
+
+    >>> from visplay.labeling import majority_vote_batch
+    >>> agreement(majority_vote_batch([["3", "3", "4", None]])[0])
+    0.5
+    """
+    m = vote.total + sum(vote.dropped.values())
+    return vote.count / m if m else 0.0

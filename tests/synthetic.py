@@ -6,7 +6,7 @@ leaves a crashed run: every stage before it done, that stage's partial parts on 
 absent, and a lock file whose holder is gone. Imports neither torch nor matplotlib.
 
 Build one and its report (this is how docs/report-screenshot.png was made):
-    python -m visplay.report.synthetic /tmp/demo-run && visplay report /tmp/demo-run
+    python tests/synthetic.py /tmp/demo-run && visplay report /tmp/demo-run
 Test: `pytest -q tests/test_report.py tests/test_status.py`.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from visplay.evolve.stages import unlabeled
 from visplay.io import atomic_write_json, atomic_write_parquet
-from visplay.status import ITERATION_STAGES
+from visplay.evolve.plan_of_stages import stage_names
 from visplay.worlds.questions import FAMILIES, make_question
 from visplay.worlds.scene import WorldConfig, make_scene
 
@@ -207,7 +207,7 @@ def make_synthetic_run(root: str | Path, iterations: int = 2, stop_before: str |
     if (root / "manifest.json").exists():
         raise FileExistsError(f"{root} already holds a run")
     b = _Builder(root, iterations, seed)
-    order = ["iter0/eval"] + [f"iter{t}/{k}" for t in range(1, iterations + 1) for k in ITERATION_STAGES]
+    order = stage_names(iterations)
     if stop_before is not None and stop_before not in order:
         raise ValueError(f"stop_before must be one of {order}, got {stop_before!r}")
     questions: list[dict] = []

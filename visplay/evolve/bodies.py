@@ -1,0 +1,317 @@
+"""The body of each stage in `visplay.evolve.plan_of_stages.STAGES`: ``run_<kind>(ctx) -> info``.
+
+The loop (`visplay.evolve.loop`) calls ``BODIES[kind](ctx)`` for every stage in order and marks
+the returned info done in the manifest; the launched workers (`visplay.evolve.worker`) call the
+same pieces -- `train_phase` for a GRPO stage on every rank, `chunk_fn` / `stage_items` for one
+shard of a chunked stage -- so each stage is written once. Everything a body needs comes from the
+run directory (`RunDir` owns every path; models of earlier stages come from the manifest), so a
+body runs the same in the loop, in a worker, and after a resume.
+Test: `pytest tests/test_evolve.py tests/test_scale.py tests/test_shards.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from visplay.answers import Grader
+from visplay.config import Config
+from visplay.data.sources import skip_seen
+from visplay.dist import Ranks
+from visplay.eval.world import evaluate_world, level_groups, write_eval
+from visplay.evolve.chunks import run_chunked
+from visplay.evolve.launch import WorkerError, launch_phase, run_sharded_stage
+from visplay.evolve.plan_of_stages import BASELINE, ITERATION_STAGES, stage_name
+from visplay.evolve.preflight import open_images
+from visplay.evolve.rundir import RunDir
+from visplay.evolve.stages import (
+    generate_questions,
+    label_accuracy,
+    label_questions,
+    level_mix,
+    question_key,
+    questioner_dataset,
+    reasoner_dataset,
+    reasoner_rows,
+    skip_reasons,
+)
+from visplay.io import atomic_write_parquet
+from visplay.rewards.registry import build_rewards
+from visplay.sampling.base import SamplingParams
+from visplay.sampling.factory import for_rank, open_sampler
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Context:
+    """What a stage body gets: the run's config and directory, the iteration, a grader, a printer."""
+
+    cfg: Config
+    run: RunDir
+    base: Path  # the base model both lineages start from
+    t: int
+    grader: Grader
+    say: Say = print
+    ranks: Ranks | None = field(default=None)  # set on every rank of a launched GRPO worker
+
+    def name(self, kind: str) -> str:
+        return BASELINE if self.t == 0 else stage_name(self.t, kind)
+
+    def model(self, role: str, t: int) -> Path:
+        """The ``role`` model (questioner | reasoner) after iteration ``t`` (0: the base model)."""
+        if t == 0:
+            return self.base
+        stage = stage_name(t, role)
+        model = self.run.stage_info(stage).get("model")
+        if not self.run.is_done(stage) or not model:
+            raise WorkerError(f"{stage} is not finished in {self.run.manifest_path}; iteration {self.t} needs it")
+        return Path(model)
+
+
+# -- inputs shared by the loop and the workers ------------------------------------------------------
+
+
+def seen_ids(run: RunDir, upto: int) -> set[str]:
+    """Ids of the images iterations 1..upto-1 asked questions about (never reused)."""
+    seen: set[str] = set()
+    for t in range(1, upto):
+        seen.update(run.stage_info(stage_name(t, "questions")).get("image_ids", []))
+    return seen
+
+
+def take_images(ctx: Context, n: int):
+    """The next ``n`` images of the source that no earlier iteration used, and the skip counts."""
+    source = open_images(ctx.cfg, ctx.t)
+    items = list(itertools.islice(skip_seen(source, seen_ids(ctx.run, ctx.t)), n))
+    if not items:
+        raise ValueError(f"image source {ctx.cfg.evolve.source} has no unseen images left for iteration {ctx.t}")
+    return items, dict(source.skipped)
+
+
+def stage_params(cfg: Config, t: int) -> SamplingParams:
+    """The sampling parameters of iteration ``t``'s generation and labeling stages."""
+    ev = cfg.evolve
+    return SamplingParams(temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
+                          seed=ev.seed + t)
+
+
+def item_id(item) -> str:
+    return item.id
+
+
+def row_image_id(row: dict) -> str:
+    return row["image_id"]
+
+
+#: kind -> (key of an input item, key of an output row): how chunk parts are checked and merged.
+CHUNK_KEYS = {"questions": (item_id, row_image_id), "labels": (question_key, question_key)}
+
+
+def stage_items(ctx: Context, kind: str) -> list:
+    """The inputs of a chunked stage: unseen images (questions) or the question rows (labels)."""
+    if kind == "questions":
+        return take_images(ctx, ctx.cfg.evolve.images_per_iteration)[0]
+    return pq.read_table(ctx.run.output(ctx.name("questions"))).to_pylist()
+
+
+def chunk_model(ctx: Context, kind: str) -> Path:
+    """Who samples in a chunked stage: the new questioner (questions) or the previous reasoner (labels)."""
+    return ctx.model("questioner", ctx.t) if kind == "questions" else ctx.model("reasoner", ctx.t - 1)
+
+
+def chunk_fn(ctx: Context, kind: str, sampler):
+    """``fn(chunk, chunk_index) -> rows`` of a chunked stage (each chunk its own seed)."""
+    ev, sample = ctx.cfg.evolve, stage_params(ctx.cfg, ctx.t)
+    if kind == "questions":
+        return lambda chunk, i: generate_questions(sampler, chunk, ev.questions_per_image,
+                                                   replace(sample, seed=sample.seed + 7919 * i), ctx.cfg.source_world_at(ctx.t))
+    return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples,
+                                            replace(sample, seed=sample.seed + 7919 * i), ctx.grader,
+                                            (ev.band_low, ev.band_high))
+
+
+def _sampler(ctx: Context, model_dir: Path, progress: bool = False, stage: str | None = None):
+    """A stage's sampler (transformers in-process, or a server: docs/scaling.md); a launched server
+    logs to ``<stage>.server.log`` in the run directory."""
+    log = ctx.run.log_path(stage or ctx.name("eval"), "server")
+    return open_sampler(ctx.cfg.sampler, model_dir, ctx.cfg.dtype, log_path=log, progress=progress)
+
+
+def _chunked(ctx: Context, kind: str, items) -> list[dict]:
+    """Rows of a chunked stage: in shard workers (one per GPU) or here, in durable chunks."""
+    stage, (key, row_key) = ctx.name(kind), CHUNK_KEYS[kind]
+    if ctx.cfg.hardware.generation_shards > 1 and ctx.cfg.sampler.url is None:
+        return run_sharded_stage(ctx.cfg, ctx.run, stage, items, key, row_key)
+    with _sampler(ctx, chunk_model(ctx, kind), stage=stage) as sampler:
+        return run_chunked(ctx.run.parts(stage), items, ctx.cfg.evolve.chunk_size, chunk_fn(ctx, kind, sampler),
+                           desc=f"iter{ctx.t} {kind}", key=key, row_key=row_key)
+
+
+# -- GRPO phases ------------------------------------------------------------------------------------
+
+
+def reward_fns(ctx: Context, role: str, frozen=None, rank: int = 0) -> list:
+    """The TRL rewards of a GRPO phase, from its config (built here only, for the loop and every
+    worker rank; the questioner's frozen-reasoner samples get a seed per iteration and rank)."""
+    ev = ctx.cfg.evolve
+    return build_rewards(getattr(ev, role).rewards, grader=ctx.grader, reasoner=frozen, m=ev.reward_samples,
+                         temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
+                         threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0,
+                         seed=ev.seed + ctx.t + 100003 * rank)
+
+
+def phase_dataset(ctx: Context, role: str):
+    """The GRPO rows of a phase: unseen images (questioner) or kept silver labels (reasoner)."""
+    ev = ctx.cfg.evolve
+    if role == "questioner":
+        return questioner_dataset(take_images(ctx, ev.questioner_images)[0])
+    label_col = "questioner_answer" if ev.labels == "questioner" else "label"
+    return reasoner_dataset(reasoner_rows(ctx.run.root, ctx.t, ev.accumulate_labels), label_col)
+
+
+def train_phase(ctx: Context, role: str, dataset=None) -> tuple[list[dict], str | None]:
+    """Train iteration t's ``role`` from the previous one and save it; (log history, guard verdict).
+
+    In the loop's process, or (``ctx.ranks`` set) on every rank of ``hardware.launcher``, where
+    the frozen reasoner of the questioner's reward runs on the rank's own GPU."""
+    import torch
+
+    from visplay.models import load_model
+    from visplay.train import train_grpo
+
+    cfg, run, stage, ranks = ctx.cfg, ctx.run, ctx.name(role), ctx.ranks
+    dataset = phase_dataset(ctx, role) if dataset is None else dataset
+    if role == "questioner" and ranks is not None:
+        device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else None
+        frozen = open_sampler(for_rank(cfg.sampler, ranks.local_rank), ctx.model("reasoner", ctx.t - 1), cfg.dtype,
+                              device=device, log_path=run.log_path(stage, f"rank{ranks.rank}.server"))
+    elif role == "questioner":
+        frozen = _sampler(ctx, ctx.model("reasoner", ctx.t - 1), stage=stage)
+    else:
+        frozen = contextlib.nullcontext()
+    # fp32 master weights (bf16 autocast on GPU when cfg.dtype is bfloat16)
+    model, processor = load_model(ctx.model(role, ctx.t - 1), dtype=torch.float32)
+    main = ranks is None or ranks.main
+    with frozen as sampler:
+        rewards = reward_fns(ctx, role, sampler, ranks.rank if ranks else 0)
+        _, history, guard = train_grpo(model, processor, dataset, rewards, getattr(cfg.evolve, role), run.output(stage),
+                                       log_dir=run.tb_dir(stage),
+                                       report_to=list(cfg.evolve.report_to) if main else [],
+                                       bf16=cfg.dtype == "bfloat16", role=role, ranks=ranks)
+    return history, guard
+
+
+def _train(ctx: Context, role: str, dataset: Callable[[], object]) -> str | None:
+    """A GRPO stage here or through ``hardware.launcher``; its history goes to metrics.jsonl."""
+    stage = ctx.name(role)
+    if ctx.cfg.hardware.launcher:  # on the launcher's GPUs/nodes (visplay/evolve/worker.py)
+        history, guard = launch_phase(ctx.cfg, ctx.run, stage)
+    else:
+        history, guard = train_phase(ctx, role, dataset())
+    for h in history:
+        ctx.run.log({"stage": stage, **h})
+    if guard:
+        ctx.say(f"{stage}: health guard stopped the phase: {guard}")
+    return guard
+
+
+# -- the stage bodies -------------------------------------------------------------------------------
+
+
+def run_questioner(ctx: Context) -> dict:
+    """Q_t = GRPO(Q_{t-1}) on unseen images; reward from the frozen reasoner R_{t-1}."""
+    ev = ctx.cfg.evolve
+    if not ev.train_questioner:
+        return {"model": str(ctx.model("questioner", ctx.t - 1)), "skipped": "frozen questioner (ablation)"}
+    items, skipped = take_images(ctx, ev.questioner_images)
+    guard = _train(ctx, "questioner", lambda: questioner_dataset(items))
+    return {"model": str(ctx.run.output(ctx.name("questioner"))), "images": len(items), "skipped_images": skipped,
+            "guard": guard}
+
+
+def run_questions(ctx: Context) -> dict:
+    """Q_t writes k questions per unseen image."""
+    items, skipped = take_images(ctx, ctx.cfg.evolve.images_per_iteration)
+    rows = _chunked(ctx, "questions", items)
+    atomic_write_parquet(ctx.run.output(ctx.name("questions")), rows)
+    valid = sum(r["valid"] for r in rows)
+    ctx.say(f"{ctx.name('questions')}: {len(rows)} questions for {len(items)} images, {valid / len(rows):.0%} valid")
+    return {"rows": len(rows), "valid": valid, "image_ids": sorted({r["image_id"] for r in rows}),
+            "skipped_images": skipped}
+
+
+def run_labels(ctx: Context) -> dict:
+    """R_{t-1} samples m answers per question; majority = silver label; keep agreement in the band."""
+    rows = stage_items(ctx, "labels")
+    labeled = _chunked(ctx, "labels", rows)
+    atomic_write_parquet(ctx.run.output(ctx.name("labels")), labeled)
+    stats, mix = label_accuracy(labeled), level_mix(labeled)
+    ctx.say(f"{ctx.name('labels')}: kept {stats['n_kept']}/{len(rows)}; pseudo-label accuracy (kept) "
+            f"{pct(stats['label_accuracy_kept'])}"
+            + ("; kept by level " + " ".join(f"{lv}:{m['kept']}/{m['valid']}" for lv, m in mix.items()) if mix else ""))
+    return {**stats, "skipped": skip_reasons(labeled), "by_level": mix}
+
+
+def run_reasoner(ctx: Context) -> dict:
+    """R_t = GRPO(R_{t-1}) on the kept silver labels (unless the stop signal fired or nothing was kept)."""
+    ev, stage, prev = ctx.cfg.evolve, ctx.name("reasoner"), ctx.model("reasoner", ctx.t - 1)
+    stop = stop_signal(ctx.run.stage_info(ctx.name("labels")), ev.stop_agreement)
+    if stop:
+        ctx.say(f"{stage}: stopped before training: {stop}; the reasoner is carried over unchanged")
+        return {"model": str(prev), "skipped": stop, "train_rows": 0, "stopped": True}
+    rows = reasoner_rows(ctx.run.root, ctx.t, ev.accumulate_labels)
+    if not any(r["kept"] for r in rows):
+        ctx.say(f"{stage}: no question kept in the agreement band; the reasoner is carried over unchanged")
+        return {"model": str(prev), "skipped": "no kept questions", "train_rows": 0}
+    ds = reasoner_dataset(rows, "questioner_answer" if ev.labels == "questioner" else "label")
+    guard = _train(ctx, "reasoner", lambda: ds)
+    return {"model": str(ctx.run.output(stage)), "train_rows": len(ds), "guard": guard}
+
+
+def run_eval(ctx: Context) -> dict:
+    """Held-out accuracy of R_t (the base model at t = 0) on world seeds never used in training."""
+    cfg, stage, e = ctx.cfg, ctx.name("eval"), ctx.cfg.evolve.eval
+    model_dir = ctx.model("reasoner", ctx.t)
+    with _sampler(ctx, model_dir, progress=True, stage=stage) as sampler:
+        result = evaluate_world(sampler, cfg.world, e.split, e.n, e.k, e.temperature, e.top_k, e.max_new_tokens, e.seed,
+                                e.families, grader=ctx.grader, labelled_levels=cfg.labelled_levels)
+    write_eval(result, ctx.run.output(stage), {"model": str(model_dir)})
+    o = result.summary["overall"]
+    info = {"greedy": o["greedy"], "maj": o["maj"], "pass": o["pass"], "n": o["n"],
+            "by_level": {lv: {k: v[k] for k in ("n", "greedy", "maj")} for lv, v in result.summary["by_level"].items()}}
+    parts = []
+    for name, levels in level_groups({r["level"] for r in result.rows}, cfg.labelled_levels).items():
+        rs = [r["greedy_correct"] for r in result.rows if r["level"] in levels]
+        if rs:
+            info[f"greedy_{name}"], info[f"n_{name}"] = sum(rs) / len(rs), len(rs)
+            parts.append(f"{name} {info[f'greedy_{name}']:.1%}")
+    ctx.say(f"{stage}: greedy {o['greedy']:.1%}" + (f" ({', '.join(parts)})" if parts else "")
+            + f", maj@{e.k} {o['maj']:.1%}, pass@{e.k} {o['pass']:.1%}")
+    return info
+
+
+BODIES: dict[str, Callable[[Context], dict]] = {
+    "questioner": run_questioner, "questions": run_questions, "labels": run_labels, "reasoner": run_reasoner,
+    "eval": run_eval,
+}
+assert tuple(BODIES) == ITERATION_STAGES, "every stage of plan_of_stages.STAGES needs its body here, in order"
+
+
+def stop_signal(labels_info: dict, stop_agreement: float | None) -> str | None:
+    """Label-free collapse warning: when the reasoner's votes on fresh unlabeled questions agree
+    this much, self-labels stop carrying information (min(c, 1-c) ~ 0) and the agreement filter
+    starts letting consistent errors in (docs/experiments.md, session 6). None = keep going."""
+    agreement = labels_info.get("mean_agreement")
+    if stop_agreement is None or agreement is None or agreement < stop_agreement:
+        return None
+    return f"mean agreement {agreement:.2f} >= evolve.stop_agreement {stop_agreement}"
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"

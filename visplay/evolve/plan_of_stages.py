@@ -1,0 +1,70 @@
+"""The order of the loop's stages, and what each reads and writes: the one copy everything reads.
+
+    iter0/eval                 held-out accuracy of the base model
+    for t in 1..N: STAGES      questioner, questions, labels, reasoner, eval
+
+`visplay.evolve.loop` runs the list (each entry's body is `visplay.evolve.bodies.run_<kind>`);
+`visplay status`, the report, the fault harness (tests/faults.py), the kill sweep and the dry-run
+plan read it. No imports from visplay, so `visplay status` stays instant. Paths of a stage's outputs
+come from `visplay.evolve.rundir.RunDir` (`output`, `parts`, `checkpoints`), which reads ``output``
+here. Test: `pytest tests/test_evolve.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str  # the stage's name inside an iteration: iter<t>/<kind>
+    output: str  # what it writes, inside iter<t>/: a model folder, a parquet file or a folder
+    reads: str  # what it needs (for docs/architecture.md and the dry-run plan)
+    trains: bool = False  # a GRPO phase: checkpoints in <output>.ckpt, may run through hardware.launcher
+    chunked: bool = False  # written in durable chunk parts (iter<t>/<kind>.parts), may run as shards
+
+
+#: One iteration, in the order the loop runs it.
+STAGES: tuple[Stage, ...] = (
+    Stage("questioner", "questioner", "unseen images; the frozen reasoner R_{t-1} (inside the reward)", trains=True),
+    Stage("questions", "questions.parquet", "unseen images; the questioner Q_t", chunked=True),
+    Stage("labels", "labels.parquet", "iter<t>/questions.parquet; the reasoner R_{t-1} (m samples, majority vote)",
+          chunked=True),
+    Stage("reasoner", "reasoner", "the kept rows of iter<t>/labels.parquet (or of every iteration so far)",
+          trains=True),
+    Stage("eval", "eval", "held-out world scenes; the reasoner R_t"),
+)
+#: The stage before the first iteration: the base model's held-out accuracy (an `eval` stage).
+BASELINE = "iter0/eval"
+ITERATION_STAGES = tuple(s.kind for s in STAGES)
+MODEL_STAGES = tuple(s.kind for s in STAGES if s.trains)
+CHUNKED_STAGES = tuple(s.kind for s in STAGES if s.chunked)
+BY_KIND = {s.kind: s for s in STAGES}
+
+_NAME = re.compile(r"iter(\d+)/(\w+)")
+
+
+def stage_name(t: int, kind: str) -> str:
+    return f"iter{t}/{kind}"
+
+
+def stage_names(iterations: int) -> list[str]:
+    """Every stage of a run of ``iterations`` iterations, in the loop's order.
+
+    >>> stage_names(1)
+    ['iter0/eval', 'iter1/questioner', 'iter1/questions', 'iter1/labels', 'iter1/reasoner', 'iter1/eval']
+    """
+    return [BASELINE] + [stage_name(t, s.kind) for t in range(1, iterations + 1) for s in STAGES]
+
+
+def parse_stage(name: str) -> tuple[int, str]:
+    """(t, kind) of a stage name; ValueError for anything that is not one of the loop's stages.
+
+    >>> parse_stage("iter2/labels")
+    (2, 'labels')
+    """
+    m = _NAME.fullmatch(name)
+    if not m or m.group(2) not in BY_KIND or (m.group(1) == "0") != (name == BASELINE):
+        raise ValueError(f"unknown stage {name!r}; expected {BASELINE} or iter<t>/{'|'.join(ITERATION_STAGES)}")
+    return int(m.group(1)), m.group(2)
