@@ -120,7 +120,11 @@ def test_health_guard_fires_on_kl_or_entropy_and_remembers_why():
     assert g.check({"kl": 446.9, "entropy": 0.3}, 7) == "kl 447 > 10 at step 7"
     assert g.check({"kl": 0.1, "entropy": 0.01}, 8) == "kl 447 > 10 at step 7"  # first reason kept
     g2 = HealthGuard(max_kl=10, min_entropy=0.05)
-    assert g2.check({"entropy": 0.01}, 3) == "entropy 0.01 < 0.05 at step 3"
+    assert g2.check({"entropy": 0.3}, 1) is None
+    assert g2.check({"entropy": 0.01}, 3) == "entropy 0.01 < 0.05 (from 0.3 at the phase's start) at step 3"
+    confident = HealthGuard(max_kl=10, min_entropy=0.02)  # starts below the floor: a fall is a collapse, a level is not
+    assert confident.check({"entropy": 0.017}, 1) is None and confident.check({"entropy": 0.012}, 2) is None
+    assert confident.check({"entropy": 0.008}, 3) == "entropy 0.008 < 0.02 (from 0.017 at the phase's start) at step 3"
 
 
 def test_doctests():

@@ -25,7 +25,10 @@ from visplay.models import finished_phase, freeze_vision_tower, train_resumable
 
 class HealthGuard:
     """Label-free guard: stop a GRPO phase whose policy runs away from its starting model (KL above
-    ``max_kl``) or whose sampling entropy collapses (below ``min_entropy``); remember why."""
+    ``max_kl``) or whose sampling entropy collapses (below ``min_entropy`` *and* below half of the
+    phase's first logged entropy); remember why. The fall matters, not the level: a confident base
+    starts below any fixed floor (models/tiny samples at entropy 0.014-0.017 on its first unlabelled
+    level) and would otherwise be stopped at its first step (docs/experiments.md, session 6)."""
 
     def __init__(self, max_kl: float, min_entropy: float):
         from transformers import TrainerCallback
@@ -33,6 +36,7 @@ class HealthGuard:
         guard = self
         self.max_kl, self.min_entropy = max_kl, min_entropy
         self.fired: str | None = None
+        self.first_entropy: float | None = None
 
         class _Callback(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kw):
@@ -44,10 +48,14 @@ class HealthGuard:
 
     def check(self, logs: dict, step: int) -> str | None:
         kl, entropy = logs.get("kl"), logs.get("entropy")
+        if entropy is not None and self.first_entropy is None:
+            self.first_entropy = entropy
         if self.fired is None and kl is not None and kl > self.max_kl:
             self.fired = f"kl {kl:.3g} > {self.max_kl:g} at step {step}"
-        elif self.fired is None and entropy is not None and entropy < self.min_entropy:
-            self.fired = f"entropy {entropy:.3g} < {self.min_entropy:g} at step {step}"
+        elif (self.fired is None and entropy is not None and entropy < self.min_entropy
+              and entropy < 0.5 * self.first_entropy):
+            self.fired = (f"entropy {entropy:.3g} < {self.min_entropy:g} (from {self.first_entropy:.3g} at the "
+                          f"phase's start) at step {step}")
         return self.fired
 
 
