@@ -118,6 +118,12 @@ def test_parquet_paths_are_confined_to_the_source_root_unless_allowed(tmp_path):
     assert "outside" in src.skipped.first[0] and "row=1" in src.skipped.first[0]
     opened = ParquetSource(data / "train.parquet", allow_outside_root=True)
     assert [i.id for i in opened] == [image_id(png(1)), image_id(png(7)), image_id(png(7))]
+    # the loop's source opts in through the config, never by default
+    from visplay.evolve.preflight import open_images
+
+    spec = f"evolve.source=parquet:{data / 'train.parquet'}"
+    assert len(list(open_images(load_config("tiny", [spec])))) == 1
+    assert len(list(open_images(load_config("tiny", [spec, "evolve.allow_outside_source=true"])))) == 3
 
 
 def test_struct_whose_bytes_is_a_string_is_a_row_skip(tmp_path):
@@ -275,6 +281,20 @@ def test_serve_bearer_token_backlog_and_non_loopback_warning(micro, caplog):
         assert _post(server.url, TEXT, {"Authorization": "Bearer s3cret"})[0] == 200
         with pytest.raises(urllib.error.HTTPError, match="401"):
             urllib.request.urlopen(server.url + "/models", timeout=10)
+        # the loop's client sends the token named by sampler.api_key_env
+        from visplay.config import SamplerConfig
+        from visplay.sampling.factory import client
+        from visplay.sampling.openai import SamplerError
+
+        os.environ["VISPLAY_TEST_SERVE_KEY"] = "s3cret"
+        try:
+            assert client(SamplerConfig(url=server.url, api_key_env="VISPLAY_TEST_SERVE_KEY")).models() == ["micro"]
+            with pytest.raises(SamplerError, match="401"):
+                client(SamplerConfig(url=server.url, retries=0)).models()
+        finally:
+            del os.environ["VISPLAY_TEST_SERVE_KEY"]
+        with pytest.raises(SamplerError, match="VISPLAY_TEST_SERVE_KEY: that environment variable is not set"):
+            client(SamplerConfig(url=server.url, api_key_env="VISPLAY_TEST_SERVE_KEY"))
     caplog.set_level(logging.WARNING)
     server = SamplerServer(TransformersSampler(*micro), "micro", host="0.0.0.0")
     try:

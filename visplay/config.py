@@ -187,6 +187,7 @@ class EvolveConfig:
     min_pixels: int | None = None  # real images are resized into [min_pixels, max_pixels] (reference 512² .. 2048²)
     max_pixels: int | None = None
     image_column: str = "images"  # parquet sources: the column holding the images (Vision-SR1 layout)
+    allow_outside_source: bool = False  # parquet sources: read image path strings outside the parquet's folder
     chunk_size: int = 32  # images (questions) per durable part of the generation and labeling stages
     grader_timeout: float = 5.0
     grader_workers: int = 1
@@ -254,6 +255,7 @@ class SamplerConfig:
     """
 
     url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # environment variable holding the server's bearer token (`visplay serve --api-key-env`)
     launch: str | None = None
     concurrency: int = 8  # requests in flight (one prompt, n samples, per request)
     timeout: float = 600.0  # seconds per request

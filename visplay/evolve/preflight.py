@@ -33,6 +33,7 @@ def open_images(cfg: Config, t: int = 1) -> ImageSource:
     kw = {k: v for k, v in (("min_pixels", ev.min_pixels), ("max_pixels", ev.max_pixels)) if v is not None}
     if _is_parquet(ev.source):
         kw["column"] = ev.image_column
+        kw["allow_outside_root"] = ev.allow_outside_source
     return open_source(ev.source, world_config=cfg.source_world_at(t), **kw)
 
 
@@ -91,8 +92,7 @@ def preflight(cfg: Config) -> Path:
             raise ValueError(f"hardware.launcher runs {program!r}, which is not on PATH (install it, e.g. "
                              "`pip install accelerate deepspeed`, or set hardware.launcher=null to train in process)")
     if cfg.sampler.url is not None and cfg.sampler.launch is None:
-        from visplay.sampling.openai import OpenAISampler
+        from visplay.sampling.factory import client
 
-        OpenAISampler(cfg.sampler.url, timeout=min(cfg.sampler.timeout, 30.0), retries=cfg.sampler.retries,
-                      backoff=cfg.sampler.backoff).preflight()
+        client(cfg.sampler, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     return base

@@ -74,7 +74,7 @@ def launched_server(cfg: SamplerConfig, model_dir: str | Path, log_path: Path | 
         proc = subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
     try:
-        probe = OpenAISampler(cfg.url, timeout=5.0, retries=0)
+        probe = client(cfg, timeout=5.0, retries=0)
         deadline = time.monotonic() + cfg.startup_timeout
         while True:
             if proc.poll() is not None:
@@ -89,10 +89,21 @@ def launched_server(cfg: SamplerConfig, model_dir: str | Path, log_path: Path | 
                                        f"{cfg.startup_timeout:.0f}s (command: {cmd}); end of {log_path}:\n"
                                        f"{_tail(log_path)}") from None
                 time.sleep(0.5)
-        yield OpenAISampler(cfg.url, model=served[0] if served else None, concurrency=cfg.concurrency,
-                            timeout=cfg.timeout, retries=cfg.retries, backoff=cfg.backoff)
+        yield client(cfg, model=served[0] if served else None)
     finally:
         _stop(proc)
+
+
+def client(cfg, **overrides) -> OpenAISampler:
+    """The OpenAI-compatible client of ``cfg`` (a `SamplerConfig`), with its bearer token read from
+    the environment variable `sampler.api_key_env` names (keys stay out of configs and manifests)."""
+    kw = dict(concurrency=cfg.concurrency, timeout=cfg.timeout, retries=cfg.retries, backoff=cfg.backoff)
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env, "")
+        if not key:
+            raise SamplerError(f"sampler.api_key_env {cfg.api_key_env}: that environment variable is not set or empty")
+        kw["api_key"] = key
+    return OpenAISampler(cfg.url, **{**kw, **overrides})
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -141,7 +152,6 @@ def open_sampler(cfg: SamplerConfig, model_dir: str | Path, dtype: str = "float3
             sampler.progress = progress
             yield sampler
     else:
-        sampler = OpenAISampler(cfg.url, concurrency=cfg.concurrency, timeout=cfg.timeout, retries=cfg.retries,
-                                backoff=cfg.backoff, progress=progress)
+        sampler = client(cfg, progress=progress)
         sampler.preflight()
         yield sampler

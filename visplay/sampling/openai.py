@@ -86,8 +86,10 @@ class OpenAISampler:
     """Sampler over ``url`` (the API base, e.g. ``http://127.0.0.1:8000/v1``)."""
 
     def __init__(self, url: str, model: str | None = None, concurrency: int = 8, timeout: float = 600.0,
-                 retries: int = 3, backoff: float = 1.0, max_backoff: float = 30.0, progress: bool = False):
+                 retries: int = 3, backoff: float = 1.0, max_backoff: float = 30.0, progress: bool = False,
+                 api_key: str | None = None):
         base = url.rstrip("/")
+        self.api_key = api_key or None  # sent as `Authorization: Bearer`, never logged
         self.base = base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
         self.model = model
         self.concurrency, self.timeout = concurrency, timeout
@@ -98,8 +100,10 @@ class OpenAISampler:
 
     def _request(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
