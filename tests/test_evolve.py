@@ -37,6 +37,7 @@ def test_micro_loop_manifest_resume_and_lock(micro_model_dir, tmp_path):
     m = json.loads((run / "manifest.json").read_text())
     assert [s for s in STAGES if m["stages"][s]["state"] == "done"] == STAGES
     assert m["config"]["model"] == str(micro_model_dir)
+    assert m["software"]["versions"]["transformers"] and len(m["software"]["git_commit"] or "x" * 40) == 40
     # the random micro model writes no valid question: counted, and the reasoner is carried over
     assert m["stages"]["iter1/reasoner"]["skipped"] == "no kept questions"
     assert m["stages"]["iter1/labels"]["skipped"]

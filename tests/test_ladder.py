@@ -141,3 +141,22 @@ def test_source_objects_config():
         with pytest.raises(ConfigError, match=msg):
             load_config("tiny", bad)
     assert set(MARKED_FAMILIES) <= set(FAMILIES)
+
+
+def test_tracker_writes_one_loop_run_with_the_iteration_as_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from visplay.evolve.tracker import log_loop_metrics
+
+    stages = {"iter0/eval": {"greedy": 0.8, "greedy_unlabelled": 0.5, "by_level": {"6": {"greedy": 0.7}}},
+              "iter1/eval": {"greedy": 0.9, "greedy_unlabelled": 0.6, "by_level": {"6": {"greedy": 0.8}}},
+              "iter1/labels": {"label_accuracy_kept": 0.88, "n_kept": 40, "note": "not a number"}}
+    log_loop_metrics(tmp_path, ("tensorboard",), 0, stages)
+    log_loop_metrics(tmp_path, ("tensorboard",), 1, stages)
+    log_loop_metrics(tmp_path, (), 1, {"iter1/eval": {"greedy": 0.1}})  # no tracker chosen: nothing written
+    acc = EventAccumulator(str(tmp_path / "tb" / "loop"))
+    acc.Reload()
+    assert [(e.step, round(e.value, 3)) for e in acc.Scalars("eval/greedy_unlabelled")] == [(0, 0.5), (1, 0.6)]
+    assert [(e.step, e.value) for e in acc.Scalars("labels/n_kept")] == [(1, 40)]
+    assert [round(e.value, 3) for e in acc.Scalars("eval/greedy_level6")] == [0.7, 0.8]
+    assert len(list((tmp_path / "tb").iterdir())) == 1  # one run

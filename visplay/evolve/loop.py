@@ -31,6 +31,7 @@ from visplay.cards import publish_stage
 from visplay.config import Config, from_dict, to_dict
 from visplay.eval.world import level_groups, paired
 from visplay.evolve.bodies import BODIES, Context, pct, stop_signal
+from visplay.evolve.tracker import log_loop_metrics
 from visplay.evolve.plan_of_stages import BASELINE, STAGES, stage_name
 from visplay.evolve.preflight import preflight
 from visplay.evolve.rundir import RunDir, RunError, sigterm_as_interrupt
@@ -88,12 +89,14 @@ def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
     with Grader(timeout=ev.grader_timeout, workers=ev.grader_workers) as grader:
         ctx = lambda t: Context(cfg, run, base, t, grader, say)  # noqa: E731
         results = {0: _stage(run, BASELINE, say, lambda: BODIES["eval"](ctx(0)))}
+        log_loop_metrics(run.root, ev.report_to, 0, run.manifest()["stages"])
         for t in range(1, ev.iterations + 1):
             for s in STAGES:
                 info = _stage(run, stage_name(t, s.kind), say, lambda: BODIES[s.kind](ctx(t)))
                 if info.get("stopped"):
                     return results  # the label-free stop signal fired: the last trained reasoner is the result
             results[t] = info
+            log_loop_metrics(run.root, ev.report_to, t, run.manifest()["stages"])
             _refresh_report(run, say)
     return results
 

@@ -42,6 +42,25 @@ class RunError(RuntimeError):
     pass
 
 
+def software() -> dict:
+    """Library versions and the repository's git commit, recorded in the manifest of a new run."""
+    import importlib.metadata
+    import subprocess
+
+    versions = {}
+    for pkg in ("visplay", "torch", "transformers", "trl", "accelerate", "datasets"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "git_commit": commit}
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -85,7 +104,8 @@ class RunDir:
         if self.exists():
             raise RunError(f"run {self.root} already exists: pass --resume to continue it, or choose another --run")
         self.root.mkdir(parents=True, exist_ok=True)
-        self.write_manifest({"version": 1, "config": config, "command": command, "created": time.time(), "stages": {}})
+        self.write_manifest({"version": 1, "config": config, "command": command, "created": time.time(),
+                             "software": software(), "stages": {}})
 
     def manifest(self) -> dict:
         try:
