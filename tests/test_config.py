@@ -59,3 +59,16 @@ def test_preset_file_with_scientific_notation(tmp_path):
     path.write_text("evolve:\n  report_to: wandb\n  questioner:\n    lr: 1e-6\n")
     c = load_config(path)
     assert c.evolve.questioner.lr == 1e-6 and c.evolve.report_to == ("wandb",)
+
+
+def test_trl_key_names_are_accepted_for_the_same_knob():
+    c = load_config("tiny", ["evolve.reasoner.learning_rate=1e-4", "evolve.reasoner.max_steps=3",
+                             "evolve.questioner.per_device_train_batch_size=2", "pretrain.learning_rate=2e-3"])
+    assert (c.evolve.reasoner.lr, c.evolve.reasoner.steps, c.evolve.questioner.per_device_batch) == (1e-4, 3, 2)
+    assert c.pretrain.lr == 2e-3
+    assert load_config("tiny", ["evolve.reasoner.learning_rate=1e-4", "evolve.reasoner.lr=1e-5"]).evolve.reasoner.lr == 1e-5
+    from visplay.config import GRPOPhase, from_dict  # one YAML mapping giving both spellings is ambiguous
+
+    with pytest.raises(ConfigError, match="'learning_rate' and 'lr' name the same setting"):
+        from_dict(GRPOPhase, {"learning_rate": 1e-4, "lr": 1e-5})
+    assert from_dict(GRPOPhase, {"learning_rate": 1e-4}).lr == 1e-4

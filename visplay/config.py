@@ -490,8 +490,39 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+#: TRL / transformers names accepted for the same knob (TRL users type these): section class -> {alias: field}.
+TRL_ALIASES: dict[str, dict[str, str]] = {
+    "GRPOPhase": {"learning_rate": "lr", "max_steps": "steps",
+                  "per_device_train_batch_size": "per_device_batch"},
+    "PretrainConfig": {"learning_rate": "lr", "max_steps": "steps", "per_device_train_batch_size": "batch_size"},
+}
+
+
+_SECTION_CLASS = {"evolve.questioner": "GRPOPhase", "evolve.reasoner": "GRPOPhase", "pretrain": "PretrainConfig"}
+
+
+def canonical_key(key: str) -> str:
+    """A dotted override key with a TRL-style last part renamed (``evolve.reasoner.learning_rate`` ->
+    ``evolve.reasoner.lr``), so that an override replaces the preset's value instead of clashing."""
+    section, _, last = key.rpartition(".")
+    return f"{section}.{TRL_ALIASES.get(_SECTION_CLASS.get(section, ''), {}).get(last, last)}" if section else key
+
+
+def _unalias(cls: type, data: dict, where: str) -> dict:
+    """Rename TRL-style keys to the field they mean; both spellings at once is an error."""
+    aliases = TRL_ALIASES.get(cls.__name__, {})
+    out = dict(data)
+    for alias, field_name in aliases.items():
+        if alias in out and alias != field_name:
+            if field_name in out:
+                raise ConfigError(f"{where}: {alias!r} and {field_name!r} name the same setting; give one")
+            out[field_name] = out.pop(alias)
+    return out
+
+
 def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     hints = typing.get_type_hints(cls)
+    data = _unalias(cls, data, where)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -546,6 +577,6 @@ def load_config(preset: str | Path | None = "tiny", overrides: list[str] | tuple
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. eval.n=100)")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        _set_dotted(data, canonical_key(key.strip()), yaml.safe_load(raw))
         where = f"{where} + overrides"
     return from_dict(Config, data, where)
