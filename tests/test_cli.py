@@ -51,6 +51,10 @@ def test_eval_writes_items_and_leaves_model_untouched(micro_model_dir, tmp_path,
         (["eval", "--set", "eval.bogus=1"], "unknown key"),
         (["eval", "--preset", "nope"], "not found"),
         (["eval", "--split", "train"], "eval.split"),
+        (["eval", "--temperature", "0.5"], "--temperature applies only with --benchmarks"),
+        (["eval", "--judge-url", "http://127.0.0.1:9/v1", "--limit", "3"], "--limit, --judge-url apply only with"),
+        (["eval", "--benchmarks", "world", "--probe"], "--probe applies only to the world evaluation"),
+        (["eval", "--compare", "a", "b", "--k", "3"], "--k applies only to the world evaluation"),
     ],
 )
 def test_input_errors_exit_2_with_a_clear_message(argv, match, capsys, tmp_path):

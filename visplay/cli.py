@@ -69,8 +69,34 @@ def _pretrain_card(out: Path, cfg: Config, args: argparse.Namespace) -> None:
     }, max_new_tokens=cfg.eval.max_new_tokens)
 
 
+def _inapplicable_eval_flags(args: argparse.Namespace) -> str | None:
+    """A flag that the chosen `visplay eval` path would ignore is an error, never a silent no-op."""
+    from visplay.eval.run import add_benchmark_args
+
+    bench = argparse.ArgumentParser(add_help=False)
+    add_benchmark_args(bench)
+    set_flags = [a.option_strings[0] for a in bench._actions
+                 if a.dest not in ("benchmarks", "compare") and getattr(args, a.dest, a.default) != a.default]
+    if not (args.benchmarks or args.compare):
+        if set_flags:
+            verb = "applies" if len(set_flags) == 1 else "apply"
+            return (f"{', '.join(set_flags)} {verb} only with --benchmarks or --compare; the world evaluation "
+                    "takes its settings from the config (e.g. --set eval.temperature=0.5, eval.max_new_tokens=64)")
+        return None
+    world_only = [flag for flag, on in (("--k", args.k is not None), ("--probe", args.probe),
+                                        ("--sampler-url", bool(args.sampler_url))) if on]
+    if world_only:
+        verb = "applies" if len(world_only) == 1 else "apply"
+        return f"{', '.join(world_only)} {verb} only to the world evaluation (without --benchmarks/--compare)"
+    return None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate a model: held-out world scenes, or --benchmarks from parquet files (see docs/evaluation.md)."""
+    wrong = _inapplicable_eval_flags(args)
+    if wrong:
+        print(f"error: {wrong}", file=sys.stderr)
+        return 2
     if args.benchmarks or args.compare:
         return run_benchmark_eval(args)
     from visplay.eval.world import evaluate_world, write_eval
