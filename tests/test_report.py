@@ -359,3 +359,71 @@ def test_renders_in_headless_chromium(finished, tmp_path):
     n_img = len(parse(out).find_all("img"))
     assert dom.count("<img") == n_img
     assert f'data-images-total="{n_img}"' in dom and f'data-images-loaded="{n_img}"' in dom
+
+
+# ---------------------------------------------------------------- read at a glance (#18 item 7)
+
+
+@pytest.fixture(scope="module")
+def drawn(finished):
+    """The matplotlib figures the finished run's report draws, captured as to_uri renders them."""
+    import visplay.report.html
+    import visplay.report.plots as plots
+
+    run, _ = finished
+    figs, original = [], plots.to_uri
+
+    def capture(fig):
+        figs.append(fig)
+        return original(fig)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(plots, "to_uri", capture)
+    try:
+        visplay.report.html.build_report(run)
+    finally:
+        mp.undo()
+    return figs
+
+
+def axes_with(figs, predicate) -> list:
+    return [ax for fig in figs for ax in fig.axes if predicate(ax)]
+
+
+def test_accuracy_error_bars_and_prior_line(finished, drawn):
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    run, out = finished
+    doc = parse(out)
+    stages = manifest(run)["stages"]
+    for r in [r for r in doc.find("table", id="accuracy").find_all("tr") if "data-stage" in r.attrs]:
+        info = stages[r.attrs["data-stage"]]
+        assert_shows(cells(r)["greedy_se"], math.sqrt(info["greedy"] * (1 - info["greedy"]) / info["n"]))
+    prior = json.loads((run / "iter0" / "eval" / "summary.json").read_text())["overall"]["prior"]
+    assert float(doc.find("p", id="answer-prior").attrs["data-value"]) == prior
+    (ax,) = axes_with(drawn, lambda a: a.get_ylabel().startswith("held-out accuracy"))
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 3  # greedy, maj@k, pass@k
+    greedy = bars[0]
+    segments = greedy.lines[2][0].get_segments()
+    for t, seg in enumerate(segments):
+        info = stages[f"iter{t}/eval"]
+        se = math.sqrt(info["greedy"] * (1 - info["greedy"]) / info["n"])
+        assert math.isclose(seg[1][1] - seg[0][1], 2 * se, rel_tol=1e-9)
+    flat = [ln for ln in ax.lines if len(set(ln.get_ydata())) == 1 and math.isclose(ln.get_ydata()[0], prior)]
+    assert flat and "prior" in flat[0].get_label()
+    (fam,) = axes_with(drawn, lambda a: a.get_ylabel().startswith("greedy accuracy"))
+    assert [c for c in fam.containers if isinstance(c, BarContainer)] and \
+        len([c for c in fam.containers if isinstance(c, ErrorbarContainer)]) == 3  # one per iteration
+    assert any("prior" in str(c.get_label()) for c in fam.collections)
+
+
+def test_step_plots_have_integer_ticks(drawn):
+    from matplotlib.ticker import MaxNLocator
+
+    steps = axes_with(drawn, lambda a: a.get_xlabel() == "step")
+    assert len(steps) >= 8
+    for ax in steps:
+        loc = ax.xaxis.get_major_locator()
+        assert isinstance(loc, MaxNLocator) and loc._integer
+        assert all(float(v).is_integer() for v in ax.get_xticks())

@@ -180,23 +180,39 @@ def accuracy(run: Run) -> str:
         stage = f"iter{t}/eval"
         info = run.info(stage)
         if info:
-            points[t] = {key: info.get(key) for key in ("greedy", "maj", "pass")}
+            points[t] = {key: info.get(key) for key in ("greedy", "maj", "pass", "n")}
             base = points.get(0, {}).get("greedy")
             gain = info["greedy"] - base if t and base is not None and info.get("greedy") is not None else None
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}'
                         + "".join(num(key, info.get(key)) for key in ("greedy", "maj", "pass", "n"))
+                        + num("greedy_se", plots.binomial_se(info.get("greedy"), info.get("n")))
                         + num("gain", gain) + "</tr>")
         else:
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}" class="missing" data-missing="{stage}">{text(_label(t))}'
-                        f'<td colspan="5">not reached</td></tr>')
+                        f'<td colspan="6">not reached</td></tr>')
             parts.append(missing(run, stage, f"held-out accuracy of {_label(t)}"))
-    head = ["model", "greedy", f"maj@{k or 'k'}", f"pass@{k or 'k'}", "n", "greedy gain vs base"]
+    head = ["model", "greedy", f"maj@{k or 'k'}", f"pass@{k or 'k'}", "n", "greedy SE", "greedy gain vs base"]
+    prior = answer_prior(run)
+    prior_note = ("" if prior is None else
+                  f"<p id='answer-prior' data-value='{escape(_value(prior))}'>Answer prior (always the most common "
+                  f"training answer, no image; summary.json <code>overall.prior</code>): {escape(fmt(prior))} — the "
+                  "dash-dotted line.</p>")
     out = [f"<p>Held-out world questions (scenes never used in training), {escape(str(k or '?'))} samples for maj/pass. "
-           "Values from manifest.json.</p>", table("accuracy", head, rows), *parts,
-           img(plots.accuracy(points, k), "held-out accuracy per iteration")]
+           "Values from manifest.json; error bars and SE = binomial standard error sqrt(p(1−p)/n).</p>",
+           table("accuracy", head, rows), *parts, prior_note,
+           img(plots.accuracy(points, k, prior), "held-out accuracy per iteration")]
     out.append("<h3>By question family</h3>" + by_family(run))
     out.append("<h3>Benchmarks</h3>" + benchmarks(run))
     return "".join(out)
+
+
+def answer_prior(run: Run) -> float | None:
+    """overall.prior of the first eval summary that has one (the prior depends on the data, not the model)."""
+    for _, it in sorted(run.iterations.items()):
+        prior = ((it.eval or {}).get("overall") or {}).get("prior")
+        if isinstance(prior, (int, float)):
+            return float(prior)
+    return None
 
 
 def by_family(run: Run) -> str:
@@ -216,8 +232,10 @@ def by_family(run: Run) -> str:
     head = ["family", "n", "prior"] + [f"{_label(t)} {m}" for t in ts for m in ("greedy", "maj@k")]
     marks = "".join(missing(run, f"iter{t}/eval", f"per-family accuracy of {_label(t)}")
                     for t in run.iterations if t not in evals)
+    ns = {f: s.get("n") for e in evals.values() for f, s in e["by_family"].items() if s.get("n")}
+    priors = {f: s.get("prior") for f, s in first.items() if isinstance(s.get("prior"), (int, float))}
     chart = plots.by_family({t: {f: s.get("greedy", 0) for f, s in evals[t]["by_family"].items()} for t in ts},
-                            len(run.iterations) - 1)
+                            len(run.iterations) - 1, ns, priors)
     return ("<p>From iter&lt;t&gt;/eval/summary.json; prior = the family's most common training answer "
             "(the no-image baseline).</p>" + table("accuracy-by-family", head, rows) + marks
             + img(chart, "accuracy by family"))
