@@ -427,3 +427,53 @@ def test_step_plots_have_integer_ticks(drawn):
         loc = ax.xaxis.get_major_locator()
         assert isinstance(loc, MaxNLocator) and loc._integer
         assert all(float(v).is_integer() for v in ax.get_xticks())
+
+
+def test_constant_series_are_not_plotted_but_named(finished, drawn):
+    run, out = finished
+    doc = parse(out)
+    records = [r for r in metrics(run) if r["stage"].endswith("/questioner") and "reward" in r]
+    assert {r["questioner/agreement"] for r in records} == {0.6}  # the synthetic run's constant series
+    note = doc.find("p", id="questioner-constant")
+    (span,) = note.find_all("span")
+    assert span.attrs["data-key"] == "questioner/agreement" and float(span.attrs["data-value"]) == 0.6
+    assert "reasoner agreement" in note.text() and "0.600" in note.text()
+    titles = {ax.get_title() for ax in axes_with(drawn, lambda a: a.get_xlabel() == "step")}
+    assert "reasoner agreement" not in titles and {"uncertainty", "accuracy reward", "format reward"} <= titles
+    assert not doc.find_all("p", id="reasoner-constant")  # every reasoner series moves
+
+
+def test_kl_spike_and_guard_stop_are_flagged(finished, tmp_path):
+    import visplay.report.plots as plots
+
+    src, out = finished
+    doc = parse(out)
+    assert doc.find("p", id="reasoner-events-none") and not doc.find_all("table", id="reasoner-events")
+    run = tmp_path / "spiky"
+    shutil.copytree(src, run)
+    lines = metrics(run)
+    for r in lines:
+        if r["stage"] == "iter2/reasoner" and r.get("step") == 3 and "reward" in r:
+            r["kl"] = 50.0
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    m = manifest(run)
+    m["stages"]["iter1/reasoner"]["guard"] = "entropy 0.05 < 0.1 (from 2 at the start) at step 5"
+    (run / "manifest.json").write_text(json.dumps(m))
+    figs, original = [], plots.to_uri
+    mp = pytest.MonkeyPatch()
+    mp.setattr(plots, "to_uri", lambda fig: figs.append(fig) or original(fig))
+    try:
+        path = write_report(run)
+    finally:
+        mp.undo()
+    table = parse(path).find("table", id="reasoner-events")
+    rows = {(r.attrs["data-stage"], r.attrs["data-step"], r.attrs["data-kind"]): r
+            for r in table.find_all("tr") if "data-stage" in r.attrs}
+    assert set(rows) == {("iter2/reasoner", "3", "kl"), ("iter1/reasoner", "5", "entropy")}
+    assert_shows(cells(rows[("iter2/reasoner", "3", "kl")])["value"], 50.0)
+    entropy5 = next(r["entropy"] for r in lines if r["stage"] == "iter1/reasoner" and r.get("step") == 5 and "reward" in r)
+    assert_shows(cells(rows[("iter1/reasoner", "5", "entropy")])["value"], entropy5)
+    assert "health guard" in rows[("iter1/reasoner", "5", "entropy")].text()
+    marked = {ax.get_title(): [tuple(zip(ln.get_xdata(), ln.get_ydata())) for ln in ax.lines if ln.get_gid() == "flagged"]
+              for ax in axes_with(figs, lambda a: a.get_xlabel() == "step")}
+    assert ((3, 50.0),) in marked["KL"] and ((5, entropy5),) in marked["entropy"]

@@ -41,7 +41,7 @@ from visplay.status import StatusError, duration, fmt, stage_summary
 
 QUESTIONER_PANELS = (("reward", "reward (total)"), ("questioner/uncertainty", "uncertainty"),
                      ("questioner/diversity_penalty", "diversity penalty"), ("questioner/valid", "format validity"),
-                     ("questioner/agreement", "reasoner agreement"), ("kl", "KL"))
+                     ("questioner/agreement", "reasoner agreement"), ("kl", "KL"), ("entropy", "entropy"))
 REASONER_PANELS = (("reward", "reward (total)"), ("reasoner/accuracy", "accuracy reward"),
                    ("reasoner/format", "format reward"), ("completions/mean_length", "response length (tokens)"),
                    ("kl", "KL"), ("entropy", "entropy"))
@@ -269,6 +269,75 @@ def _series(run: Run, role: str, key: str) -> dict[int, list[tuple[float, float]
     return out
 
 
+KL_SPIKE = 5.0  # a step whose KL exceeds this many times its phase's median KL is flagged
+
+
+def _panels(run: Run, role: str, spec) -> tuple[list, str]:
+    """The per-step panels worth drawing, and one line naming the constant ones that were left out."""
+    panels, constant = [], []
+    for key, title in spec:
+        series = _series(run, role, key)
+        values = {v for pts in series.values() for _, v in pts}
+        if len(values) == 1:
+            constant.append((key, title, values.pop()))
+        else:
+            panels.append((title, series))
+    if not constant:
+        return panels, ""
+    items = ", ".join(f"<span data-key='{escape(k)}' data-value='{escape(_value(v))}'>{escape(title)} "
+                      f"(<code>{escape(k)}</code>) ≡ {escape(fmt(v))}</span>" for k, title, v in constant)
+    return panels, f"<p class='muted constant' id='{role}-constant'>Not plotted, the same at every step: {items}.</p>"
+
+
+def events(run: Run, role: str) -> list[dict]:
+    """Flagged steps of ``role``'s GRPO: KL above KL_SPIKE × the phase's median, and the health guard's stop."""
+    import re
+    from statistics import median
+
+    out = []
+    for t in run.iterations:
+        if not t:
+            continue
+        stage = f"iter{t}/{role}"
+        steps = run.steps(stage)
+        kls = [r["kl"] for r in steps if isinstance(r.get("kl"), (int, float))]
+        med = median(kls) if kls else None
+        for r in steps:
+            kl = r.get("kl")
+            if med and isinstance(kl, (int, float)) and kl > KL_SPIKE * med:
+                out.append({"stage": stage, "t": t, "step": r["step"], "kind": "kl", "value": kl,
+                            "reason": f"KL {fmt(kl)} > {KL_SPIKE:g} × phase median {fmt(med)}"})
+        guard = (run.stages.get(stage) or {}).get("guard")
+        if guard:
+            m = re.search(r"at step (\d+)", str(guard))
+            step = int(m.group(1)) if m else None
+            kind = "entropy" if str(guard).startswith("entropy") else "kl"
+            row = next((r for r in steps if r["step"] == step), {})
+            out.append({"stage": stage, "t": t, "step": step, "kind": kind, "value": row.get(kind),
+                        "reason": f"health guard stopped training: {guard}"})
+    return out
+
+
+def _events_table(role: str, evs: list[dict]) -> str:
+    if not evs:
+        return f"<p class='muted' id='{role}-events-none'>No KL/entropy events (KL never above {KL_SPIKE:g}× its phase median; no health-guard stop).</p>"
+    rows = [f'<tr data-stage="{escape(e["stage"])}" data-step="{escape(_value(e["step"]))}" data-kind="{e["kind"]}">'
+            f'{text(e["stage"])}{num("step", e["step"])}{text(e["kind"])}{num("value", e["value"])}{text(e["reason"])}</tr>'
+            for e in evs]
+    return ("<h3>Flagged steps</h3>"
+            + table(f"{role}-events", ["stage", "step", "metric", "value", "why"], rows, "events"))
+
+
+def _curves(run: Run, role: str, spec, alt: str) -> str:
+    panels, note = _panels(run, role, spec)
+    evs = events(run, role)
+    marks: dict[str, list] = {}
+    for e in evs:
+        if e["step"] is not None and isinstance(e["value"], (int, float)):
+            marks.setdefault("KL" if e["kind"] == "kl" else "entropy", []).append((e["step"], e["value"]))
+    return img(plots.curves(panels, len(run.iterations) - 1, marks), alt) + note + _events_table(role, evs)
+
+
 def _step_tables(run: Run, role: str) -> str:
     out = []
     for t in run.iterations:
@@ -297,14 +366,13 @@ def _step_tables(run: Run, role: str) -> str:
 
 
 def questioner(run: Run) -> str:
-    n_iter = len(run.iterations) - 1
-    chart = plots.curves([(title, _series(run, "questioner", key)) for key, title in QUESTIONER_PANELS], n_iter)
     ev = run.evolve
     intro = ("<p>Questioner GRPO per step (metrics.jsonl): the reward is uncertainty (1 − |2c − 1|, c = the frozen "
              "reasoner's agreement) minus the diversity penalty, for well-formed questions; format validity = share "
              f"of completions that parse. m = {escape(str(ev.get('reward_samples', '?')))} reasoner samples per question, "
              f"diversity threshold {escape(fmt(ev.get('diversity_threshold')))}.</p>")
-    return (intro + img(chart, "questioner reward curves") + _step_tables(run, "questioner")
+    return (intro + _curves(run, "questioner", QUESTIONER_PANELS, "questioner reward curves")
+            + _step_tables(run, "questioner")
             + "<h3>Question-type mix</h3>" + qtypes(run))
 
 
@@ -374,13 +442,12 @@ def label_accuracy(run: Run) -> str:
 
 
 def reasoner(run: Run) -> str:
-    chart = plots.curves([(title, _series(run, "reasoner", key)) for key, title in REASONER_PANELS], len(run.iterations) - 1)
     trained = {t: run.info(f"iter{t}/reasoner").get("train_rows")
                for t in run.iterations if t and run.done(f"iter{t}/reasoner")}
     rows_info = "".join(f"<li>iter{t}/reasoner: trained on {escape(fmt(n))} kept questions</li>" for t, n in trained.items())
     return ("<p>Reasoner GRPO per step (metrics.jsonl) on the kept silver labels: accuracy reward (answer equals the "
             "label) and format reward (think + boxed).</p>" + (f"<ul>{rows_info}</ul>" if rows_info else "")
-            + img(chart, "reasoner reward curves") + _step_tables(run, "reasoner"))
+            + _curves(run, "reasoner", REASONER_PANELS, "reasoner reward curves") + _step_tables(run, "reasoner"))
 
 
 def _thumb(data: bytes | None) -> str | None:
