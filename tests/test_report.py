@@ -477,3 +477,22 @@ def test_kl_spike_and_guard_stop_are_flagged(finished, tmp_path):
     marked = {ax.get_title(): [tuple(zip(ln.get_xdata(), ln.get_ydata())) for ln in ax.lines if ln.get_gid() == "flagged"]
               for ax in axes_with(figs, lambda a: a.get_xlabel() == "step")}
     assert ((3, 50.0),) in marked["KL"] and ((5, entropy5),) in marked["entropy"]
+
+
+def test_final_model_box_and_snippet(finished, crashed, tmp_path):
+    for (run, out), stage in ((finished, "iter2/reasoner"), (crashed, "iter1/reasoner")):
+        box = parse(out).find("div", id="final-model")
+        path = manifest(run)["stages"][stage]["model"]
+        assert box.attrs["data-stage"] == stage and box.attrs["data-path"] == path
+        assert box.find("pre", id="load-snippet").text().splitlines() == [
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
+            f"model = AutoModelForImageTextToText.from_pretrained({path!r})",
+            f"processor = AutoProcessor.from_pretrained({path!r})"]
+    run = tmp_path / "relative"
+    shutil.copytree(finished[0], run)
+    m = manifest(run)
+    m["stages"]["iter2/reasoner"]["model"] = "iter2/reasoner"
+    (run / "manifest.json").write_text(json.dumps(m))
+    box = parse(write_report(run)).find("div", id="final-model")
+    assert box.attrs["data-path"] == str(run / "iter2" / "reasoner")
+    assert f"from_pretrained({str(run / 'iter2' / 'reasoner')!r})" in box.text()

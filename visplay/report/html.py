@@ -169,8 +169,38 @@ def overview(run: Run) -> str:
     problems = "".join(f'<p class="problem">{escape(p)}</p>' for p in run.problems)
     return (f"<p class='muted'>Run directory <code>{escape(str(run.root))}</code>, created {escape(when)}; "
             f"report written {escape(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>{banner}{problems}"
-            f"<details><summary>Stages ({len(done)}/{len(run.expected)} done)</summary>"
+            f"{final_model_box(run)}<details><summary>Stages ({len(done)}/{len(run.expected)} done)</summary>"
             f"{table('stages', ['stage', 'state', 'time', 'result'], rows)}</details>")
+
+
+def final_model(run: Run) -> tuple[str, Path] | None:
+    """(stage, path) of the last finished reasoner; a relative ``model`` is relative to the run directory."""
+    for t in sorted(run.iterations, reverse=True):
+        stage = f"iter{t}/reasoner"
+        model = run.info(stage).get("model") if t else None
+        if model:
+            path = Path(str(model))
+            return stage, path if path.is_absolute() else run.root / path
+    return None
+
+
+def final_model_box(run: Run) -> str:
+    found = final_model(run)
+    if found is None:
+        base = run.config.get("model") or "?"
+        return (f"<div id='final-model' class='banner missing'>No reasoner trained yet: the model is still the base "
+                f"model <code>{escape(str(base))}</code>.</div>")
+    stage, path = found
+    p = repr(str(path))
+    snippet = (f"from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+               f"model = AutoModelForImageTextToText.from_pretrained({p})\n"
+               f"processor = AutoProcessor.from_pretrained({p})")
+    info = run.info(stage)
+    why = f" (training was skipped: {escape(str(info['skipped']))}; the previous reasoner is carried over)" \
+        if info.get("skipped") else ""
+    return (f"<div id='final-model' class='banner finished' data-stage='{escape(stage)}' data-path='{escape(str(path))}'>"
+            f"<strong>Final model</strong>: the reasoner of {escape(stage)}{why}, at <code>{escape(str(path))}</code>. "
+            f"Load it with plain transformers:<pre id='load-snippet'>{escape(snippet)}</pre></div>")
 
 
 def accuracy(run: Run) -> str:
