@@ -315,7 +315,10 @@ def test_running_run_and_damaged_files(crashed, tmp_path):
 
 
 def test_doctests():
+    import visplay.report.plots
+
     assert doctest.testmod(visplay.report.data).failed == 0
+    assert doctest.testmod(visplay.report.plots).failed == 0
 
 
 def test_cli_parser(crashed, tmp_path, capsys):
@@ -496,3 +499,35 @@ def test_final_model_box_and_snippet(finished, crashed, tmp_path):
     box = parse(write_report(run)).find("div", id="final-model")
     assert box.attrs["data-path"] == str(run / "iter2" / "reasoner")
     assert f"from_pretrained({str(run / 'iter2' / 'reasoner')!r})" in box.text()
+
+
+def test_degenerate_questions_are_flagged_in_the_gallery(finished, tmp_path):
+    import pyarrow as pa
+
+    src, out = finished
+    assert all("data-degenerate" not in c.attrs for c in parse(out).find("div", id="gallery-1").find_all("figure"))
+    run = tmp_path / "degenerate"
+    shutil.copytree(src, run)
+    bad = {0: ("Are there more green objects than green objects? A. no B. yes", "names green twice"),
+           1: ("How many objects are red or red?", "names red twice"),
+           2: ("What colour is the left-most square? A. purple B. purple C. red", "duplicate options: purple")}
+    path = run / "iter1" / "labels.parquet"
+    rows = pq.read_table(path).to_pylist()
+    expected = {}
+    for i, r in enumerate(rows):
+        if r["valid"] and i % 2 == 0:
+            r["question"], expected[i] = bad[i % 3]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+    doc = parse(write_report(run))
+    cards = doc.find("div", id="gallery-1").find_all("figure")
+    assert any(int(c.attrs["data-row"]) in expected for c in cards)
+    assert any(int(c.attrs["data-row"]) not in expected for c in cards)
+    for card in cards:
+        i = int(card.attrs["data-row"])
+        if i in expected:
+            assert "degenerate" in card.classes() and card.attrs["data-degenerate"] == expected[i]
+            assert f"degenerate: {expected[i]}" in card.text()
+        else:
+            assert "degenerate" not in card.classes() and "data-degenerate" not in card.attrs
+    assert doc.find("p", id="degenerate-1").attrs["data-value"] == str(len(expected))
+    assert doc.find("p", id="degenerate-2").attrs["data-value"] == "0"

@@ -11,7 +11,11 @@ Every number is copied from manifest.json, metrics.jsonl or a summary.json and p
 `visplay.status.fmt` (3 decimals); each table cell also carries the exact value in ``data-value``
 (and tables have ids: ``accuracy``, ``accuracy-by-family``, ``benchmarks``, ``label-accuracy``,
 ``qtype-mix``, ``agreement``, ``skipped``, ``stages``, ``questioner-steps-<t>``,
-``reasoner-steps-<t>``), so the page can be checked by a program. Plots and thumbnails are
+``reasoner-steps-<t>``, ``<role>-events``), so the page can be checked by a program. At a glance: accuracy
+plots carry binomial-SE error bars and the answer prior as a line; step plots have integer ticks; constant
+per-step series are named instead of drawn; KL spikes (> 5x the phase median) and health-guard stops are
+marked and listed; a ``final-model`` box says how to load the last reasoner; degenerate questions (a colour
+named twice, duplicate options) are flagged in the gallery. Plots and thumbnails are
 data URIs (plots PNG, thumbnails JPEG); the page loads nothing from the network. Parts a crashed run never reached
 are marked ``class="missing"`` with ``data-missing="<stage>"``. The file is written atomically.
 
@@ -36,7 +40,7 @@ from pathlib import Path
 from visplay.evolve.plan_of_stages import ITERATION_STAGES
 from visplay.io import WriteError
 from visplay.report import plots
-from visplay.report.data import Run, load_run, qtype_mix
+from visplay.report.data import Run, degenerate, load_run, qtype_mix
 from visplay.status import StatusError, duration, fmt, stage_summary
 
 QUESTIONER_PANELS = (("reward", "reward (total)"), ("questioner/uncertainty", "uncertainty"),
@@ -70,6 +74,7 @@ img.plot{max-width:100%;display:block;margin:6px 0}
 .card .q{font-weight:600;margin-bottom:4px}.card dl{display:grid;grid-template-columns:auto 1fr;gap:1px 8px;margin:0;font-size:12px}
 .card dt{color:#5b6570}.card dd{margin:0}.card pre{white-space:pre-wrap;font-size:11px;margin:4px 0 0}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}details{margin:6px 0}
+.card.degenerate{background:#fff7f6}.flag{font-weight:400;font-size:12px}
 .ok{color:#2e9e52}.bad{color:#d0453f}.muted{color:#5b6570}
 """
 
@@ -525,8 +530,11 @@ def _card(t: int, r: dict) -> str:
                 f"{_mark(r.get('questioner_correct'))}</dd>"
                 f"<dt>silver label</dt><dd>{silver}</dd><dt>true answer</dt><dd>{truth}</dd>")
     question = escape(str(r.get("question"))) if r.get("question") else "<span class='muted'>(no question parsed)</span>"
-    attrs = _attrs({"class": f"card {kind}", "data_iter": t, "data_row": r.get("row"),
-                    "data_agreement": _value(r.get("agreement"))})
+    flaw = degenerate(r.get("question")) if r.get("valid") else None
+    if flaw:
+        question += f"<div class='flag bad'>⚠ degenerate: {escape(flaw)}</div>"
+    attrs = _attrs({"class": f"card {kind}" + (" degenerate" if flaw else ""), "data_iter": t, "data_row": r.get("row"),
+                    "data_agreement": _value(r.get("agreement")), "data_degenerate": flaw})
     return (f"<figure{attrs}>"
             f"{picture}<figcaption><div class='q'>{question}</div><dl>{body}"
             f"<dt>image</dt><dd class='muted'>{escape(str(r.get('image_id', '?')))}</dd></dl></figcaption></figure>")
@@ -543,6 +551,10 @@ def gallery(run: Run) -> str:
                        else missing(run, f"iter{t}/questions", f"generated questions of iteration {t}"))
             continue
         note = "" if it.labels is not None else missing(run, f"iter{t}/labels", f"silver labels of iteration {t}")
+        rows = [r for r in (it.labels or it.questions or []) if r.get("valid")]
+        n_bad = sum(degenerate(r.get("question")) is not None for r in rows)
+        note += (f"<p id='degenerate-{t}' data-value='{n_bad}' class='{'bad' if n_bad else 'muted'}'>{n_bad} of "
+                 f"{len(rows)} valid questions are degenerate (a colour named twice, or duplicate options).</p>")
         out.append(f"<h3>{_label(t)}</h3>{note}<div class='gallery' id='gallery-{t}'>"
                    + "".join(_card(t, r) for r in it.gallery) + "</div>")
     return "".join(out)
