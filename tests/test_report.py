@@ -315,7 +315,10 @@ def test_running_run_and_damaged_files(crashed, tmp_path):
 
 
 def test_doctests():
+    import visplay.report.plots
+
     assert doctest.testmod(visplay.report.data).failed == 0
+    assert doctest.testmod(visplay.report.plots).failed == 0
 
 
 def test_cli_parser(crashed, tmp_path, capsys):
@@ -359,3 +362,172 @@ def test_renders_in_headless_chromium(finished, tmp_path):
     n_img = len(parse(out).find_all("img"))
     assert dom.count("<img") == n_img
     assert f'data-images-total="{n_img}"' in dom and f'data-images-loaded="{n_img}"' in dom
+
+
+# ---------------------------------------------------------------- read at a glance (#18 item 7)
+
+
+@pytest.fixture(scope="module")
+def drawn(finished):
+    """The matplotlib figures the finished run's report draws, captured as to_uri renders them."""
+    import visplay.report.html
+    import visplay.report.plots as plots
+
+    run, _ = finished
+    figs, original = [], plots.to_uri
+
+    def capture(fig):
+        figs.append(fig)
+        return original(fig)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(plots, "to_uri", capture)
+    try:
+        visplay.report.html.build_report(run)
+    finally:
+        mp.undo()
+    return figs
+
+
+def axes_with(figs, predicate) -> list:
+    return [ax for fig in figs for ax in fig.axes if predicate(ax)]
+
+
+def test_accuracy_error_bars_and_prior_line(finished, drawn):
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    run, out = finished
+    doc = parse(out)
+    stages = manifest(run)["stages"]
+    for r in [r for r in doc.find("table", id="accuracy").find_all("tr") if "data-stage" in r.attrs]:
+        info = stages[r.attrs["data-stage"]]
+        assert_shows(cells(r)["greedy_se"], math.sqrt(info["greedy"] * (1 - info["greedy"]) / info["n"]))
+    prior = json.loads((run / "iter0" / "eval" / "summary.json").read_text())["overall"]["prior"]
+    assert float(doc.find("p", id="answer-prior").attrs["data-value"]) == prior
+    (ax,) = axes_with(drawn, lambda a: a.get_ylabel().startswith("held-out accuracy"))
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 3  # greedy, maj@k, pass@k
+    greedy = bars[0]
+    segments = greedy.lines[2][0].get_segments()
+    for t, seg in enumerate(segments):
+        info = stages[f"iter{t}/eval"]
+        se = math.sqrt(info["greedy"] * (1 - info["greedy"]) / info["n"])
+        assert math.isclose(seg[1][1] - seg[0][1], 2 * se, rel_tol=1e-9)
+    flat = [ln for ln in ax.lines if len(set(ln.get_ydata())) == 1 and math.isclose(ln.get_ydata()[0], prior)]
+    assert flat and "prior" in flat[0].get_label()
+    (fam,) = axes_with(drawn, lambda a: a.get_ylabel().startswith("greedy accuracy"))
+    assert [c for c in fam.containers if isinstance(c, BarContainer)] and \
+        len([c for c in fam.containers if isinstance(c, ErrorbarContainer)]) == 3  # one per iteration
+    assert any("prior" in str(c.get_label()) for c in fam.collections)
+
+
+def test_step_plots_have_integer_ticks(drawn):
+    from matplotlib.ticker import MaxNLocator
+
+    steps = axes_with(drawn, lambda a: a.get_xlabel() == "step")
+    assert len(steps) >= 8
+    for ax in steps:
+        loc = ax.xaxis.get_major_locator()
+        assert isinstance(loc, MaxNLocator) and loc._integer
+        assert all(float(v).is_integer() for v in ax.get_xticks())
+
+
+def test_constant_series_are_not_plotted_but_named(finished, drawn):
+    run, out = finished
+    doc = parse(out)
+    records = [r for r in metrics(run) if r["stage"].endswith("/questioner") and "reward" in r]
+    assert {r["questioner/agreement"] for r in records} == {0.6}  # the synthetic run's constant series
+    note = doc.find("p", id="questioner-constant")
+    (span,) = note.find_all("span")
+    assert span.attrs["data-key"] == "questioner/agreement" and float(span.attrs["data-value"]) == 0.6
+    assert "reasoner agreement" in note.text() and "0.600" in note.text()
+    titles = {ax.get_title() for ax in axes_with(drawn, lambda a: a.get_xlabel() == "step")}
+    assert "reasoner agreement" not in titles and {"uncertainty", "accuracy reward", "format reward"} <= titles
+    assert not doc.find_all("p", id="reasoner-constant")  # every reasoner series moves
+
+
+def test_kl_spike_and_guard_stop_are_flagged(finished, tmp_path):
+    import visplay.report.plots as plots
+
+    src, out = finished
+    doc = parse(out)
+    assert doc.find("p", id="reasoner-events-none") and not doc.find_all("table", id="reasoner-events")
+    run = tmp_path / "spiky"
+    shutil.copytree(src, run)
+    lines = metrics(run)
+    for r in lines:
+        if r["stage"] == "iter2/reasoner" and r.get("step") == 3 and "reward" in r:
+            r["kl"] = 50.0
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    m = manifest(run)
+    m["stages"]["iter1/reasoner"]["guard"] = "entropy 0.05 < 0.1 (from 2 at the start) at step 5"
+    (run / "manifest.json").write_text(json.dumps(m))
+    figs, original = [], plots.to_uri
+    mp = pytest.MonkeyPatch()
+    mp.setattr(plots, "to_uri", lambda fig: figs.append(fig) or original(fig))
+    try:
+        path = write_report(run)
+    finally:
+        mp.undo()
+    table = parse(path).find("table", id="reasoner-events")
+    rows = {(r.attrs["data-stage"], r.attrs["data-step"], r.attrs["data-kind"]): r
+            for r in table.find_all("tr") if "data-stage" in r.attrs}
+    assert set(rows) == {("iter2/reasoner", "3", "kl"), ("iter1/reasoner", "5", "entropy")}
+    assert_shows(cells(rows[("iter2/reasoner", "3", "kl")])["value"], 50.0)
+    entropy5 = next(r["entropy"] for r in lines if r["stage"] == "iter1/reasoner" and r.get("step") == 5 and "reward" in r)
+    assert_shows(cells(rows[("iter1/reasoner", "5", "entropy")])["value"], entropy5)
+    assert "health guard" in rows[("iter1/reasoner", "5", "entropy")].text()
+    marked = {ax.get_title(): [tuple(zip(ln.get_xdata(), ln.get_ydata())) for ln in ax.lines if ln.get_gid() == "flagged"]
+              for ax in axes_with(figs, lambda a: a.get_xlabel() == "step")}
+    assert ((3, 50.0),) in marked["KL"] and ((5, entropy5),) in marked["entropy"]
+
+
+def test_final_model_box_and_snippet(finished, crashed, tmp_path):
+    for (run, out), stage in ((finished, "iter2/reasoner"), (crashed, "iter1/reasoner")):
+        box = parse(out).find("div", id="final-model")
+        path = manifest(run)["stages"][stage]["model"]
+        assert box.attrs["data-stage"] == stage and box.attrs["data-path"] == path
+        assert box.find("pre", id="load-snippet").text().splitlines() == [
+            "from transformers import AutoModelForImageTextToText, AutoProcessor",
+            f"model = AutoModelForImageTextToText.from_pretrained({path!r})",
+            f"processor = AutoProcessor.from_pretrained({path!r})"]
+    run = tmp_path / "relative"
+    shutil.copytree(finished[0], run)
+    m = manifest(run)
+    m["stages"]["iter2/reasoner"]["model"] = "iter2/reasoner"
+    (run / "manifest.json").write_text(json.dumps(m))
+    box = parse(write_report(run)).find("div", id="final-model")
+    assert box.attrs["data-path"] == str(run / "iter2" / "reasoner")
+    assert f"from_pretrained({str(run / 'iter2' / 'reasoner')!r})" in box.text()
+
+
+def test_degenerate_questions_are_flagged_in_the_gallery(finished, tmp_path):
+    import pyarrow as pa
+
+    src, out = finished
+    assert all("data-degenerate" not in c.attrs for c in parse(out).find("div", id="gallery-1").find_all("figure"))
+    run = tmp_path / "degenerate"
+    shutil.copytree(src, run)
+    bad = {0: ("Are there more green objects than green objects? A. no B. yes", "names green twice"),
+           1: ("How many objects are red or red?", "names red twice"),
+           2: ("What colour is the left-most square? A. purple B. purple C. red", "duplicate options: purple")}
+    path = run / "iter1" / "labels.parquet"
+    rows = pq.read_table(path).to_pylist()
+    expected = {}
+    for i, r in enumerate(rows):
+        if r["valid"] and i % 2 == 0:
+            r["question"], expected[i] = bad[i % 3]
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+    doc = parse(write_report(run))
+    cards = doc.find("div", id="gallery-1").find_all("figure")
+    assert any(int(c.attrs["data-row"]) in expected for c in cards)
+    assert any(int(c.attrs["data-row"]) not in expected for c in cards)
+    for card in cards:
+        i = int(card.attrs["data-row"])
+        if i in expected:
+            assert "degenerate" in card.classes() and card.attrs["data-degenerate"] == expected[i]
+            assert f"degenerate: {expected[i]}" in card.text()
+        else:
+            assert "degenerate" not in card.classes() and "data-degenerate" not in card.attrs
+    assert doc.find("p", id="degenerate-1").attrs["data-value"] == str(len(expected))
+    assert doc.find("p", id="degenerate-2").attrs["data-value"] == "0"

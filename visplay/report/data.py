@@ -10,6 +10,7 @@ Test: `pytest -q tests/test_report.py`.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,3 +202,33 @@ def load_run(run_dir: str | Path) -> Run:
 def qtype_mix(rows: list[dict]) -> Counter:
     """Valid questions per type, invalid ones counted as "invalid"."""
     return Counter((r.get("qtype") or "unknown") if r.get("valid") else "invalid" for r in rows)
+
+
+_OPTION = re.compile(r"(?:^|\s)([A-H])\.\s+")
+
+
+def degenerate(question: str | None) -> str | None:
+    """Why a question is degenerate (the same colour named twice, or two options alike), else None.
+
+    >>> degenerate("Are there more green objects than green objects? A. no B. yes")
+    'names green twice'
+    >>> degenerate("How many objects are red or red?")
+    'names red twice'
+    >>> degenerate("What colour is the left-most square? A. purple B. purple C. red")
+    'duplicate options: purple'
+    >>> degenerate("How many objects are blue or red?") is None
+    True
+    """
+    if not question:
+        return None
+    from visplay.worlds.scene import COLOURS
+
+    parts = _OPTION.split(question)
+    stem, options = parts[0], [o.strip().rstrip(".?").lower() for o in parts[2::2]]
+    reasons = []
+    words = re.findall(r"[a-z]+", stem.lower())
+    reasons += [f"names {c} twice" for c in COLOURS if words.count(c) >= 2]
+    dups = sorted({o for o in options if o and options.count(o) > 1})
+    if dups:
+        reasons.append("duplicate options: " + ", ".join(dups))
+    return "; ".join(reasons) or None

@@ -11,7 +11,11 @@ Every number is copied from manifest.json, metrics.jsonl or a summary.json and p
 `visplay.status.fmt` (3 decimals); each table cell also carries the exact value in ``data-value``
 (and tables have ids: ``accuracy``, ``accuracy-by-family``, ``benchmarks``, ``label-accuracy``,
 ``qtype-mix``, ``agreement``, ``skipped``, ``stages``, ``questioner-steps-<t>``,
-``reasoner-steps-<t>``), so the page can be checked by a program. Plots and thumbnails are
+``reasoner-steps-<t>``, ``<role>-events``), so the page can be checked by a program. At a glance: accuracy
+plots carry binomial-SE error bars and the answer prior as a line; step plots have integer ticks; constant
+per-step series are named instead of drawn; KL spikes (> 5x the phase median) and health-guard stops are
+marked and listed; a ``final-model`` box says how to load the last reasoner; degenerate questions (a colour
+named twice, duplicate options) are flagged in the gallery. Plots and thumbnails are
 data URIs (plots PNG, thumbnails JPEG); the page loads nothing from the network. Parts a crashed run never reached
 are marked ``class="missing"`` with ``data-missing="<stage>"``. The file is written atomically.
 
@@ -36,12 +40,12 @@ from pathlib import Path
 from visplay.evolve.plan_of_stages import ITERATION_STAGES
 from visplay.io import WriteError
 from visplay.report import plots
-from visplay.report.data import Run, load_run, qtype_mix
+from visplay.report.data import Run, degenerate, load_run, qtype_mix
 from visplay.status import StatusError, duration, fmt, stage_summary
 
 QUESTIONER_PANELS = (("reward", "reward (total)"), ("questioner/uncertainty", "uncertainty"),
                      ("questioner/diversity_penalty", "diversity penalty"), ("questioner/valid", "format validity"),
-                     ("questioner/agreement", "reasoner agreement"), ("kl", "KL"))
+                     ("questioner/agreement", "reasoner agreement"), ("kl", "KL"), ("entropy", "entropy"))
 REASONER_PANELS = (("reward", "reward (total)"), ("reasoner/accuracy", "accuracy reward"),
                    ("reasoner/format", "format reward"), ("completions/mean_length", "response length (tokens)"),
                    ("kl", "KL"), ("entropy", "entropy"))
@@ -70,6 +74,7 @@ img.plot{max-width:100%;display:block;margin:6px 0}
 .card .q{font-weight:600;margin-bottom:4px}.card dl{display:grid;grid-template-columns:auto 1fr;gap:1px 8px;margin:0;font-size:12px}
 .card dt{color:#5b6570}.card dd{margin:0}.card pre{white-space:pre-wrap;font-size:11px;margin:4px 0 0}
 pre{background:#f6f8fa;padding:8px;overflow:auto;font-size:12px}details{margin:6px 0}
+.card.degenerate{background:#fff7f6}.flag{font-weight:400;font-size:12px}
 .ok{color:#2e9e52}.bad{color:#d0453f}.muted{color:#5b6570}
 """
 
@@ -169,8 +174,38 @@ def overview(run: Run) -> str:
     problems = "".join(f'<p class="problem">{escape(p)}</p>' for p in run.problems)
     return (f"<p class='muted'>Run directory <code>{escape(str(run.root))}</code>, created {escape(when)}; "
             f"report written {escape(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>{banner}{problems}"
-            f"<details><summary>Stages ({len(done)}/{len(run.expected)} done)</summary>"
+            f"{final_model_box(run)}<details><summary>Stages ({len(done)}/{len(run.expected)} done)</summary>"
             f"{table('stages', ['stage', 'state', 'time', 'result'], rows)}</details>")
+
+
+def final_model(run: Run) -> tuple[str, Path] | None:
+    """(stage, path) of the last finished reasoner; a relative ``model`` is relative to the run directory."""
+    for t in sorted(run.iterations, reverse=True):
+        stage = f"iter{t}/reasoner"
+        model = run.info(stage).get("model") if t else None
+        if model:
+            path = Path(str(model))
+            return stage, path if path.is_absolute() else run.root / path
+    return None
+
+
+def final_model_box(run: Run) -> str:
+    found = final_model(run)
+    if found is None:
+        base = run.config.get("model") or "?"
+        return (f"<div id='final-model' class='banner missing'>No reasoner trained yet: the model is still the base "
+                f"model <code>{escape(str(base))}</code>.</div>")
+    stage, path = found
+    p = repr(str(path))
+    snippet = (f"from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+               f"model = AutoModelForImageTextToText.from_pretrained({p})\n"
+               f"processor = AutoProcessor.from_pretrained({p})")
+    info = run.info(stage)
+    why = f" (training was skipped: {escape(str(info['skipped']))}; the previous reasoner is carried over)" \
+        if info.get("skipped") else ""
+    return (f"<div id='final-model' class='banner finished' data-stage='{escape(stage)}' data-path='{escape(str(path))}'>"
+            f"<strong>Final model</strong>: the reasoner of {escape(stage)}{why}, at <code>{escape(str(path))}</code>. "
+            f"Load it with plain transformers:<pre id='load-snippet'>{escape(snippet)}</pre></div>")
 
 
 def accuracy(run: Run) -> str:
@@ -180,23 +215,39 @@ def accuracy(run: Run) -> str:
         stage = f"iter{t}/eval"
         info = run.info(stage)
         if info:
-            points[t] = {key: info.get(key) for key in ("greedy", "maj", "pass")}
+            points[t] = {key: info.get(key) for key in ("greedy", "maj", "pass", "n")}
             base = points.get(0, {}).get("greedy")
             gain = info["greedy"] - base if t and base is not None and info.get("greedy") is not None else None
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}'
                         + "".join(num(key, info.get(key)) for key in ("greedy", "maj", "pass", "n"))
+                        + num("greedy_se", plots.binomial_se(info.get("greedy"), info.get("n")))
                         + num("gain", gain) + "</tr>")
         else:
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}" class="missing" data-missing="{stage}">{text(_label(t))}'
-                        f'<td colspan="5">not reached</td></tr>')
+                        f'<td colspan="6">not reached</td></tr>')
             parts.append(missing(run, stage, f"held-out accuracy of {_label(t)}"))
-    head = ["model", "greedy", f"maj@{k or 'k'}", f"pass@{k or 'k'}", "n", "greedy gain vs base"]
+    head = ["model", "greedy", f"maj@{k or 'k'}", f"pass@{k or 'k'}", "n", "greedy SE", "greedy gain vs base"]
+    prior = answer_prior(run)
+    prior_note = ("" if prior is None else
+                  f"<p id='answer-prior' data-value='{escape(_value(prior))}'>Answer prior (always the most common "
+                  f"training answer, no image; summary.json <code>overall.prior</code>): {escape(fmt(prior))} — the "
+                  "dash-dotted line.</p>")
     out = [f"<p>Held-out world questions (scenes never used in training), {escape(str(k or '?'))} samples for maj/pass. "
-           "Values from manifest.json.</p>", table("accuracy", head, rows), *parts,
-           img(plots.accuracy(points, k), "held-out accuracy per iteration")]
+           "Values from manifest.json; error bars and SE = binomial standard error sqrt(p(1−p)/n).</p>",
+           table("accuracy", head, rows), *parts, prior_note,
+           img(plots.accuracy(points, k, prior), "held-out accuracy per iteration")]
     out.append("<h3>By question family</h3>" + by_family(run))
     out.append("<h3>Benchmarks</h3>" + benchmarks(run))
     return "".join(out)
+
+
+def answer_prior(run: Run) -> float | None:
+    """overall.prior of the first eval summary that has one (the prior depends on the data, not the model)."""
+    for _, it in sorted(run.iterations.items()):
+        prior = ((it.eval or {}).get("overall") or {}).get("prior")
+        if isinstance(prior, (int, float)):
+            return float(prior)
+    return None
 
 
 def by_family(run: Run) -> str:
@@ -216,8 +267,10 @@ def by_family(run: Run) -> str:
     head = ["family", "n", "prior"] + [f"{_label(t)} {m}" for t in ts for m in ("greedy", "maj@k")]
     marks = "".join(missing(run, f"iter{t}/eval", f"per-family accuracy of {_label(t)}")
                     for t in run.iterations if t not in evals)
+    ns = {f: s.get("n") for e in evals.values() for f, s in e["by_family"].items() if s.get("n")}
+    priors = {f: s.get("prior") for f, s in first.items() if isinstance(s.get("prior"), (int, float))}
     chart = plots.by_family({t: {f: s.get("greedy", 0) for f, s in evals[t]["by_family"].items()} for t in ts},
-                            len(run.iterations) - 1)
+                            len(run.iterations) - 1, ns, priors)
     return ("<p>From iter&lt;t&gt;/eval/summary.json; prior = the family's most common training answer "
             "(the no-image baseline).</p>" + table("accuracy-by-family", head, rows) + marks
             + img(chart, "accuracy by family"))
@@ -251,6 +304,75 @@ def _series(run: Run, role: str, key: str) -> dict[int, list[tuple[float, float]
     return out
 
 
+KL_SPIKE = 5.0  # a step whose KL exceeds this many times its phase's median KL is flagged
+
+
+def _panels(run: Run, role: str, spec) -> tuple[list, str]:
+    """The per-step panels worth drawing, and one line naming the constant ones that were left out."""
+    panels, constant = [], []
+    for key, title in spec:
+        series = _series(run, role, key)
+        values = {v for pts in series.values() for _, v in pts}
+        if len(values) == 1:
+            constant.append((key, title, values.pop()))
+        else:
+            panels.append((title, series))
+    if not constant:
+        return panels, ""
+    items = ", ".join(f"<span data-key='{escape(k)}' data-value='{escape(_value(v))}'>{escape(title)} "
+                      f"(<code>{escape(k)}</code>) ≡ {escape(fmt(v))}</span>" for k, title, v in constant)
+    return panels, f"<p class='muted constant' id='{role}-constant'>Not plotted, the same at every step: {items}.</p>"
+
+
+def events(run: Run, role: str) -> list[dict]:
+    """Flagged steps of ``role``'s GRPO: KL above KL_SPIKE × the phase's median, and the health guard's stop."""
+    import re
+    from statistics import median
+
+    out = []
+    for t in run.iterations:
+        if not t:
+            continue
+        stage = f"iter{t}/{role}"
+        steps = run.steps(stage)
+        kls = [r["kl"] for r in steps if isinstance(r.get("kl"), (int, float))]
+        med = median(kls) if kls else None
+        for r in steps:
+            kl = r.get("kl")
+            if med and isinstance(kl, (int, float)) and kl > KL_SPIKE * med:
+                out.append({"stage": stage, "t": t, "step": r["step"], "kind": "kl", "value": kl,
+                            "reason": f"KL {fmt(kl)} > {KL_SPIKE:g} × phase median {fmt(med)}"})
+        guard = (run.stages.get(stage) or {}).get("guard")
+        if guard:
+            m = re.search(r"at step (\d+)", str(guard))
+            step = int(m.group(1)) if m else None
+            kind = "entropy" if str(guard).startswith("entropy") else "kl"
+            row = next((r for r in steps if r["step"] == step), {})
+            out.append({"stage": stage, "t": t, "step": step, "kind": kind, "value": row.get(kind),
+                        "reason": f"health guard stopped training: {guard}"})
+    return out
+
+
+def _events_table(role: str, evs: list[dict]) -> str:
+    if not evs:
+        return f"<p class='muted' id='{role}-events-none'>No KL/entropy events (KL never above {KL_SPIKE:g}× its phase median; no health-guard stop).</p>"
+    rows = [f'<tr data-stage="{escape(e["stage"])}" data-step="{escape(_value(e["step"]))}" data-kind="{e["kind"]}">'
+            f'{text(e["stage"])}{num("step", e["step"])}{text(e["kind"])}{num("value", e["value"])}{text(e["reason"])}</tr>'
+            for e in evs]
+    return ("<h3>Flagged steps</h3>"
+            + table(f"{role}-events", ["stage", "step", "metric", "value", "why"], rows, "events"))
+
+
+def _curves(run: Run, role: str, spec, alt: str) -> str:
+    panels, note = _panels(run, role, spec)
+    evs = events(run, role)
+    marks: dict[str, list] = {}
+    for e in evs:
+        if e["step"] is not None and isinstance(e["value"], (int, float)):
+            marks.setdefault("KL" if e["kind"] == "kl" else "entropy", []).append((e["step"], e["value"]))
+    return img(plots.curves(panels, len(run.iterations) - 1, marks), alt) + note + _events_table(role, evs)
+
+
 def _step_tables(run: Run, role: str) -> str:
     out = []
     for t in run.iterations:
@@ -279,14 +401,13 @@ def _step_tables(run: Run, role: str) -> str:
 
 
 def questioner(run: Run) -> str:
-    n_iter = len(run.iterations) - 1
-    chart = plots.curves([(title, _series(run, "questioner", key)) for key, title in QUESTIONER_PANELS], n_iter)
     ev = run.evolve
     intro = ("<p>Questioner GRPO per step (metrics.jsonl): the reward is uncertainty (1 − |2c − 1|, c = the frozen "
              "reasoner's agreement) minus the diversity penalty, for well-formed questions; format validity = share "
              f"of completions that parse. m = {escape(str(ev.get('reward_samples', '?')))} reasoner samples per question, "
              f"diversity threshold {escape(fmt(ev.get('diversity_threshold')))}.</p>")
-    return (intro + img(chart, "questioner reward curves") + _step_tables(run, "questioner")
+    return (intro + _curves(run, "questioner", QUESTIONER_PANELS, "questioner reward curves")
+            + _step_tables(run, "questioner")
             + "<h3>Question-type mix</h3>" + qtypes(run))
 
 
@@ -356,13 +477,12 @@ def label_accuracy(run: Run) -> str:
 
 
 def reasoner(run: Run) -> str:
-    chart = plots.curves([(title, _series(run, "reasoner", key)) for key, title in REASONER_PANELS], len(run.iterations) - 1)
     trained = {t: run.info(f"iter{t}/reasoner").get("train_rows")
                for t in run.iterations if t and run.done(f"iter{t}/reasoner")}
     rows_info = "".join(f"<li>iter{t}/reasoner: trained on {escape(fmt(n))} kept questions</li>" for t, n in trained.items())
     return ("<p>Reasoner GRPO per step (metrics.jsonl) on the kept silver labels: accuracy reward (answer equals the "
             "label) and format reward (think + boxed).</p>" + (f"<ul>{rows_info}</ul>" if rows_info else "")
-            + img(chart, "reasoner reward curves") + _step_tables(run, "reasoner"))
+            + _curves(run, "reasoner", REASONER_PANELS, "reasoner reward curves") + _step_tables(run, "reasoner"))
 
 
 def _thumb(data: bytes | None) -> str | None:
@@ -410,8 +530,11 @@ def _card(t: int, r: dict) -> str:
                 f"{_mark(r.get('questioner_correct'))}</dd>"
                 f"<dt>silver label</dt><dd>{silver}</dd><dt>true answer</dt><dd>{truth}</dd>")
     question = escape(str(r.get("question"))) if r.get("question") else "<span class='muted'>(no question parsed)</span>"
-    attrs = _attrs({"class": f"card {kind}", "data_iter": t, "data_row": r.get("row"),
-                    "data_agreement": _value(r.get("agreement"))})
+    flaw = degenerate(r.get("question")) if r.get("valid") else None
+    if flaw:
+        question += f"<div class='flag bad'>⚠ degenerate: {escape(flaw)}</div>"
+    attrs = _attrs({"class": f"card {kind}" + (" degenerate" if flaw else ""), "data_iter": t, "data_row": r.get("row"),
+                    "data_agreement": _value(r.get("agreement")), "data_degenerate": flaw})
     return (f"<figure{attrs}>"
             f"{picture}<figcaption><div class='q'>{question}</div><dl>{body}"
             f"<dt>image</dt><dd class='muted'>{escape(str(r.get('image_id', '?')))}</dd></dl></figcaption></figure>")
@@ -428,6 +551,10 @@ def gallery(run: Run) -> str:
                        else missing(run, f"iter{t}/questions", f"generated questions of iteration {t}"))
             continue
         note = "" if it.labels is not None else missing(run, f"iter{t}/labels", f"silver labels of iteration {t}")
+        rows = [r for r in (it.labels or it.questions or []) if r.get("valid")]
+        n_bad = sum(degenerate(r.get("question")) is not None for r in rows)
+        note += (f"<p id='degenerate-{t}' data-value='{n_bad}' class='{'bad' if n_bad else 'muted'}'>{n_bad} of "
+                 f"{len(rows)} valid questions are degenerate (a colour named twice, or duplicate options).</p>")
         out.append(f"<h3>{_label(t)}</h3>{note}<div class='gallery' id='gallery-{t}'>"
                    + "".join(_card(t, r) for r in it.gallery) + "</div>")
     return "".join(out)
