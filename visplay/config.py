@@ -498,14 +498,19 @@ TRL_ALIASES: dict[str, dict[str, str]] = {
 }
 
 
-_SECTION_CLASS = {"evolve.questioner": "GRPOPhase", "evolve.reasoner": "GRPOPhase", "pretrain": "PretrainConfig"}
-
-
 def canonical_key(key: str) -> str:
     """A dotted override key with a TRL-style last part renamed (``evolve.reasoner.learning_rate`` ->
     ``evolve.reasoner.lr``), so that an override replaces the preset's value instead of clashing."""
-    section, _, last = key.rpartition(".")
-    return f"{section}.{TRL_ALIASES.get(_SECTION_CLASS.get(section, ''), {}).get(last, last)}" if section else key
+    *path, last = key.split(".")
+    cls: Any = Config
+    for part in path:  # the section's dataclass, by walking the config tree's type hints
+        tp = typing.get_type_hints(cls).get(part) if dataclasses.is_dataclass(cls) else None
+        if tp is None:
+            return key
+        cls = next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
+        if cls is None:
+            return key
+    return ".".join([*path, TRL_ALIASES.get(getattr(cls, "__name__", ""), {}).get(last, last)])
 
 
 def _unalias(cls: type, data: dict, where: str) -> dict:

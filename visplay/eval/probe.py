@@ -67,7 +67,7 @@ def trace_probe(model, processor, world: WorldConfig, families=MARKED_FAMILIES, 
                  for role, a, b in _walk_spans(q.think)]  # + 7: len("<think>")
         items.append((prompt, target, scene.render(), enc["input_ids"], spans, scene.level))
     hits: dict = defaultdict(lambda: [0, 0])
-    was_training = model.training
+    was_training, side = model.training, tok.padding_side
     model.eval()
     tok.padding_side = "right"
     for b in range(0, len(items), batch_size):
@@ -89,5 +89,5 @@ def trace_probe(model, processor, world: WorldConfig, families=MARKED_FAMILIES, 
                     hits[key][1] += 1
     model.train(was_training)
     model.model.rope_deltas = None
-    tok.padding_side = "left"
+    tok.padding_side = side
     return {k: {"accuracy": c / t, "n": t} for k, (c, t) in sorted(hits.items())}

@@ -45,6 +45,7 @@ class Run:
     metrics: list[dict]
     iterations: dict[int, Iteration]
     problems: list[str]
+    _steps: dict | None = field(default=None, repr=False)
 
     @property
     def config(self) -> dict:
@@ -79,13 +80,19 @@ class Run:
     def info(self, stage: str) -> dict:
         return self.stages.get(stage, {}) if self.done(stage) else {}
 
+    def phases(self, kind: str) -> list[tuple[int, str]]:
+        """(t, "iter<t>/<kind>") for every iteration t >= 1 of the run."""
+        return [(t, f"iter{t}/{kind}") for t in self.iterations if t]
+
     def steps(self, stage: str) -> list[dict]:
         """GRPO step logs of ``stage`` (lines with a reward), one per step: a repeated step keeps its last line."""
-        by_step: dict = {}
-        for r in self.metrics:
-            if r.get("stage") == stage and "reward" in r and "step" in r:
-                by_step[r["step"]] = r
-        return [by_step[s] for s in sorted(by_step)]
+        if self._steps is None:  # one pass over metrics.jsonl for every stage, not one per call
+            by_stage: dict = {}
+            for r in self.metrics:
+                if "reward" in r and "step" in r:
+                    by_stage.setdefault(r.get("stage"), {})[r["step"]] = r
+            self._steps = {st: [rows[k] for k in sorted(rows)] for st, rows in by_stage.items()}
+        return self._steps.get(stage, [])
 
 
 def _read_json(path: Path, problems: list[str], required: bool) -> dict | None:

@@ -297,11 +297,8 @@ def benchmarks(run: Run) -> str:
 
 
 def _series(run: Run, role: str, key: str) -> dict[int, list[tuple[float, float]]]:
-    out = {}
-    for t in run.iterations:
-        if t:
-            out[t] = [(r["step"], r[key]) for r in run.steps(f"iter{t}/{role}") if isinstance(r.get(key), (int, float))]
-    return out
+    return {t: [(r["step"], r[key]) for r in run.steps(stage) if isinstance(r.get(key), (int, float))]
+            for t, stage in run.phases(role)}
 
 
 KL_SPIKE = 5.0  # a step whose KL exceeds this many times its phase's median KL is flagged
@@ -330,10 +327,7 @@ def events(run: Run, role: str) -> list[dict]:
     from statistics import median
 
     out = []
-    for t in run.iterations:
-        if not t:
-            continue
-        stage = f"iter{t}/{role}"
+    for t, stage in run.phases(role):
         steps = run.steps(stage)
         kls = [r["kl"] for r in steps if isinstance(r.get("kl"), (int, float))]
         med = median(kls) if kls else None
@@ -375,10 +369,7 @@ def _curves(run: Run, role: str, spec, alt: str) -> str:
 
 def _step_tables(run: Run, role: str) -> str:
     out = []
-    for t in run.iterations:
-        if not t:
-            continue
-        stage = f"iter{t}/{role}"
+    for t, stage in run.phases(role):
         steps = run.steps(stage)
         info = run.info(stage)
         if not steps:
@@ -459,10 +450,7 @@ LABEL_KEYS = (("n_labeled", "labeled"), ("n_kept", "kept"), ("n_with_truth", "wi
 
 def label_accuracy(run: Run) -> str:
     rows, marks = [], []
-    for t in run.iterations:
-        if not t:
-            continue
-        stage = f"iter{t}/labels"
+    for t, stage in run.phases("labels"):
         info = run.info(stage)
         if info:
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}'

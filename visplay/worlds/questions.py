@@ -49,10 +49,9 @@ def _marked(objs, match, attrs: tuple[str, ...]) -> str:
     matches, or ``-``: one perception and one comparison per object, both in the loss."""
     parts, tally = [], 0
     for o in objs:
-        if match(o):
-            tally += 1
-        mark = str(tally) if match(o) else "-"
-        parts.append(" ".join([o.cell, *(getattr(o, a) for a in attrs), mark]))
+        hit = match(o)
+        tally += hit
+        parts.append(" ".join([o.cell, *(getattr(o, a) for a in attrs), str(tally) if hit else "-"]))
     return ". ".join(parts) if parts else "none"
 
 
@@ -124,15 +123,7 @@ class Count(Family):
         # may ask them), but with five comparison kinds the from-scratch model had not learned the
         # comparison at a quarter of its schedule (0.60, docs/experiments.md session 6); and no
         # "all objects": its answer is the scene's level itself, a pure length test.
-        kind = "colour"
-        p = {"size": None, "colour": None, "shape": None}
-        if kind in ("colour", "colour_shape"):
-            p["colour"] = rng.choice(list(COLOURS))
-        if kind in ("shape", "colour_shape"):
-            p["shape"] = rng.choice(SHAPES)
-        if kind == "size":
-            p["size"] = rng.choice(SIZES)
-        return p
+        return {"size": None, "colour": rng.choice(list(COLOURS)), "shape": None}
 
     def text(self, p):
         words = [w for w in (p["size"], p["colour"]) if w] + [f"{p['shape']}s" if p["shape"] else "objects"]
@@ -150,7 +141,8 @@ class Count(Family):
 
     def think(self, scene, p, rng):
         attrs = tuple(a for a in ("size", "colour", "shape") if p[a]) or ("colour",)
-        return _marked(scene.objects, lambda o: _match(o, p["colour"], p["shape"], p["size"]), attrs)
+        hits = set(self.matches(scene, p))
+        return _marked(scene.objects, hits.__contains__, attrs)
 
 
 class Sum(Family):
