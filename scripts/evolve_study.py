@@ -14,6 +14,7 @@ Run: `python scripts/evolve_study.py --root runs/study --seeds 0 1 2 [--variants
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -90,10 +91,9 @@ def score(model: Path, cache: Path, cfg, n: int, seed: int) -> list[dict]:
 
     if cache.exists():
         return pq.read_table(cache).to_pylist()
-    e = cfg.evolve.eval
+    settings = dataclasses.replace(cfg.eval, n=n, seed=seed)
     with open_sampler(cfg.sampler, model, cfg.dtype) as sampler:
-        res = evaluate_world(sampler, cfg.world, e.split, n, 0, max_new_tokens=e.max_new_tokens, seed=seed,
-                             families=e.families, labelled_levels=cfg.labelled_levels)
+        res = evaluate_world(sampler, cfg.world, settings, labelled_levels=cfg.labelled_levels, greedy_only=True)
     rows = [{k: r[k] for k in ("id", "level", "family", "question", "truth", "greedy_answer", "greedy_correct")}
             for r in res.rows]
     atomic_write_parquet(cache, rows)

@@ -60,10 +60,10 @@ def fast_overrides(model: str = "tiny") -> list[str]:
         "evolve.band_high=1", "evolve.questioner.steps=2", "evolve.questioner.save_steps=1",
         "evolve.questioner.prompts_per_step=2", "evolve.questioner.num_generations=2",
         "evolve.reasoner.steps=2", "evolve.reasoner.save_steps=1", "evolve.reasoner.prompts_per_step=2",
-        "evolve.reasoner.num_generations=2", "evolve.eval.n=24", "evolve.eval.k=2", "evolve.report_to=[]",
+        "evolve.reasoner.num_generations=2", "eval.n=24", "eval.k=2", "evolve.report_to=[]",
         "evolve.grader_workers=1", "evolve.grader_timeout=5", "evolve.max_new_tokens=32",
         "evolve.questioner.max_completion_length=32", "evolve.reasoner.max_completion_length=32",
-        "evolve.eval.max_new_tokens=32",
+        "eval.max_new_tokens=32",
     ]
 
 

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from visplay.eval.benchmarks import PAPER_BENCHMARKS, resolve_benchmarks
-from visplay.eval.run import EvalSettings, evaluate_benchmarks
+from visplay.config import BenchConfig
+from visplay.eval.run import evaluate_benchmarks
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_benchmark_fixtures.py"
 N = 4
@@ -111,7 +112,7 @@ def test_an_oracle_scores_every_reference(data_dir, tmp_path):
         def generate(self, prompts, params):
             return [[f"<think>look</think> \\boxed{{{truth[p.images[0].convert('RGB').tobytes()]}}}"] for p in prompts]
 
-    settings = EvalSettings(max_new_tokens=8, batch_size=8, min_pixels=19600, max_pixels=19600, grader_workers=0)
+    settings = BenchConfig(max_new_tokens=8, batch_size=8, min_pixels=19600, max_pixels=19600, grader_workers=0)
     result = evaluate_benchmarks(benches, data_dir, tmp_path / "run", Oracle(), settings, model_id="oracle")
     assert {n: s["accuracy"] for n, s in result.summary["benchmarks"].items()} == {n: 1.0 for n in PAPER_BENCHMARKS}
 

@@ -9,7 +9,6 @@ Run: `pytest -q tests/test_benchmarks.py`.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -23,17 +22,12 @@ from visplay.eval.benchmarks import Benchmark, BenchmarkError, resolve_benchmark
 from visplay.answers import extract as extract_answer
 from visplay.answers import grade
 from visplay.answers.grading import grade_free, grade_number, grade_option, grade_yesno
-from visplay.eval.run import (
-    EvalError,
-    EvalSettings,
-    add_benchmark_args,
-    compare_runs,
-    evaluate_benchmarks,
-    run_benchmark_eval,
-)
+from visplay.cli import main
+from visplay.config import BenchConfig
+from visplay.eval.run import EvalError, compare_runs, evaluate_benchmarks
 from visplay.worlds.scene import make_scene
 
-FAST = EvalSettings(max_new_tokens=8, batch_size=4, min_pixels=None, max_pixels=None, grader_workers=0)
+FAST = BenchConfig(max_new_tokens=8, batch_size=4, min_pixels=None, max_pixels=None, grader_workers=0)
 
 
 def _png(index: int) -> bytes:
@@ -318,7 +312,7 @@ def test_two_runs_give_identical_tables(data_dir, completions, tmp_path):
 
 def test_resume_generates_only_what_is_missing(data_dir, completions, tmp_path):
     benches = resolve_benchmarks("mm-vet,hallusionbench")
-    settings = EvalSettings(max_new_tokens=8, batch_size=1, min_pixels=None, max_pixels=None, grader_workers=0)
+    settings = BenchConfig(max_new_tokens=8, batch_size=1, min_pixels=None, max_pixels=None, grader_workers=0)
     crashing = FakeSampler(completions, fail_on="Is the image upside down?")  # the 4th item crashes the run
     with pytest.raises(RuntimeError, match="boom"):
         evaluate_benchmarks(benches, data_dir, tmp_path / "run", crashing, settings, model_id="fake")
@@ -386,30 +380,21 @@ def test_world_entry_in_the_same_table(tmp_path):
 # ---------------------------------------------------------------- the CLI hooks
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model")
-    parser.add_argument("--out")
-    parser.add_argument("--n", type=int)
-    add_benchmark_args(parser)
-    return parser
-
-
 def test_cli_path_on_the_micro_model(micro_model_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    args = _parser().parse_args(["--model", str(micro_model_dir), "--benchmarks", "hallusionbench,world", "--n", "2",
-                                 "--data-dir", str(data_dir), "--out", str(out), "--max-new-tokens", "4",
-                                 "--min-pixels", "3136", "--max-pixels", "50176", "--grader-workers", "0"])
-    assert run_benchmark_eval(args) == 0
+    argv = ["eval", "--model", str(micro_model_dir), "--benchmarks", "hallusionbench,world", "--n", "2",
+            "--data-dir", str(data_dir), "--out", str(out), "--max-new-tokens", "4",
+            "--min-pixels", "3136", "--max-pixels", "50176", "--grader-workers", "0"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| rule-based |" in printed and "HallusionBench" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["benchmarks"]["world"]["n_items"] == 2 and summary["benchmarks"]["hallusionbench"]["n_scored"] == 2
     # a rerun finds every completion cached: no model load, same table
-    assert run_benchmark_eval(args) == 0
+    assert main(argv) == 0
     assert "to generate" not in capsys.readouterr().err
 
-    assert run_benchmark_eval(_parser().parse_args(["--compare", str(out), str(out)])) == 0
+    assert main(["eval", "--compare", str(out), str(out)]) == 0
     table = capsys.readouterr().out
     assert table.startswith("| run | HallusionBench | World | Average |") and table.count(str(out)) == 2
 
@@ -426,7 +411,7 @@ def test_cli_errors_are_one_clear_line(micro_model_dir, data_dir, tmp_path, caps
         (["--benchmarks", "mmmu", "--out", str(tmp_path / "o"), "--judge-url", "http://127.0.0.1:9/v1"], "go together"),
     ]
     for argv, message in cases:
-        assert run_benchmark_eval(_parser().parse_args(argv)) == 2, argv
+        assert main(["eval", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
 

@@ -142,7 +142,7 @@ def micro_run(micro_model_dir, tmp_path_factory):
     try:
         run = tmp_path_factory.mktemp("cards") / "run"
         cfg = load_config("tiny", SHORT + [f"model={micro_model_dir}", "evolve.max_new_tokens=8",
-                                           "evolve.questioner.max_completion_length=8", "evolve.eval.max_new_tokens=8",
+                                           "evolve.questioner.max_completion_length=8", "eval.max_new_tokens=8",
                                            "evolve.chunk_size=4"])
         run_evolve(cfg, run, say=print)
     finally:

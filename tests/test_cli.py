@@ -29,7 +29,7 @@ def test_eval_writes_items_and_leaves_model_untouched(micro_model_dir, tmp_path,
     before = _digest(micro_model_dir)
     out = tmp_path / "ev"
     rc = main(["eval", "--model", str(micro_model_dir), "--n", "6", "--k", "3", "--out", str(out),
-               "--set", "eval.max_new_tokens=8"])
+               "--max-new-tokens", "8", "--temperature", "0.5"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "greedy" in text and "maj@k" in text and "ALL" in text
@@ -40,6 +40,8 @@ def test_eval_writes_items_and_leaves_model_untouched(micro_model_dir, tmp_path,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["labelled_levels"] == [1, 2, 3, 4, 5]  # presets/tiny.yaml pretrain.world
     assert sum(v["n"] for v in summary["by_level"].values()) == 6
+    assert summary["meta"]["config"]["eval"] | {"temperature": 0.5, "max_new_tokens": 8, "n": 6, "k": 3} == \
+        summary["meta"]["config"]["eval"]  # the flags are the config keys they name
     assert set(summary["by_level"]) == {str(r["level"]) for r in rows} and "level " in text
     assert _digest(micro_model_dir) == before
 
@@ -51,10 +53,13 @@ def test_eval_writes_items_and_leaves_model_untouched(micro_model_dir, tmp_path,
         (["eval", "--set", "eval.bogus=1"], "unknown key"),
         (["eval", "--preset", "nope"], "not found"),
         (["eval", "--split", "train"], "eval.split"),
-        (["eval", "--temperature", "0.5"], "--temperature applies only with --benchmarks"),
-        (["eval", "--judge-url", "http://127.0.0.1:9/v1", "--limit", "3"], "--limit, --judge-url apply only with"),
-        (["eval", "--benchmarks", "world", "--probe"], "--probe applies only to the world evaluation"),
-        (["eval", "--compare", "a", "b", "--k", "3"], "--k applies only to the world evaluation"),
+        (["eval", "--sampling-seed", "3"], "--sampling-seed does not apply: without --benchmarks"),
+        (["eval", "--judge-url", "http://127.0.0.1:9/v1", "--limit", "3"], "--limit, --judge-url do not apply"),
+        (["eval", "--benchmarks", "world", "--probe"], "--probe does not apply: with --benchmarks"),
+        (["eval", "--benchmarks", "world", "--k", "3"], "--k does not apply: with --benchmarks"),
+        (["eval", "--compare", "a", "b", "--k", "3"], "--k, --out do not apply: --compare prints"),
+        (["eval", "--metric", "rule"], "--metric applies only with --compare"),
+        (["eval", "--set", "sampler.backend=openai"], "backend openai needs sampler.url"),
     ],
 )
 def test_input_errors_exit_2_with_a_clear_message(argv, match, capsys, tmp_path):
@@ -90,11 +95,12 @@ def test_version_and_config_alias(capsys, tmp_path):
 
 def test_console_levels_from_evolve_flags(monkeypatch):
     """--quiet turns every bar off, --verbose keeps the per-step dicts; the two exclude each other."""
-    from visplay import cli, console
+    from visplay import console
+    from visplay.cli import evolve
 
     seen = []
     monkeypatch.setattr(console, "_level", "normal")
-    monkeypatch.setattr(cli, "_config", lambda args, extra: seen.append(console.level()) or (_ for _ in ()).throw(
+    monkeypatch.setattr(evolve, "config", lambda args, extra: seen.append(console.level()) or (_ for _ in ()).throw(
         ValueError("stop here")))
     for flags, level in (([], "normal"), (["--quiet"], "quiet"), (["--verbose"], "verbose")):
         assert main(["evolve", "--dry-run", *flags]) == 2

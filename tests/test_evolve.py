@@ -22,14 +22,14 @@ SHORT = [
     "evolve.questioner.num_generations=2", "evolve.questioner_images=4", "evolve.images_per_iteration=12",
     "evolve.reward_samples=3", "evolve.label_samples=4", "evolve.band_low=0", "evolve.band_high=1",
     "evolve.reasoner.steps=2", "evolve.reasoner.prompts_per_step=2", "evolve.reasoner.num_generations=2",
-    "evolve.eval.n=6", "evolve.eval.k=2", "evolve.report_to=[]", "evolve.grader_workers=0",
+    "eval.n=6", "eval.k=2", "evolve.report_to=[]", "evolve.grader_workers=0",
 ]
 STAGES = ["iter0/eval", "iter1/questioner", "iter1/questions", "iter1/labels", "iter1/reasoner", "iter1/eval"]
 
 
 def test_micro_loop_manifest_resume_and_lock(micro_model_dir, tmp_path):
     cfg = load_config("tiny", SHORT + [f"model={micro_model_dir}", "evolve.max_new_tokens=8",
-                                       "evolve.questioner.max_completion_length=8", "evolve.eval.max_new_tokens=8"])
+                                       "evolve.questioner.max_completion_length=8", "eval.max_new_tokens=8"])
     run = tmp_path / "run"
     said: list[str] = []
     results = run_evolve(cfg, run, say=said.append)

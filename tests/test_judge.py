@@ -22,14 +22,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from visplay.eval.benchmarks import resolve_benchmarks
-from visplay.eval.judge import JudgeClient, JudgeConfig, JudgeError, fill_prompt, load_prompt, parse_verdict
-from visplay.eval.run import EvalSettings, evaluate_benchmarks
+from visplay.config import ConfigError, JudgeConfig
+from visplay.eval.judge import JudgeClient, JudgeError, fill_prompt, load_prompt, parse_verdict
+from visplay.config import BenchConfig
+from visplay.eval.run import evaluate_benchmarks
 from visplay.eval.store import AppendLog
 from visplay.worlds.scene import make_scene
 
 MODEL = "judge-test"
 SECRET = "sk-test-DO-NOT-LEAK-5f3a9c"
-FAST = EvalSettings(max_new_tokens=8, batch_size=8, min_pixels=None, max_pixels=None, grader_workers=0)
+FAST = BenchConfig(max_new_tokens=8, batch_size=8, min_pixels=None, max_pixels=None, grader_workers=0)
 MAX_REQUESTS = 40  # every test stays far below this; the server refuses beyond it
 
 
@@ -171,10 +173,14 @@ def test_prompt_fill_and_verdict_parsing():
     assert "Q {reference}?" in filled and "\\frac{1}{2}" in filled and filled.count("{candidate}") == 1
     assert parse_verdict("The answers differ. INCORRECT") is False and parse_verdict("correct") is True
     assert parse_verdict("") is None and parse_verdict(None) is None
-    with pytest.raises(JudgeError, match="credentials"):
+    with pytest.raises(ConfigError, match="credentials"):
         JudgeConfig(url="http://user:pw@host/v1", model="m")
-    with pytest.raises(JudgeError, match="judge-model"):
+    with pytest.raises(ConfigError, match="go together"):
         JudgeConfig(url="http://host/v1", model="")
+    with pytest.raises(ConfigError, match="go together"):
+        JudgeConfig(model="m")
+    with pytest.raises(JudgeError, match="the judge is off"):
+        JudgeClient(JudgeConfig(), "unused.jsonl")
 
 
 def test_asks_once_per_distinct_triple_at_temperature_zero_and_caches(server_factory, tmp_path):

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from visplay.config import ConfigError, load_config
+from visplay.config import ConfigError, EvalConfig, load_config
 from visplay.eval.probe import _walk_spans, trace_probe
 from visplay.eval.world import evaluate_world, level_groups, paired
 from visplay.evolve.loop import stop_signal
@@ -78,7 +78,8 @@ def test_eval_reports_by_level_and_labelled_levels():
 
     w = WorldConfig(min_objects=1, max_objects=6)
     items = eval_items("heldout", 60, w, MARKED_FAMILIES, 0)
-    res = evaluate_world(LadderOracle(items, 4), w, n=60, k=2, families=MARKED_FAMILIES, labelled_levels=(1, 2, 3, 4))
+    res = evaluate_world(LadderOracle(items, 4), w, EvalConfig(n=60, k=2, families=MARKED_FAMILIES),
+                         labelled_levels=(1, 2, 3, 4))
     by = res.summary["by_level"]
     assert res.summary["labelled_levels"] == [1, 2, 3, 4]
     assert sorted(by, key=int) == [str(v) for v in sorted({s.level for s, _ in items})]

@@ -28,8 +28,8 @@ MICRO_RUN = [
     "evolve.iterations=1", "evolve.questioner.steps=1", "evolve.questioner.prompts_per_step=2",
     "evolve.questioner.num_generations=2", "evolve.questioner_images=2", "evolve.images_per_iteration=6",
     "evolve.chunk_size=2", "evolve.reward_samples=2", "evolve.label_samples=2", "evolve.reasoner.steps=1",
-    "evolve.eval.n=2", "evolve.eval.k=2", "evolve.report_to=[]", "evolve.grader_workers=0",
-    "evolve.max_new_tokens=4", "evolve.questioner.max_completion_length=4", "evolve.eval.max_new_tokens=4",
+    "eval.n=2", "eval.k=2", "evolve.report_to=[]", "evolve.grader_workers=0",
+    "evolve.max_new_tokens=4", "evolve.questioner.max_completion_length=4", "eval.max_new_tokens=4",
 ]
 
 

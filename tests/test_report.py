@@ -12,7 +12,6 @@ Run: `pytest -q tests/test_report.py` (about 15 s of CPU; install chromium with
 
 from __future__ import annotations
 
-import argparse
 import base64
 import doctest
 import io
@@ -29,7 +28,8 @@ import pytest
 from PIL import Image
 
 from visplay.evolve.rundir import RunDir
-from visplay.report import add_report_parser, write_report
+from visplay.cli import main
+from visplay.report import write_report
 import visplay.report.data
 from visplay.report.data import load_run
 from synthetic import make_synthetic_run
@@ -323,13 +323,9 @@ def test_doctests():
 
 def test_cli_parser(crashed, tmp_path, capsys):
     run, _ = crashed
-    parser = argparse.ArgumentParser(prog="visplay")
-    add_report_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "x.html")])
-    assert args.func(args) == 0 and (tmp_path / "x.html").is_file()
+    assert main(["report", str(run), "--out", str(tmp_path / "x.html")]) == 0 and (tmp_path / "x.html").is_file()
     assert str(tmp_path / "x.html") in capsys.readouterr().out
-    args = parser.parse_args(["report", str(tmp_path / "nowhere")])
-    assert args.func(args) == 2
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert not (tmp_path / "nowhere").exists()
 

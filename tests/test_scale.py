@@ -94,8 +94,12 @@ def test_downscaled_arch_builds_a_runnable_model():
       "num_attention_heads: 2, num_key_value_heads: 1, mrope_section: [4, 6, 6], colour: red}}"], "unknown key.*colour"),
     (["evolve.questioner.prompts_per_rollout=6"], r"evolve.questioner: prompts_per_rollout \(6\) must be a multiple"),
     (["evolve.reasoner.vllm_mode=remote"], "evolve.reasoner: vllm_mode must be one of"),
-    (["sampler.launch='vllm serve {model}'"], "sampler.launch needs sampler.url"),
-    (["sampler.url=localhost:8000"], "sampler.url must be an http"),
+    (["sampler.launch='vllm serve {model}'"], "are for sampler.backend openai or vllm"),
+    (["sampler.url=http://127.0.0.1:8000/v1"], "are for sampler.backend openai or vllm"),
+    (["sampler.backend=openai"], "backend openai needs sampler.url"),
+    (["sampler.backend=sglang"], "sampler.backend must be one of"),
+    (["sampler.backend=openai", "sampler.url=localhost:8000"], "sampler.url must be an http"),
+    (["sampler.backend=vllm", "sampler.launch='vllm serve --port {port}'"], "needs a {model} placeholder"),
     (["hardware.strategy=zero4"], "hardware.strategy"),
     (["evolve.max_pixels=10", "evolve.min_pixels=20"], "min_pixels"),
     (["dtype=float8"], "dtype must be one of"),
@@ -192,7 +196,7 @@ def test_plan_numbers(tmp_path):
     assert z2["weights"] == 2 * p and z2["optimizer"] == pytest.approx(12 * p / 8) and z2["reference"] == 2 * p
     ddp = memory_per_gpu(plan["params"], p, 8, "ddp", kl=False)
     assert ddp["total"] == 16 * p and ddp["reference"] == 0
-    sampled = load_config("tiny", ["sampler.url=http://127.0.0.1:9/v1"])
+    sampled = load_config("tiny", ["sampler.backend=openai", "sampler.url=http://127.0.0.1:9/v1"])
     assert "OpenAI-compatible server http://127.0.0.1:9/v1 (already running)" in \
         __import__("visplay.plan", fromlist=["format_plan"]).format_plan(sampled, build_plan(sampled))
 
@@ -349,7 +353,7 @@ def test_short_loop_on_an_image_folder(micro_model_dir, tmp_path):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated jpeg")
     cfg = load_config("tiny", SHORT + [f"model={micro_model_dir}", f"evolve.source=folder:{folder}",
                                        "evolve.min_pixels=10000", "evolve.max_pixels=20000", "evolve.max_new_tokens=8",
-                                       "evolve.questioner.max_completion_length=8", "evolve.eval.max_new_tokens=8"])
+                                       "evolve.questioner.max_completion_length=8", "eval.max_new_tokens=8"])
     run = tmp_path / "run"
     run_evolve(cfg, run, say=print)
     m = json.loads((run / "manifest.json").read_text())["stages"]

@@ -8,13 +8,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visplay.eval.selftrain import SelfTrainProbe, finetune, majority_chains
+from visplay.config import ConfigError, EvalConfig, SelfTrainConfig
+from visplay.eval.selftrain import finetune, majority_chains
 from visplay.eval.world import eval_items
 from visplay.roles.prompts import reasoner_messages
 from visplay.worlds.questions import FAMILIES
 from visplay.worlds.scene import WorldConfig
 
 WORLD = WorldConfig(min_objects=1, max_objects=4)
+SETTINGS = EvalConfig(families=tuple(FAMILIES))
 
 
 class Scripted:
@@ -29,11 +31,11 @@ class Scripted:
 
 
 def test_majority_chains_keep_only_agreeing_questions_and_chains():
-    probe = SelfTrainProbe(n=6, k=4, min_agreement=0.5)
+    probe = SelfTrainConfig(n=6, k=4, min_agreement=0.5)
     truths = [q.answer for _, q in eval_items("unlabeled", 6, WORLD, tuple(FAMILIES), 0)]
     # even questions: 3 of 4 say the truth; odd: 4 different answers (agreement 0.25 -> dropped)
     rows, stats = majority_chains(Scripted(lambda i: [truths[i]] * 3 + ["zz"] if i % 2 == 0 else ["w", "x", "y", "zz"]),
-                                  WORLD, probe, tuple(FAMILIES))
+                                  WORLD, probe, SETTINGS)
     assert stats == {"questions": 6, "kept": 3, "label_accuracy": 1.0}
     for row, i in zip(rows, (0, 2, 4)):
         assert row["target"].endswith(f"\\boxed{{{truths[i]}}}")  # a chain that reaches the majority
@@ -41,10 +43,10 @@ def test_majority_chains_keep_only_agreeing_questions_and_chains():
 
 
 def test_majority_chains_count_wrong_labels_and_skip_unformatted():
-    probe = SelfTrainProbe(n=4, k=4, min_agreement=0.75)
-    rows, stats = majority_chains(Scripted(lambda i: ["999"] * 3 + [None]), WORLD, probe, tuple(FAMILIES))
+    probe = SelfTrainConfig(n=4, k=4, min_agreement=0.75)
+    rows, stats = majority_chains(Scripted(lambda i: ["999"] * 3 + [None]), WORLD, probe, SETTINGS)
     assert stats["kept"] == 4 and stats["label_accuracy"] == 0.0  # a confident wrong label is counted as wrong
-    rows, stats = majority_chains(Scripted(lambda i: [None] * 4), WORLD, probe, tuple(FAMILIES))
+    rows, stats = majority_chains(Scripted(lambda i: [None] * 4), WORLD, probe, SETTINGS)
     assert rows == [] and stats["kept"] == 0
 
 
@@ -56,7 +58,7 @@ def test_finetune_changes_weights_and_saves_a_loadable_model(micro_model_dir, tm
     items = eval_items("unlabeled", 4, WORLD, tuple(FAMILIES), 0)
     rows = [{"messages": reasoner_messages(q.text),
              "target": q.target, "image": s.render()} for s, q in items]
-    finetune(model, processor, rows, SelfTrainProbe(epochs=1, batch_size=2, lr=1e-2), tmp_path)
+    finetune(model, processor, rows, SelfTrainConfig(epochs=1, batch_size=2, lr=1e-2), tmp_path)
     changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert changed
     reloaded, _ = load_model(tmp_path / "model")
@@ -64,7 +66,7 @@ def test_finetune_changes_weights_and_saves_a_loadable_model(micro_model_dir, tm
 
 
 def test_probe_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="min_agreement"):
-        SelfTrainProbe(min_agreement=0)
-    with pytest.raises(ValueError, match=">= 1"):
-        SelfTrainProbe(k=0)
+    with pytest.raises(ConfigError, match="min_agreement"):
+        SelfTrainConfig(min_agreement=0)
+    with pytest.raises(ConfigError, match=">= 1"):
+        SelfTrainConfig(k=0)

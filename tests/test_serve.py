@@ -157,7 +157,7 @@ def test_eval_through_a_server_matches_in_process(served, micro_model_dir, tmp_p
 
 
 def test_launch_command_quotes_placeholders(tmp_path):
-    cfg = SamplerConfig(url="http://127.0.0.1:8123/v1", launch="vllm serve {model} --port {port} --host {host}")
+    cfg = SamplerConfig(backend="openai", url="http://127.0.0.1:8123/v1", launch="vllm serve {model} --port {port} --host {host}")
     assert launch_command(cfg, tmp_path / "my model") == f"vllm serve '{tmp_path}/my model' --port 8123 --host 127.0.0.1"
     with pytest.raises(SamplerError, match="unknown placeholder"):
         launch_command(replace(cfg, launch="x {model} {gpu}"), tmp_path)
@@ -165,7 +165,7 @@ def test_launch_command_quotes_placeholders(tmp_path):
 
 def test_launched_server_serves_the_stage_model_and_is_stopped(micro_model_dir, tmp_path):
     port = free_port()
-    cfg = SamplerConfig(url=f"http://127.0.0.1:{port}/v1", launch="{python} -m visplay.cli serve --model {model} --port {port}",
+    cfg = SamplerConfig(backend="openai", url=f"http://127.0.0.1:{port}/v1", launch="{python} -m visplay.cli serve --model {model} --port {port}",
                         startup_timeout=300, retries=1, backoff=0.01)
     log = tmp_path / "server.log"
     with open_sampler(cfg, micro_model_dir, log_path=log) as sampler:
@@ -178,11 +178,41 @@ def test_launched_server_serves_the_stage_model_and_is_stopped(micro_model_dir, 
 
 
 def test_launched_server_that_dies_is_a_clear_error(micro_model_dir, tmp_path):
-    cfg = SamplerConfig(url=f"http://127.0.0.1:{free_port()}/v1",
+    cfg = SamplerConfig(backend="openai", url=f"http://127.0.0.1:{free_port()}/v1",
                         launch="{python} -c 'import sys; print(\"no GPU here\"); sys.exit(3)' {model}")
     with pytest.raises(SamplerError, match=r"exited with status 3.*no GPU here"):
         with open_sampler(cfg, micro_model_dir, log_path=tmp_path / "s.log"):
             pass
+
+
+def test_vllm_backend_launches_vllm_serve_for_benchmark_eval(micro_model_dir, tmp_path, monkeypatch, capsys):
+    """backend vllm = `vllm serve {model} --host {host} --port {port}` per stage (here a stand-in
+    `vllm` on PATH that starts `visplay serve` with the same arguments), and `visplay eval
+    --benchmarks` samples through it: the benchmark path opens its sampler through the factory."""
+    import os
+    import stat
+    import sys
+
+    from visplay.cli import main
+
+    fake = tmp_path / "bin" / "vllm"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\n[ "$1" = serve ] || exit 9\nshift\nmodel="$1"; shift\n'
+                    f'echo "vllm stand-in: $model $*"\nexec {sys.executable} -m visplay.cli serve --model "$model" "$@"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    port = free_port()
+    out = tmp_path / "bench"
+    argv = ["eval", "--model", str(micro_model_dir), "--benchmarks", "world", "--n", "3", "--out", str(out),
+            "--max-new-tokens", "4", "--set", "sampler.backend=vllm", "--set", f"sampler.url=http://127.0.0.1:{port}/v1",
+            "--set", "sampler.startup_timeout=300"]
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmarks"]["world"]["n_scored"] == 3
+    log = (out / "sampler.server.log").read_text()
+    assert f"vllm stand-in: {micro_model_dir} --host 127.0.0.1 --port {port}" in log and "serving" in log
+    with pytest.raises(SamplerError, match="unreachable"):  # the launched server stopped with the evaluation
+        OpenAISampler(f"http://127.0.0.1:{port}/v1", retries=0, timeout=2).models()
 
 
 @pytest.mark.slow
@@ -194,8 +224,8 @@ def test_short_loop_samples_through_launched_servers(micro_model_dir, tmp_path):
 
     port = free_port()
     cfg = load_config("tiny", SHORT + [f"model={micro_model_dir}", "evolve.max_new_tokens=8",
-                                       "evolve.questioner.max_completion_length=8", "evolve.eval.max_new_tokens=8",
-                                       f"sampler.url=http://127.0.0.1:{port}/v1", "sampler.startup_timeout=300",
+                                       "evolve.questioner.max_completion_length=8", "eval.max_new_tokens=8",
+                                       "sampler.backend=openai", f"sampler.url=http://127.0.0.1:{port}/v1", "sampler.startup_timeout=300",
                                        "sampler.launch='{python} -m visplay.cli serve --model {model} --port {port}'"])
     run = tmp_path / "run"
     run_evolve(cfg, run, say=print)

@@ -89,7 +89,7 @@ def test_loop_with_shard_workers_and_a_launched_grpo_worker(micro_model_dir, tmp
     from visplay.models import PHASE_RECORD, load_model
 
     over = SHORT + [f"model={micro_model_dir}", "evolve.max_new_tokens=8", "evolve.questioner.max_completion_length=8",
-                    "evolve.reasoner.max_completion_length=8", "evolve.eval.max_new_tokens=8",
+                    "evolve.reasoner.max_completion_length=8", "eval.max_new_tokens=8",
                     "evolve.chunk_size=4", "hardware.generation_shards=2", "hardware.launcher='{python}'"]
     run = tmp_path / "run"
     run_evolve(load_config("tiny", over), run, say=print)

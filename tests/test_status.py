@@ -8,7 +8,6 @@ Run: `pytest -q tests/test_status.py` (a few seconds).
 
 from __future__ import annotations
 
-import argparse
 import doctest
 import json
 import subprocess
@@ -21,7 +20,6 @@ from visplay.evolve.rundir import RunDir, RunError
 from synthetic import make_synthetic_run
 from visplay.status import (
     StatusError,
-    add_status_parser,
     expected_stages,
     last_metrics,
     lock_state,
@@ -127,12 +125,10 @@ def test_stage_order_and_errors(tmp_path, crashed, capsys):
     (tmp_path / "bad" / "manifest.json").write_text("{")
     with pytest.raises(StatusError, match="unreadable"):
         status_text(tmp_path / "bad")
-    parser = argparse.ArgumentParser(prog="visplay")
-    add_status_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["status", str(crashed)])
-    assert args.func(args) == 0 and "stopped before iter2/labels" in capsys.readouterr().out
-    args = parser.parse_args(["status", str(tmp_path / "empty")])
-    assert args.func(args) == 2 and "not a run directory" in capsys.readouterr().err
+    from visplay.cli import main
+
+    assert main(["status", str(crashed)]) == 0 and "stopped before iter2/labels" in capsys.readouterr().out
+    assert main(["status", str(tmp_path / "empty")]) == 2 and "not a run directory" in capsys.readouterr().err
     assert not (tmp_path / "empty").exists()
 
 

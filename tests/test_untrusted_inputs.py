@@ -25,19 +25,21 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import re
+
 import pytest
 from test_reliability import MICRO_RUN, _sets
 
 from visplay.cli import main
-from visplay.config import Config, ConfigError, from_dict, load_config
+from visplay.config import ConfigError, config_from_manifest, load_config
 from visplay.data import sources
 from visplay.data.images import image_id
 from visplay.data.sources import FolderSource, ParquetSource
-from visplay.eval.judge import JudgeClient, JudgeConfig, JudgeError
+from visplay.config import JudgeConfig
+from visplay.eval.judge import JudgeClient, JudgeError
 from visplay.evolve.loop import run_evolve
 from visplay.evolve.preflight import preflight
 from visplay.evolve.rundir import RunDir
-from visplay.sampling.base import Prompt, SamplingParams
 from visplay.sampling.hf import TransformersSampler
 from visplay.sampling.server import BACKLOG, Limits, SamplerServer
 from visplay.status import status_text
@@ -170,7 +172,7 @@ def test_deleted_or_damaged_output_is_rerun_on_resume(finished_run, tmp_path):
     assert "iter1/questions must run again: iter1/questions.parquet is missing" in text
     assert "redo     iter1/labels" in text and "--resume runs it again" in text
     said: list[str] = []
-    cfg = from_dict(Config, RunDir(root).manifest()["config"])
+    cfg = config_from_manifest(RunDir(root).manifest()["config"])
     run_evolve(cfg, root, resume=True, say=said.append)
     assert "iter1/questions: marked done but iter1/questions.parquet is missing; running it again" in said
     assert any(s.startswith("iter1/labels: marked done but iter1/labels.parquet has") for s in said)
@@ -197,14 +199,15 @@ def test_a_moved_run_resumes_with_its_own_models(finished_run, tmp_path):
 
 
 BAD_VALUES = ["evolve.chunk_size=0", "evolve.chunk_size=-1", "evolve.grader_timeout=-1", "evolve.max_new_tokens=-1",
-              "evolve.temperature=-1", "evolve.top_k=-5", "eval.max_new_tokens=-1", "evolve.eval.temperature=-1",
-              "evolve.reasoner.lr=-1", "sampler.startup_timeout=0", "evolve.grader_timeout=.nan"]
+              "evolve.temperature=-1", "evolve.top_k=-5", "eval.max_new_tokens=-1", "eval.temperature=-1",
+              "bench.temperature=-1", "bench.top_p=0", "bench.seed=-1", "evolve.reasoner.lr=-1",
+              "sampler.startup_timeout=0", "evolve.grader_timeout=.nan"]
 
 
 @pytest.mark.parametrize("override", BAD_VALUES)
 def test_bad_config_values_are_refused_at_load_naming_the_key(override):
-    key = override.split("=")[0].split(".")[-1]
-    with pytest.raises(ConfigError, match=rf"{key} must be"):
+    section, key = override.split("=")[0].rsplit(".", 1)  # named as evolve.top_k or evolve.reasoner: lr
+    with pytest.raises(ConfigError, match=rf"{re.escape(section)}(\.|: ){key} must be"):
         load_config("tiny", [override])
 
 
@@ -288,13 +291,13 @@ def test_serve_bearer_token_backlog_and_non_loopback_warning(micro, caplog):
 
         os.environ["VISPLAY_TEST_SERVE_KEY"] = "s3cret"
         try:
-            assert client(SamplerConfig(url=server.url, api_key_env="VISPLAY_TEST_SERVE_KEY")).models() == ["micro"]
+            assert client(SamplerConfig(backend="openai", url=server.url, api_key_env="VISPLAY_TEST_SERVE_KEY")).models() == ["micro"]
             with pytest.raises(SamplerError, match="401"):
-                client(SamplerConfig(url=server.url, retries=0)).models()
+                client(SamplerConfig(backend="openai", url=server.url, retries=0)).models()
         finally:
             del os.environ["VISPLAY_TEST_SERVE_KEY"]
         with pytest.raises(SamplerError, match="VISPLAY_TEST_SERVE_KEY: that environment variable is not set"):
-            client(SamplerConfig(url=server.url, api_key_env="VISPLAY_TEST_SERVE_KEY"))
+            client(SamplerConfig(backend="openai", url=server.url, api_key_env="VISPLAY_TEST_SERVE_KEY"))
     caplog.set_level(logging.WARNING)
     server = SamplerServer(TransformersSampler(*micro), "micro", host="0.0.0.0")
     try:

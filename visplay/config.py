@@ -9,7 +9,9 @@ Test: `pytest tests/test_config.py tests/test_scale.py`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import types
 import typing
 import urllib.parse
@@ -20,6 +22,8 @@ from typing import Any
 import yaml
 
 from visplay.data.images import check_pixel_range
+from visplay.sampling.base import SamplingParams
+from visplay.sampling.openai import display_url
 from visplay.tiny.pretrain import PretrainConfig
 from visplay.worlds.questions import FAMILIES, check_families
 from visplay.worlds.scene import SPLITS, WorldConfig
@@ -35,30 +39,156 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class EvalConfig:
-    """World evaluation: greedy, maj@k and pass@k on scenes of ``split`` never used in training."""
+class Sampling:
+    """The sampling knobs of a section that generates outside GRPO (world eval, benchmarks, the
+    loop's questions and labels): one set of names and one validation for all of them."""
 
+    SECTION: typing.ClassVar[str] = "sampling"  # the section's name in the config tree, for errors
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 40  # 0 = off
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key, value, ok, need in (("temperature", self.temperature, self.temperature >= 0, ">= 0 (0 = greedy)"),
+                                     ("top_k", self.top_k, self.top_k >= 0, ">= 0 (0 = off)"),
+                                     ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
+                                     ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
+                                     ("seed", self.seed, 0 <= self.seed < 2**31, "in [0, 2**31)")):
+            if not ok:  # NaN fails every comparison, so it is refused too
+                raise ConfigError(f"{self.SECTION}.{key} must be {need}, got {value}")
+
+    def params(self, n: int = 1, **changes: Any) -> SamplingParams:
+        """These knobs as the `Sampler` interface's parameters (``changes`` e.g. temperature=0 for greedy)."""
+        knobs = {k: getattr(self, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens", "seed")}
+        return SamplingParams(n=n, **{**knobs, **changes})
+
+
+@dataclass
+class EvalConfig(Sampling):
+    """World evaluation (`visplay eval` and the loop's eval stage): greedy, maj@k and pass@k on
+    scenes of ``split`` never used in training."""
+
+    SECTION = "eval"
     split: str = "heldout"
     n: int = 500
     k: int = 10
-    temperature: float = 1.0
-    top_k: int = 40
-    max_new_tokens: int = 48
-    seed: int = 0
     families: tuple[str, ...] = tuple(FAMILIES)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.split not in SPLITS or self.split == "train":
             raise ConfigError(f"eval.split must be one of {[s for s in SPLITS if s != 'train']}, got {self.split!r}")
         if self.n < 1 or self.k < 1:
             raise ConfigError(f"eval.n and eval.k must be >= 1, got n={self.n}, k={self.k}")
-        for key, value, ok, need in (("temperature", self.temperature, self.temperature >= 0, ">= 0 (0 = greedy)"),
-                                     ("top_k", self.top_k, self.top_k >= 0, ">= 0 (0 = off)"),
-                                     ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
-                                     ("seed", self.seed, 0 <= self.seed < 2**31, "in [0, 2**31)")):
-            if not ok:  # NaN fails every comparison, so it is refused too
-                raise ConfigError(f"eval.{key} must be {need}, got {value}")
         check_families(self.families)
+
+
+#: The reference evaluation's data.min_pixels / max_pixels (benchmark images are resized into it).
+PAPER_MIN_PIXELS = 262_144
+PAPER_MAX_PIXELS = 4_194_304
+
+
+@dataclass
+class BenchConfig(Sampling):
+    """Benchmark evaluation (`visplay eval --benchmarks`): greedy and seeded by default."""
+
+    SECTION = "bench"
+    temperature: float = 0.0
+    top_k: int = 0
+    max_new_tokens: int = 2048
+    batch_size: int = 16  # items per generate() call (one GPU batch); completions are saved after each
+    limit: int | None = None  # first N items of every benchmark (smoke runs)
+    min_pixels: int | None = PAPER_MIN_PIXELS
+    max_pixels: int | None = PAPER_MAX_PIXELS
+    grader_timeout: float = 10.0  # seconds per symbolic comparison before its worker is killed
+    grader_workers: int = 1  # 0 = compare in-process, no timeout
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise ConfigError(f"bench.batch_size and bench.limit must be >= 1, got {self.batch_size}, {self.limit}")
+        if self.grader_timeout <= 0 or self.grader_workers < 0:
+            raise ConfigError("bench.grader_timeout must be > 0 and bench.grader_workers >= 0")
+        try:
+            check_pixel_range(self.min_pixels, self.max_pixels)
+        except ValueError as e:
+            raise ConfigError(f"bench: {e}") from e
+
+
+DEFAULT_JUDGE_KEY_ENV = "VISPLAY_JUDGE_API_KEY"
+
+
+@dataclass
+class JudgeConfig:
+    """The LLM judge of judged benchmarks (`visplay.eval.judge`): off until ``url`` and ``model`` are
+    set. ``url`` is an OpenAI-compatible API base, e.g. ``http://host:8000/v1``; the key is read from
+    the environment variable ``api_key_env`` names, never from a config or the command line."""
+
+    url: str | None = None
+    model: str | None = None
+    api_key_env: str = DEFAULT_JUDGE_KEY_ENV
+    prompt: str = "prompts/judge.txt"  # template with {question}, {reference}, {candidate}; relative = to the repo
+    cache: str | None = None  # verdict cache (default: OUT/judge_cache.jsonl); share it across runs
+    timeout: float = 60.0  # seconds per request
+    max_retries: int = 5  # retries after the first attempt, for transient failures
+    backoff: float = 1.0  # first wait in seconds; doubles each retry
+    max_backoff: float = 30.0
+    max_tokens: int = 512
+    workers: int = 4  # concurrent requests
+
+    def __post_init__(self) -> None:
+        if (self.url is None) != (self.model is None) or self.model == "":
+            raise ConfigError("judge.url and judge.model go together (--judge-url with --judge-model: the model "
+                              "name the endpoint serves)")
+        if self.url is not None:
+            parts = urllib.parse.urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError("judge.url must be an http(s) base URL like http://127.0.0.1:8000/v1, "
+                                  f"got {display_url(self.url)!r}")
+            if parts.username or parts.password:
+                raise ConfigError(f"judge.url must not carry credentials; put the API key in ${self.api_key_env}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or ""):
+            raise ConfigError(f"judge.api_key_env must be an environment variable name, got {self.api_key_env!r}")
+        if self.timeout <= 0 or self.max_retries < 0 or self.backoff < 0 or self.workers < 1 or self.max_tokens < 1:
+            raise ConfigError("judge timeout, backoff, max_tokens and workers must be positive, max_retries >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    @property
+    def prompt_path(self) -> Path:
+        path = Path(self.prompt).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def base(self) -> str:
+        """The API base without a trailing slash or a pasted ``/chat/completions``."""
+        base = (self.url or "").rstrip("/")
+        return base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
+
+
+@dataclass
+class SelfTrainConfig:
+    """`visplay self-train`: one round of rejection-sampling SFT on majority labels of unlabeled
+    questions, measured by held-out greedy accuracy before and after (`visplay.eval.selftrain`)."""
+
+    n: int = 400  # unlabeled questions to label
+    k: int = 10  # samples per question for the vote
+    min_agreement: float = 0.5
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 1e-4
+    eval_n: int = 300  # held-out questions for greedy before/after
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_agreement <= 1:
+            raise ConfigError(f"self_train.min_agreement must be in (0, 1], got {self.min_agreement}")
+        if min(self.n, self.k, self.epochs, self.batch_size, self.eval_n) < 1 or not self.lr > 0:
+            raise ConfigError("self_train: n, k, epochs, batch_size and eval_n must be >= 1 and lr > 0")
 
 
 VLLM_MODES = ("colocate", "server")
@@ -160,8 +290,11 @@ class GRPOPhase:
 
 
 @dataclass
-class EvolveConfig:
-    """The self-evolution loop. Ablations are the three switches at the end."""
+class EvolveConfig(Sampling):
+    """The self-evolution loop; its sampling knobs are those of the questions, labels and the
+    questioner reward (its eval stage uses the `eval` section). Ablations: the three switches at the end."""
+
+    SECTION = "evolve"
 
     iterations: int = 3
     source: str = "world:unlabeled"  # or folder:/path, parquet:/path (Vision-SR1 layout)
@@ -179,11 +312,7 @@ class EvolveConfig:
     accumulate_labels: bool = False  # train each reasoner on the kept labels of every iteration so far
     stop_agreement: float | None = None  # end the run when the labels' mean agreement reaches this (collapse guard)
     diversity_threshold: float = 0.5
-    temperature: float = 1.0
-    top_k: int = 40
-    top_p: float = 1.0
     max_new_tokens: int = 64
-    seed: int = 0
     min_pixels: int | None = None  # real images are resized into [min_pixels, max_pixels] (reference 512² .. 2048²)
     max_pixels: int | None = None
     image_column: str = "images"  # parquet sources: the column holding the images (Vision-SR1 layout)
@@ -194,12 +323,12 @@ class EvolveConfig:
     report_to: tuple[str, ...] = ("tensorboard",)
     questioner: GRPOPhase = field(default_factory=GRPOPhase)
     reasoner: GRPOPhase = field(default_factory=GRPOPhase)
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(n=300, k=5))
     diversity_penalty: bool = True  # ablation: False drops the penalty
     train_questioner: bool = True  # ablation: False keeps the base questioner frozen
     labels: str = "majority"  # ablation: "questioner" trains on the questioner's own answers
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.iterations < 1:
             raise ConfigError(f"evolve.iterations must be >= 1, got {self.iterations}")
         if not 0 <= self.band_low <= self.band_high <= 1:
@@ -215,17 +344,12 @@ class EvolveConfig:
                     "label_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"evolve.top_p must be in (0, 1], got {self.top_p}")
         for key, value, ok, need in (
                 ("chunk_size", self.chunk_size, self.chunk_size >= 1, ">= 1"),
                 ("grader_timeout", self.grader_timeout, self.grader_timeout > 0, "> 0 seconds"),
                 ("grader_workers", self.grader_workers, self.grader_workers >= 0, ">= 0 (0 = grade in process)"),
                 ("temperature", self.temperature, self.temperature > 0, "> 0 (the loop samples)"),
-                ("top_k", self.top_k, self.top_k >= 0, ">= 0 (0 = off)"),
-                ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
-                ("diversity_threshold", self.diversity_threshold, 0 <= self.diversity_threshold <= 1, "in [0, 1]"),
-                ("seed", self.seed, 0 <= self.seed < 2**31, "in [0, 2**31)")):
+                ("diversity_threshold", self.diversity_threshold, 0 <= self.diversity_threshold <= 1, "in [0, 1]")):
             if not ok:  # NaN fails every comparison, so it is refused too
                 raise ConfigError(f"evolve.{key} must be {need}, got {value}")
         try:
@@ -242,21 +366,33 @@ class EvolveConfig:
                                                     reward_weights=tuple(phase.reward_weights or default)))
 
 
+#: How stages outside GRPO sample: in-process transformers, an OpenAI-compatible server (used as is
+#: or launched per stage with ``launch``), or a vLLM server launched per stage from its own env.
+SAMPLER_BACKENDS = ("transformers", "openai", "vllm")
+#: backend vllm, when ``launch``/``url`` are not given (`vllm` of requirements/serve-vllm.txt on PATH)
+VLLM_LAUNCH = "vllm serve {model} --host {host} --port {port}"
+VLLM_URL = "http://127.0.0.1:8000/v1"
+
+
 @dataclass
 class SamplerConfig:
-    """How the loop samples outside GRPO (questions, silver labels, the questioner reward, eval).
+    """How every stage samples outside GRPO (questions, silver labels, the questioner reward, world
+    and benchmark eval); `visplay.sampling.factory.open_sampler` opens it.
 
-    No ``url``: in-process transformers (`TransformersSampler`). With ``url``: any
-    OpenAI-compatible chat-completions server (`vllm serve`, SGLang, TGI, `visplay serve`). The
-    loop's models change every stage, so ``launch`` (a command template with ``{model}``,
-    ``{port}``, ``{host}``, ``{python}``) starts one server per stage on that stage's model and
-    stops it afterwards, e.g. ``CUDA_VISIBLE_DEVICES=7 vllm serve {model} --port {port}``.
-    Without ``launch`` the server at ``url`` is used as is (it must serve the right model).
+    ``backend``: ``transformers`` loads the stage's model in process (`TransformersSampler`).
+    ``openai``: any OpenAI-compatible chat-completions server at ``url`` (`vllm serve`, SGLang, TGI,
+    `visplay serve`); the loop's models change every stage, so ``launch`` (a command template with
+    ``{model}``, ``{port}``, ``{host}``, ``{python}``, ``{local_rank}``) starts one server per stage
+    on that stage's model and stops it afterwards; without ``launch`` the server at ``url`` is used as
+    is (it must serve the right model). ``vllm``: ``openai`` with ``launch`` defaulting to
+    ``vllm serve {model} --host {host} --port {port}`` and ``url`` to ``http://127.0.0.1:8000/v1``
+    (vLLM lives in its own env, requirements/serve-vllm.txt: docs/scaling.md §8).
     """
 
-    url: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    backend: str = "transformers"  # transformers | openai | vllm
+    url: str | None = None  # openai/vllm: the API base, e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = None  # environment variable holding the server's bearer token (`visplay serve --api-key-env`)
-    launch: str | None = None
+    launch: str | None = None  # openai/vllm: command that starts a server for one stage's {model}
     concurrency: int = 8  # requests in flight (one prompt, n samples, per request)
     timeout: float = 600.0  # seconds per request
     retries: int = 3  # retries after the first attempt, on connection errors, 429 and 5xx
@@ -265,15 +401,24 @@ class SamplerConfig:
     batch_rows: int = 256  # transformers backend: B·n rows decoded at once
 
     def __post_init__(self) -> None:
+        if self.backend not in SAMPLER_BACKENDS:
+            raise ConfigError(f"sampler.backend must be one of {list(SAMPLER_BACKENDS)}, got {self.backend!r}")
+        if self.backend == "transformers" and (self.url is not None or self.launch is not None):
+            raise ConfigError("sampler.url and sampler.launch are for sampler.backend openai or vllm; "
+                              "set sampler.backend=openai (or pass --sampler-url) to sample through a server")
+        if self.backend == "vllm":
+            self.url = self.url or VLLM_URL
+            self.launch = self.launch or VLLM_LAUNCH
+        if self.backend == "openai" and self.url is None:
+            raise ConfigError("sampler.backend openai needs sampler.url (e.g. http://127.0.0.1:8000/v1)")
         if self.url is not None:
             parts = urllib.parse.urlsplit(self.url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigError(f"sampler.url must be an http(s) base URL like http://127.0.0.1:8000/v1, got {self.url!r}")
             if self.launch is not None and parts.port is None:
                 raise ConfigError(f"sampler.url {self.url!r} needs an explicit port when sampler.launch starts the server")
-        if self.launch is not None and (self.url is None or "{model}" not in self.launch):
-            raise ConfigError("sampler.launch needs sampler.url and a {model} placeholder, e.g. "
-                              "'vllm serve {model} --port {port}'")
+        if self.launch is not None and "{model}" not in self.launch:
+            raise ConfigError("sampler.launch needs a {model} placeholder, e.g. 'vllm serve {model} --port {port}'")
         for key, value, ok, need in (("concurrency", self.concurrency, self.concurrency >= 1, ">= 1"),
                                      ("timeout", self.timeout, self.timeout > 0, "> 0 seconds"),
                                      ("retries", self.retries, self.retries >= 0, ">= 0"),
@@ -282,6 +427,11 @@ class SamplerConfig:
                                      ("batch_rows", self.batch_rows, self.batch_rows >= 1, ">= 1")):
             if not ok:  # NaN fails every comparison, so it is refused too
                 raise ConfigError(f"sampler.{key} must be {need}, got {value}")
+
+    @property
+    def in_process(self) -> bool:
+        """True when stages load their model here (backend transformers), not behind a server."""
+        return self.backend == "transformers"
 
 
 STRATEGIES = ("ddp", "zero2", "zero2_offload", "zero3", "fsdp")
@@ -399,6 +549,9 @@ class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -558,6 +711,19 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {key}: {p} is not a section")
     node[parts[-1]] = value
+
+
+def config_from_manifest(data: dict, where: str = "manifest.json") -> Config:
+    """The config a run was started with (its manifest's ``config``), read by today's dataclasses:
+    keys added since take their defaults, and the two moved keys are moved (runs made before the
+    config tree was unified: the loop's eval was ``evolve.eval``; a ``sampler.url`` implied a server)."""
+    data = json.loads(json.dumps(data))  # a private copy
+    evolve, sampler = data.get("evolve") or {}, data.get("sampler") or {}
+    if "eval" in evolve:
+        data["eval"] = evolve.pop("eval")
+    if "backend" not in sampler and sampler.get("url"):
+        sampler["backend"] = "openai"
+    return from_dict(Config, data, where)
 
 
 def load_config(preset: str | Path | None = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -154,7 +154,7 @@ def build_plan(cfg: Config, preset: str = "") -> dict:
     if counts is not None:
         for ph, phase in ((p, getattr(ev, p.name)) for p in phases):
             trainable = counts.trainable(phase.freeze_vision)
-            reward = ph.name == "questioner" and cfg.sampler.url is None
+            reward = ph.name == "questioner" and cfg.sampler.in_process
             plan["memory"][ph.name] = {s: memory_per_gpu(counts, trainable, n, s, phase.beta > 0, reward)
                                        for s in STRATEGIES}
             plan["activations"][ph.name] = activations(cfg, arch, ph, phase.gradient_checkpointing)
@@ -163,8 +163,7 @@ def build_plan(cfg: Config, preset: str = "") -> dict:
 
 def _stage_lines(cfg: Config, plan: dict) -> list[str]:
     """One line (or two) per stage of `STAGES`, in the loop's order."""
-    ev = cfg.evolve
-    e = ev.eval
+    ev, e = cfg.evolve, cfg.eval
     by = {p.name: p for p in plan["phases"]}
     eval_text = f"world '{e.split}' scenes: {e.n} questions, greedy + {e.k} samples each"
     lines = [f"  {BASELINE:<19} {eval_text}", f"  then {ev.iterations} iteration(s) t = 1..{ev.iterations}:"]
@@ -215,10 +214,10 @@ def format_plan(cfg: Config, plan: dict) -> str:
     px = (f"pixels {ev.min_pixels or '-'}..{ev.max_pixels or '-'}"
           + (f" (<= {plan['image_tokens_max']:,} image tokens)" if plan["image_tokens_max"] else ""))
     out.append(f"images     {ev.source}; {px}; parquet image column '{ev.image_column}'")
-    if s.url is None:
+    if s.in_process:
         out.append("sampling   transformers, in-process (questions, labels, questioner reward, eval)")
     else:
-        out.append(f"sampling   OpenAI-compatible server {s.url}" + (f", launched per stage: {s.launch}" if s.launch
+        out.append(f"sampling   {s.backend}: OpenAI-compatible server {s.url}" + (f", launched per stage: {s.launch}" if s.launch
                                                                       else " (already running)")
                    + f"; {s.concurrency} requests in flight")
     out.append(f"hardware   {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) = {hw.world_size}, {hw.gpu_memory_gib:g} GiB "
@@ -228,7 +227,7 @@ def format_plan(cfg: Config, plan: dict) -> str:
                    "docs/scaling.md)")
     else:
         out.append("GRPO       in the `visplay evolve` process (hardware.launcher unset)")
-    if hw.generation_shards > 1 and s.url is None:
+    if hw.generation_shards > 1 and s.in_process:
         out.append(f"generation {hw.generation_shards} shard workers (one per GPU) for questions and labels")
     out += ["", f"stages ({ev.iterations} iteration(s)):"] + _stage_lines(cfg, plan)
     out += ["", "tokens per phase (upper bound: prompts at max_pixels, completions at max length):"]

@@ -13,14 +13,12 @@ Run: `visplay status runs/tiny-20250101-120000`; test: `pytest -q tests/test_sta
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import math
 import os
 import re
 import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,23 +284,3 @@ def status_text(run_dir: str | Path, now: float | None = None) -> str:
         age = f", {duration(now - when)} ago" if isinstance(when, (int, float)) else ""
         lines.append(f"last metrics (line {count}{age}): {metrics_summary(record)}")
     return "\n".join(lines)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print where a run stands: stages done, the stage in progress, last metrics line, lock holder."""
-    try:
-        print(status_text(args.run_dir))
-    except StatusError as e:
-        print(f"visplay status: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def add_status_parser(sub) -> argparse.ArgumentParser:
-    """Add `visplay status RUN_DIR` to an argparse subparsers object."""
-    doc = cmd_status.__doc__
-    p = sub.add_parser("status", help=doc, description=doc + " Read-only; the config is the run's own "
-                       "(manifest.json), so --preset/--set do not apply.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `visplay evolve`")
-    p.set_defaults(func=cmd_status)
-    return p

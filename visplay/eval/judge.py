@@ -1,6 +1,7 @@
 """LLM judge over an OpenAI-compatible chat-completions endpoint, with retries and an on-disk cache.
 
-``JudgeClient(JudgeConfig(url="http://host:8000/v1", model="..."), cache_path)`` asks the judge
+``JudgeClient(JudgeConfig(url="http://host:8000/v1", model="..."), cache_path)`` (the config tree's
+``judge`` section, `visplay.config.JudgeConfig`) asks the judge
 whether a candidate answer means the same as the reference, at temperature 0, with the prompt in
 ``prompts/judge.txt`` (``{question}``, ``{reference}``, ``{candidate}`` are filled in one pass, so
 braces in LaTeX answers are safe). The reply's last ``CORRECT``/``INCORRECT`` is the verdict.
@@ -41,13 +42,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visplay.config import REPO_ROOT
+from visplay.config import JudgeConfig
 from visplay.eval.store import AppendLog
+from visplay.sampling.openai import display_url
 
 log = logging.getLogger(__name__)
 
-DEFAULT_KEY_ENV = "VISPLAY_JUDGE_API_KEY"
-DEFAULT_PROMPT = REPO_ROOT / "prompts" / "judge.txt"
 _FIELDS = re.compile(r"\{(question|reference|candidate)\}")
 _VERDICT = re.compile(r"\b(INCORRECT|CORRECT)\b")
 
@@ -57,57 +57,10 @@ class JudgeError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
-    """Where the judge is and how hard to try. ``url`` is the API base, e.g. ``http://host:8000/v1``."""
-
-    url: str
-    model: str
-    api_key_env: str = DEFAULT_KEY_ENV
-    prompt_path: Path = DEFAULT_PROMPT
-    timeout: float = 60.0  # seconds per request
-    max_retries: int = 5  # retries after the first attempt, for transient failures
-    backoff: float = 1.0  # first wait in seconds; doubles each retry
-    max_backoff: float = 30.0
-    max_tokens: int = 512
-    workers: int = 4  # concurrent requests
-
-    def __post_init__(self) -> None:
-        parts = urllib.parse.urlsplit(self.url or "")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise JudgeError("--judge-url must be an http(s) base URL like http://127.0.0.1:8000/v1, "
-                             f"got {display_url(self.url)!r}")
-        if parts.username or parts.password:
-            raise JudgeError(f"--judge-url must not carry credentials; put the API key in ${self.api_key_env}")
-        if not self.model:
-            raise JudgeError("--judge-model is required with --judge-url (the model name the endpoint serves)")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or ""):
-            raise JudgeError(f"--judge-api-key-env must be an environment variable name, got {self.api_key_env!r}")
-        if self.timeout <= 0 or self.max_retries < 0 or self.backoff < 0 or self.workers < 1 or self.max_tokens < 1:
-            raise JudgeError("judge timeout, backoff, max_tokens and workers must be positive, max_retries >= 0")
-
-    @property
-    def base(self) -> str:
-        """The API base without a trailing slash or a pasted ``/chat/completions``."""
-        base = self.url.rstrip("/")
-        return base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
-
-
-@dataclass(frozen=True)
 class JudgeVerdict:
     correct: bool
     reason: str  # "judge_correct", "judge_incorrect" or "judge_unparseable"
     cached: bool = False
-
-
-def display_url(url: str) -> str:
-    """``url`` without user info, query or fragment: safe to print and store."""
-    try:
-        p = urllib.parse.urlsplit(url or "")
-        host = p.hostname or ""
-        netloc = f"{host}:{p.port}" if p.port else host
-        return urllib.parse.urlunsplit((p.scheme, netloc, p.path, "", ""))
-    except ValueError:
-        return "<unparseable url>"
 
 
 def load_prompt(path: str | Path) -> str:
@@ -174,6 +127,8 @@ class JudgeClient:
     _log: AppendLog | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.config.enabled:
+            raise JudgeError("the judge is off: set judge.url and judge.model (--judge-url, --judge-model)")
         self.cache_path = Path(self.cache_path)
         self._key = os.environ.get(self.config.api_key_env) or None
         self._template = load_prompt(self.config.prompt_path)

@@ -16,85 +16,37 @@ prompt, image size), so an interrupted run resumes where it stopped; judge verdi
 ``RUN_DIR/judge_cache.jsonl``. The summary files are written atomically and hold no timestamps,
 so two runs on the same inputs give byte-identical tables. Inputs are only ever read.
 
-The CLI hooks are ``add_benchmark_args(parser)`` and ``run_benchmark_eval(args) -> int``.
+Settings: the config tree's ``bench`` and ``judge`` sections; the subcommand: `visplay/cli/eval.py`.
 Test: ``pytest -q tests/test_benchmarks.py tests/test_judge.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from visplay.answers import Grader
-from visplay.eval.benchmarks import (
-    Benchmark,
-    BenchmarkError,
-    Item,
-    Loaded,
-    SkippedItem,
-    registry,
-    resolve_benchmarks,
-    with_options,
-)
-from visplay.answers import extract
+from visplay.answers import Grader, extract
+from visplay.config import BenchConfig
+from visplay.eval.benchmarks import Benchmark, Item, Loaded, SkippedItem, registry
+from visplay.eval.judge import JudgeClient
 from visplay.labeling import rate
-from visplay.eval.judge import DEFAULT_KEY_ENV, DEFAULT_PROMPT, JudgeClient, JudgeConfig, JudgeError
 from visplay.eval.store import AppendLog
 from visplay.roles.prompts import REASONER_INSTRUCTION, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
 
 log = logging.getLogger(__name__)
 
-PAPER_MIN_PIXELS = 262_144  # the reference evaluation's data.min_pixels / max_pixels
-PAPER_MAX_PIXELS = 4_194_304
 METRICS = ("accuracy", "rule")
 
 
 class EvalError(ValueError):
     """A benchmark evaluation cannot run or compare (bad settings, missing summaries)."""
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """Generation and grading knobs. Greedy (temperature 0) and seed 0 by default."""
-
-    max_new_tokens: int = 2048
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    batch_size: int = 16  # items per generate() call (one GPU batch); completions are saved after each
-    limit: int | None = None  # first N items of every benchmark
-    min_pixels: int | None = PAPER_MIN_PIXELS
-    max_pixels: int | None = PAPER_MAX_PIXELS
-    grader_timeout: float = 10.0  # seconds per symbolic comparison before its worker is killed
-    grader_workers: int = 1  # 0 = compare in-process, no timeout
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise EvalError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.limit is not None and self.limit < 1:
-            raise EvalError(f"--limit must be >= 1, got {self.limit}")
-        if self.grader_timeout <= 0 or self.grader_workers < 0:
-            raise EvalError("--grader-timeout must be > 0 and --grader-workers >= 0")
-        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
-            raise EvalError(f"--min-pixels ({self.min_pixels}) must be <= --max-pixels ({self.max_pixels})")
-        try:
-            self.sampling()
-        except ValueError as e:
-            raise EvalError(str(e)) from None
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(n=1, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              max_new_tokens=self.max_new_tokens, seed=self.seed)
 
 
 @dataclass(frozen=True)
@@ -119,10 +71,10 @@ def benchmark_messages(question: str, n_images: int) -> list[dict]:
     return [{**messages[0], "content": text + [{"type": "image"}] * n_images}, *messages[1:]]
 
 
-def generation_fingerprint(model_id: str, settings: EvalSettings) -> str:
+def generation_fingerprint(model_id: str, settings: BenchConfig) -> str:
     """What a cached completion depends on besides the item: model, sampling, prompt, image size."""
     blob = json.dumps({
-        "model": model_id, "sampling": asdict(settings.sampling()), "prompt": benchmark_messages("{q}", 1),
+        "model": model_id, "sampling": asdict(settings.params(1)), "prompt": benchmark_messages("{q}", 1),
         "instruction": REASONER_INSTRUCTION, "pixels": [settings.min_pixels, settings.max_pixels],
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -158,7 +110,7 @@ def evaluate_benchmarks(
     data_dir: str | Path | None,
     out_dir: str | Path,
     sampler: Sampler | Callable[[], Sampler] | None,
-    settings: EvalSettings = EvalSettings(),
+    settings: BenchConfig = BenchConfig(),
     judge: JudgeClient | None = None,
     model_id: str = "model",
     meta: dict | None = None,
@@ -230,7 +182,7 @@ def _judge_may_be_needed(benchmarks, loads, todo, store, judge: JudgeClient) -> 
     return False
 
 
-def _decode(item: Item, benchmark: Benchmark, settings: EvalSettings) -> tuple[Any, ...] | SkippedItem:
+def _decode(item: Item, benchmark: Benchmark, settings: BenchConfig) -> tuple[Any, ...] | SkippedItem:
     from visplay.data.images import ImageError, decode_image
 
     lo, hi = (settings.min_pixels, settings.max_pixels) if benchmark.resize_images else (None, None)
@@ -241,9 +193,9 @@ def _decode(item: Item, benchmark: Benchmark, settings: EvalSettings) -> tuple[A
         return SkippedItem(item.id, item.benchmark, f"image_{e.reason}", str(e))
 
 
-def _generate(benchmark: Benchmark, items: list[Item], sampler: Sampler, settings: EvalSettings,
+def _generate(benchmark: Benchmark, items: list[Item], sampler: Sampler, settings: BenchConfig,
               store: GenerationStore, failures: dict, progress: Callable[[str], None]) -> None:
-    params = settings.sampling()
+    params = settings.params(1)
     for start in range(0, len(items), settings.batch_size):
         ready: list[tuple[Item, Prompt]] = []
         for item in items[start : start + settings.batch_size]:
@@ -457,108 +409,8 @@ def compare_runs(run_dirs: Sequence[str | Path], metric: str = "accuracy") -> st
     return table + "\n\n" + "\n".join(notes) + "\n"
 
 
-# ---------------------------------------------------------------- the command line
-
-
-def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
-    """Add the benchmark flags to ``visplay eval`` (it already has --model, --out, --n, --preset)."""
-    g = parser.add_argument_group("benchmarks (paper table; see docs/evaluation.md)")
-    g.add_argument("--benchmarks", metavar="LIST",
-                   help="comma-separated: " + ",".join(registry()) + "; 'all' = the paper's seven; or pkg.mod:obj")
-    g.add_argument("--data-dir", help="folder holding <name>.parquet or <name>/*.parquet for each benchmark")
-    g.add_argument("--limit", type=int, help="evaluate only the first N items of each benchmark (smoke runs)")
-    g.add_argument("--max-new-tokens", type=int, default=EvalSettings.max_new_tokens, help="default %(default)s")
-    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    g.add_argument("--sampling-seed", type=int, default=0, help="generation seed (default 0)")
-    g.add_argument("--batch-size", type=int, default=EvalSettings.batch_size,
-                   help="items per generation batch; completions are saved after each (default %(default)s)")
-    g.add_argument("--min-pixels", type=int, default=PAPER_MIN_PIXELS, help="upscale smaller images (default %(default)s)")
-    g.add_argument("--max-pixels", type=int, default=PAPER_MAX_PIXELS, help="downscale larger images (default %(default)s)")
-    g.add_argument("--grader-timeout", type=float, default=10.0, help="seconds per math comparison (default 10)")
-    g.add_argument("--grader-workers", type=int, default=1, help="math grader processes; 0 = in-process, no timeout")
-    g.add_argument("--judge-url", help="OpenAI-compatible API base, e.g. http://127.0.0.1:8000/v1 (enables the LLM judge)")
-    g.add_argument("--judge-model", help="model name to ask at --judge-url")
-    g.add_argument("--judge-api-key-env", default=DEFAULT_KEY_ENV,
-                   help="environment variable holding the judge API key (default %(default)s); never pass keys as flags")
-    g.add_argument("--judge-cache", help="judge verdict cache (default OUT/judge_cache.jsonl); share it across runs")
-    g.add_argument("--judge-prompt", default=str(DEFAULT_PROMPT), help="judge prompt template (default prompts/judge.txt)")
-    g.add_argument("--judge-workers", type=int, default=4, help="concurrent judge requests (default 4)")
-    g.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="print the table of stored runs; generates nothing")
-    g.add_argument("--metric", choices=METRICS, default="accuracy", help="for --compare: final (judge) or rule-based")
-
-
-def run_benchmark_eval(args: argparse.Namespace) -> int:
-    """``visplay eval --benchmarks ...`` or ``--compare ...``; prints one clear line and returns 2 on bad input."""
-    from visplay.models import ModelError
-
-    try:
-        if getattr(args, "compare", None):
-            print(compare_runs(args.compare, getattr(args, "metric", "accuracy")), end="")
-            return 0
-        return _run(args)
-    except (BenchmarkError, JudgeError, EvalError, ModelError) as e:
-        print(f"visplay eval: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    from visplay.config import ConfigError, load_config, resolve_model
-    from visplay.io import check_writable_dir
-    from visplay.models import check_model_dir
-
-    benchmarks = resolve_benchmarks(args.benchmarks or "")
-    if not getattr(args, "out", None):
-        raise EvalError("--out RUN_DIR is required with --benchmarks (items.jsonl and summary.md go there)")
-    out = check_writable_dir(args.out)  # a read-only --out fails now, not after every benchmark ran
-    try:
-        cfg = load_config(getattr(args, "preset", "tiny") or "tiny", list(getattr(args, "overrides", None) or []))
-    except ConfigError as e:
-        raise EvalError(str(e)) from None
-    seed = getattr(args, "world_seed", None)
-    world = {"n": getattr(args, "n", None) or cfg.eval.n, "seed": cfg.eval.seed if seed is None else seed,
-             "split": getattr(args, "split", None) or cfg.eval.split, "world": cfg.world,
-             "families": tuple(cfg.eval.families)}
-    benchmarks = [with_options(b, **world) if b.answer_type == "world" else b for b in benchmarks]
-    settings = EvalSettings(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.sampling_seed,
-        batch_size=args.batch_size, limit=args.limit, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-        grader_timeout=args.grader_timeout, grader_workers=args.grader_workers)
-    judge = None
-    if args.judge_url or args.judge_model:
-        if not (args.judge_url and args.judge_model):
-            raise EvalError("--judge-url and --judge-model go together")
-        config = JudgeConfig(url=args.judge_url, model=args.judge_model, api_key_env=args.judge_api_key_env,
-                             prompt_path=Path(args.judge_prompt), workers=args.judge_workers)
-        judge = JudgeClient(config, Path(args.judge_cache) if args.judge_cache else out / "judge_cache.jsonl")
-    model_path = check_model_dir(resolve_model(getattr(args, "model", None) or cfg.model))  # ModelError if bad
-
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    result = evaluate_benchmarks(benchmarks, args.data_dir, out, lambda: _load_sampler(model_path), settings, judge,
-                                 model_identity(model_path), {"model_path": str(model_path)}, progress)
-    print(result.markdown, end="")
-    print(f"\nper-item results: {out / 'items.jsonl'}; summary: {out / 'summary.md'}")
-    return 0
-
-
 def model_identity(path: str | Path) -> str:
     """The model's path plus its weight files' names, sizes and mtimes: retraining in place changes it."""
     p = Path(path).resolve()
     stamps = sorted(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in p.glob("*.safetensors"))
     return f"{p}|" + hashlib.sha256("|".join(stamps).encode()).hexdigest()[:12]
-
-
-def _load_sampler(model_path: Path) -> Sampler:
-    """Transformers sampler on the GPU in bf16 if there is one, else on the CPU in fp32."""
-    import torch
-
-    from visplay.models import load_model
-    from visplay.sampling.hf import TransformersSampler
-
-    if torch.cuda.is_available():
-        model, processor = load_model(model_path, dtype=torch.bfloat16)
-        model.to("cuda")
-    else:
-        model, processor = load_model(model_path)
-    return TransformersSampler(model, processor, progress=True)

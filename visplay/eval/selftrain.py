@@ -5,49 +5,35 @@ sample k answers, take the majority answer as the label, keep questions whose ag
 ``min_agreement``, and fine-tune on one sampled chain per question that reaches the majority.
 Held-out greedy accuracy before and after says within minutes whether the loop has something to
 convert; the oracle is only used to report how right the labels were, never to train.
-Run: `visplay self-train --model tiny`; test: `pytest tests/test_selftrain.py`.
+Settings: the config tree's ``self_train`` section. Run: `visplay self-train --model tiny`;
+test: `pytest tests/test_selftrain.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+
+from visplay.config import Config, EvalConfig, SelfTrainConfig
 
 from visplay.eval.world import eval_items, evaluate_world
 from visplay.labeling import majority_vote_batch
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
-from visplay.sampling.base import Prompt, SamplingParams
+from visplay.sampling.base import Prompt
 from visplay.worlds.questions import grade
 from visplay.worlds.scene import WorldConfig
 
 
-@dataclass
-class SelfTrainProbe:
-    n: int = 400  # unlabeled questions to label
-    k: int = 10  # samples per question for the vote
-    min_agreement: float = 0.5
-    epochs: int = 2
-    batch_size: int = 16
-    lr: float = 1e-4
-    eval_n: int = 300  # held-out questions for greedy before/after
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.min_agreement <= 1:
-            raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement}")
-        if min(self.n, self.k, self.epochs, self.batch_size, self.eval_n) < 1:
-            raise ValueError("n, k, epochs, batch_size and eval_n must be >= 1")
-
-
-def majority_chains(sampler, world: WorldConfig, probe: SelfTrainProbe, families, temperature: float = 1.0,
-                    top_k: int = 40, max_new_tokens: int = 48) -> tuple[list[dict], dict]:
-    """Label-free training rows (one chain per kept question) and label statistics (oracle-graded)."""
-    items = eval_items("unlabeled", probe.n, world, families, probe.seed)
+def majority_chains(sampler, world: WorldConfig, probe: SelfTrainConfig, settings: EvalConfig
+                    ) -> tuple[list[dict], dict]:
+    """Label-free training rows (one chain per kept question) and label statistics (oracle-graded);
+    questions of ``settings.families``, sampled with its knobs."""
+    items = eval_items("unlabeled", probe.n, world, tuple(settings.families), probe.seed)
     prompts = [Prompt(reasoner_messages(q.text), (scene.render(),)) for scene, q in items]
-    samples = sampler.generate(prompts, SamplingParams(n=probe.k, temperature=temperature, top_k=top_k,
-                                                       max_new_tokens=max_new_tokens, seed=probe.seed))
+    samples = sampler.generate(prompts, settings.params(probe.k, seed=probe.seed))
     parsed = [[parse_reasoner(s) for s in outs] for outs in samples]
     votes = majority_vote_batch([[p.answer for p in ps] for ps in parsed])
     rng = random.Random(probe.seed)
@@ -65,7 +51,7 @@ def majority_chains(sampler, world: WorldConfig, probe: SelfTrainProbe, families
     return rows, stats
 
 
-def finetune(model, processor, rows: list[dict], probe: SelfTrainProbe, out_dir: Path):
+def finetune(model, processor, rows: list[dict], probe: SelfTrainConfig, out_dir: Path):
     """Supervised fine-tuning on ``rows`` (loss on the completion only), saved to ``out_dir``."""
     import torch
     from transformers import Trainer, TrainingArguments
@@ -93,23 +79,24 @@ def finetune(model, processor, rows: list[dict], probe: SelfTrainProbe, out_dir:
     return model
 
 
-def run_self_train_probe(model_path: str | Path, world: WorldConfig, families, probe: SelfTrainProbe,
-                         out_dir: str | Path, eval_split: str = "heldout") -> dict:
-    """Greedy held-out accuracy before and after one round of majority-label fine-tuning."""
+def run_self_train_probe(model_path: str | Path, cfg: Config, out_dir: str | Path) -> dict:
+    """Greedy held-out accuracy (``eval.split``) before and after one round of majority-label
+    fine-tuning (the ``self_train`` section), on the ``world`` with ``eval``'s families and knobs."""
     from visplay.io import atomic_write_json
     from visplay.models import denormals_flushed, load_model
     from visplay.sampling.hf import TransformersSampler
 
-    out = Path(out_dir)
-    model, processor = load_model(model_path)
+    out, probe = Path(out_dir), cfg.self_train
+    held_out = dataclasses.replace(cfg.eval, n=probe.eval_n, seed=probe.seed + 1)
+    model, processor = load_model(model_path)  # in process: the probe fine-tunes these very weights
     with denormals_flushed():
         sampler = TransformersSampler(model, processor, progress=True)
-        before = evaluate_world(sampler, world, eval_split, probe.eval_n, 1, seed=probe.seed + 1, families=families)
-        rows, stats = majority_chains(sampler, world, probe, families)
+        before = evaluate_world(sampler, cfg.world, held_out, greedy_only=True)
+        rows, stats = majority_chains(sampler, cfg.world, probe, cfg.eval)
         if not rows:
             raise ValueError(f"no question reached agreement >= {probe.min_agreement}; nothing to fine-tune on")
         finetune(model, processor, rows, probe, out)
-        after = evaluate_world(sampler, world, eval_split, probe.eval_n, 1, seed=probe.seed + 1, families=families)
+        after = evaluate_world(sampler, cfg.world, held_out, greedy_only=True)
     result = {
         "model": str(model_path), "probe": asdict(probe), **stats,
         "greedy_before": before.summary["overall"]["greedy"], "greedy_after": after.summary["overall"]["greedy"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visplay.answers import Grader, agreement, grade
+from visplay.config import EvalConfig
 from visplay.labeling import majority_vote_batch, rate
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
@@ -108,33 +109,18 @@ def summarize(rows: list[dict], labelled_levels=()) -> dict:
     }
 
 
-def evaluate_world(
-    sampler: Sampler,
-    world: WorldConfig,
-    split: str = "heldout",
-    n: int = 500,
-    k: int = 10,
-    temperature: float = 1.0,
-    top_k: int = 40,
-    max_new_tokens: int = 48,
-    seed: int = 0,
-    families=None,
-    grader: Grader | None = None,
-    labelled_levels=(),
-) -> WorldEval:
-    """Greedy, maj@k and pass@k on ``n`` held-out questions. Pass the run's ``grader`` so the
-    majority vote over model answers runs with its hard per-comparison timeout, and the base
-    model's ``labelled_levels`` so the summary can tell the ladder from what it was taught."""
-    from visplay.worlds.questions import FAMILIES
-
-    families = tuple(families or FAMILIES)
-    items = eval_items(split, n, world, families, seed)
+def evaluate_world(sampler: Sampler, world: WorldConfig, settings: EvalConfig, grader: Grader | None = None,
+                   labelled_levels=(), greedy_only: bool = False) -> WorldEval:
+    """Greedy, maj@k and pass@k on ``settings.n`` held-out questions (``greedy_only``: no samples;
+    maj/pass then read 0). Pass the run's ``grader`` so the majority vote over model answers runs
+    with its hard per-comparison timeout, and the base model's ``labelled_levels`` so the summary
+    can tell the ladder from what it was taught."""
+    split, seed, families = settings.split, settings.seed, tuple(settings.families)
+    items = eval_items(split, settings.n, world, families, seed)
     prior = answer_prior(world, families, seed=seed)
     prompts = [Prompt(reasoner_messages(q.text), (scene.render(),)) for scene, q in items]
-    greedy = sampler.generate(prompts, SamplingParams(n=1, temperature=0, max_new_tokens=max_new_tokens, seed=seed))
-    samples = sampler.generate(  # k = 0: greedy only (maj/pass then read 0)
-        prompts, SamplingParams(n=k, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
-    ) if k else [[] for _ in prompts]
+    greedy = sampler.generate(prompts, settings.params(1, temperature=0, top_k=0, top_p=1.0))
+    samples = [[] for _ in prompts] if greedy_only else sampler.generate(prompts, settings.params(settings.k))
     rows = []
     for (scene, q), g, ss in zip(items, greedy, samples):
         gp = parse_reasoner(g[0])

@@ -96,9 +96,7 @@ def take_images(ctx: Context, n: int):
 
 def stage_params(cfg: Config, t: int) -> SamplingParams:
     """The sampling parameters of iteration ``t``'s generation and labeling stages."""
-    ev = cfg.evolve
-    return SamplingParams(temperature=ev.temperature, top_k=ev.top_k, top_p=ev.top_p, max_new_tokens=ev.max_new_tokens,
-                          seed=ev.seed + t)
+    return cfg.evolve.params(1, seed=cfg.evolve.seed + t)
 
 
 def item_id(item) -> str:
@@ -146,7 +144,7 @@ def _sampler(ctx: Context, model_dir: Path, progress: bool = False, stage: str |
 def _chunked(ctx: Context, kind: str, items) -> list[dict]:
     """Rows of a chunked stage: in shard workers (one per GPU) or here, in durable chunks."""
     stage, (key, row_key) = ctx.name(kind), CHUNK_KEYS[kind]
-    if ctx.cfg.hardware.generation_shards > 1 and ctx.cfg.sampler.url is None:
+    if ctx.cfg.hardware.generation_shards > 1 and ctx.cfg.sampler.in_process:
         return run_sharded_stage(ctx.cfg, ctx.run, stage, items, key, row_key)
     with _sampler(ctx, chunk_model(ctx, kind), stage=stage) as sampler:
         return run_chunked(ctx.run.parts(stage), items, ctx.cfg.evolve.chunk_size, chunk_fn(ctx, kind, sampler),
@@ -276,11 +274,10 @@ def run_reasoner(ctx: Context) -> dict:
 
 def run_eval(ctx: Context) -> dict:
     """Held-out accuracy of R_t (the base model at t = 0) on world seeds never used in training."""
-    cfg, stage, e = ctx.cfg, ctx.name("eval"), ctx.cfg.evolve.eval
+    cfg, stage, e = ctx.cfg, ctx.name("eval"), ctx.cfg.eval
     model_dir = ctx.model("reasoner", ctx.t)
     with _sampler(ctx, model_dir, progress=True, stage=stage) as sampler:
-        result = evaluate_world(sampler, cfg.world, e.split, e.n, e.k, e.temperature, e.top_k, e.max_new_tokens, e.seed,
-                                e.families, grader=ctx.grader, labelled_levels=cfg.labelled_levels)
+        result = evaluate_world(sampler, cfg.world, e, grader=ctx.grader, labelled_levels=cfg.labelled_levels)
     write_eval(result, ctx.run.output(stage), {"model": str(model_dir)})
     o = result.summary["overall"]
     info = {"greedy": o["greedy"], "maj": o["maj"], "pass": o["pass"], "n": o["n"],

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from visplay.answers import Grader
 from visplay.cards import publish_stage
-from visplay.config import Config, from_dict, to_dict
+from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
 from visplay.evolve.bodies import BODIES, Context, pct, stop_signal
 from visplay.evolve.tracker import log_loop_metrics
@@ -53,7 +53,7 @@ def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: 
         if not resume:
             run.create(to_dict(cfg), command or [])
         # compare through the dataclasses, so keys added to the config since the run started take their defaults
-        started = json.loads(json.dumps(to_dict(from_dict(Config, run.manifest()["config"], str(run.manifest_path)))))
+        started = json.loads(json.dumps(to_dict(config_from_manifest(run.manifest()["config"], str(run.manifest_path)))))
         if resume and started != json.loads(json.dumps(to_dict(cfg))):
             raise ValueError(f"{run.manifest_path}: the run was started with another config; resume without changes")
         if resume:

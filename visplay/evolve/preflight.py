@@ -91,7 +91,7 @@ def preflight(cfg: Config) -> Path:
         if program != "{python}" and shutil.which(program, path=launcher_path()) is None:
             raise ValueError(f"hardware.launcher runs {program!r}, which is not on PATH (install it, e.g. "
                              "`pip install accelerate deepspeed`, or set hardware.launcher=null to train in process)")
-    if cfg.sampler.url is not None and cfg.sampler.launch is None:
+    if not cfg.sampler.in_process and cfg.sampler.launch is None:
         from visplay.sampling.factory import client
 
         client(cfg.sampler, timeout=min(cfg.sampler.timeout, 30.0)).preflight()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from visplay import dist
 from visplay.answers import Grader
-from visplay.config import Config, from_dict
+from visplay.config import Config, config_from_manifest
 from visplay.evolve.bodies import CHUNK_KEYS, Context, chunk_fn, chunk_model, stage_items, train_phase
 from visplay.evolve.launch import CONTROLLER_PID, WorkerError
 from visplay.evolve.plan_of_stages import BY_KIND, parse_stage
@@ -51,7 +51,7 @@ from visplay.sampling.factory import open_sampler
 def _open(run_root: str | Path, stage: str, job: str) -> tuple[Config, RunDir, int, str]:
     """(config, run, t, kind) of ``stage``, rebuilt from the run directory alone (the manifest's config)."""
     run = RunDir(run_root)
-    cfg = from_dict(Config, run.manifest()["config"], str(run.manifest_path))
+    cfg = config_from_manifest(run.manifest()["config"], str(run.manifest_path))
     fits = (lambda s: s.trains) if job == "grpo" else (lambda s: s.chunked)  # noqa: E731
     try:
         t, kind = parse_stage(stage)

@@ -2,14 +2,13 @@
 
     data.py       read manifest.json, metrics.jsonl, summaries and parquet files (tolerates a crashed run)
     plots.py      matplotlib (Agg) figures as base64 PNG data URIs
-    html.py       the page, its sections, `write_report`, and the `visplay report` subcommand
-    synthetic.py  a made-up run directory (finished or crashed) for tests and the docs screenshot
+    html.py       the page, its sections and `write_report` (the subcommand: `visplay/cli/report.py`)
 
 Importing this package is cheap (no torch, matplotlib only when a plot is drawn), so the loop can
 call `write_report` after each iteration. Run: `visplay report RUN_DIR`; see docs/report.md.
 Test: `pytest -q tests/test_report.py`.
 """
 
-from visplay.report.html import add_report_parser, build_report, write_report
+from visplay.report.html import build_report, write_report
 
-__all__ = ["add_report_parser", "build_report", "write_report"]
+__all__ = ["build_report", "write_report"]

@@ -25,12 +25,10 @@ Test: `pytest -q tests/test_report.py` (includes a headless-chromium check when 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
 import shlex
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -38,10 +36,9 @@ from html import escape
 from pathlib import Path
 
 from visplay.evolve.plan_of_stages import ITERATION_STAGES
-from visplay.io import WriteError
 from visplay.report import plots
 from visplay.report.data import Run, degenerate, load_run, qtype_mix
-from visplay.status import StatusError, duration, fmt, stage_summary
+from visplay.status import duration, fmt, stage_summary
 
 QUESTIONER_PANELS = (("reward", "reward (total)"), ("questioner/uncertainty", "uncertainty"),
                      ("questioner/diversity_penalty", "diversity penalty"), ("questioner/valid", "format validity"),
@@ -634,25 +631,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if Path(run_dir, "manifest.json").is_file():  # a bad run dir is a StatusError from build_report
         check_writable_dir(out.parent)  # a WriteError naming the folder before the plots are drawn
     return atomic_write_text(out, build_report(run_dir))
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """Write a self-contained HTML report of a run: accuracy, rewards, labels, sample questions, config."""
-    try:
-        path = write_report(args.run_dir, args.out)
-    except (StatusError, WriteError) as e:
-        print(f"visplay report: error: {e}", file=sys.stderr)
-        return 2
-    print(f"report: {path}")
-    return 0
-
-
-def add_report_parser(sub) -> argparse.ArgumentParser:
-    """Add `visplay report RUN_DIR [--out FILE]` to an argparse subparsers object."""
-    doc = cmd_report.__doc__
-    p = sub.add_parser("report", help=doc, description=doc + " Works on a finished, crashed or running run; the config "
-                       "is the run's own (manifest.json), so --preset/--set do not apply.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `visplay evolve`")
-    p.add_argument("--out", help="output HTML file (default: RUN_DIR/report.html)")
-    p.set_defaults(func=cmd_report)
-    return p

@@ -1,11 +1,12 @@
-"""Pick the sampler a stage uses from `cfg.sampler`: in-process transformers, or an OpenAI-compatible server.
+"""Open the sampler every stage uses (loop stages, `visplay eval` world and benchmarks) from `cfg.sampler`.
 
     with open_sampler(cfg.sampler, model_dir, dtype="bfloat16", log_path=run / "iter1/labels.server.log") as s:
         s.generate(prompts, params)
 
-* no ``sampler.url``: load ``model_dir`` (to the GPU when there is one) into a `TransformersSampler`.
-* ``sampler.url`` without ``launch``: use the server there as is (checked with ``GET /models`` first).
-* ``sampler.url`` with ``launch``: start the command (``{model}``, ``{port}``, ``{host}``, ``{python}``,
+* ``backend: transformers``: load ``model_dir`` (to the GPU when there is one) into a `TransformersSampler`.
+* ``backend: openai`` without ``launch``: use the server at ``url`` as is (checked with ``GET /models`` first).
+* ``backend: openai`` with ``launch``, or ``backend: vllm`` (whose ``launch`` defaults to ``vllm serve``):
+  start the command (``{model}``, ``{port}``, ``{host}``, ``{python}``,
   ``{local_rank}`` filled in, shell-quoted; `for_rank` gives each training process its own port) in its own process group, wait until it answers ``/models``, sample, then
   stop that process group (SIGTERM, then SIGKILL after 30 s). A server that dies or does not come up
   within ``startup_timeout`` is an error naming the command and quoting the end of its log.
@@ -127,7 +128,7 @@ def open_sampler(cfg: SamplerConfig, model_dir: str | Path, dtype: str = "float3
                  progress: bool = False, device: str | None = None) -> Iterator:
     """The sampler for one stage over ``model_dir``; see the module docstring. ``device``: where an
     in-process model goes (default: the current GPU if there is one, else the CPU)."""
-    if cfg.url is None:
+    if cfg.in_process:
         import torch
 
         from visplay.models import load_model

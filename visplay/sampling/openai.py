@@ -45,11 +45,14 @@ class _Transient(Exception):
     pass
 
 
-def display_url(url: str) -> str:
-    """``url`` without credentials, query or fragment: safe to print."""
-    p = urllib.parse.urlsplit(url or "")
-    netloc = f"{p.hostname or ''}:{p.port}" if p.port else (p.hostname or "")
-    return urllib.parse.urlunsplit((p.scheme, netloc, p.path, "", ""))
+def display_url(url: str | None) -> str:
+    """``url`` without credentials, query or fragment: safe to print and store."""
+    try:
+        p = urllib.parse.urlsplit(url or "")
+        netloc = f"{p.hostname or ''}:{p.port}" if p.port else (p.hostname or "")
+        return urllib.parse.urlunsplit((p.scheme, netloc, p.path, "", ""))
+    except ValueError:  # e.g. a port that is not a number
+        return "<unparseable url>"
 
 
 def data_url(image: Image.Image) -> str:
