@@ -43,12 +43,13 @@ def test_micro_loop_manifest_resume_and_lock(micro_model_dir, tmp_path):
     assert m["stages"]["iter1/labels"]["skipped"]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {x["stage"] for x in lines} >= set(STAGES)
-    # the report and status read the real run layout (not the synthetic writer): an error fails here
+    # the report and status on a run whose reasoner never trained (no kept question): an error fails here
     from visplay.report import write_report
     from visplay.cli import main as cli_main
 
     html = write_report(run).read_text()
     assert all(s in html for s in STAGES) and "final-model" in html
+    assert "data-section-error" not in html  # a section that failed renders as an error box
     assert cli_main(["status", str(run)]) == 0
     # resuming a finished run redoes nothing
     said.clear()
