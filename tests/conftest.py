@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from visplay.tiny.build import TinyModelConfig, build
+from visplay.arch import ArchConfig
+from visplay.tiny.build import build, tiny_arch
 
-MICRO = TinyModelConfig(
-    vocab_size=400, hidden_size=64, layers=1, heads=1, kv_heads=1, intermediate_size=128,
-    vision_hidden=32, vision_depth=1, vision_heads=2, vision_intermediate=64,
+_TINY = tiny_arch()
+MICRO = ArchConfig(  # the tiny model's layout (M-RoPE sections, tied embeddings, windowed vision), smaller
+    text=replace(_TINY.text, vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                 num_attention_heads=1, num_key_value_heads=1),
+    vision=replace(_TINY.vision, depth=1, hidden_size=32, intermediate_size=64, num_heads=2, fullatt_block_indexes=(0,)),
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from visplay.config import ConfigError, load_config
@@ -72,3 +74,35 @@ def test_trl_key_names_are_accepted_for_the_same_knob():
     with pytest.raises(ConfigError, match="'learning_rate' and 'lr' name the same setting"):
         from_dict(GRPOPhase, {"learning_rate": 1e-4, "lr": 1e-5})
     assert from_dict(GRPOPhase, {"learning_rate": 1e-4}).lr == 1e-4
+
+
+def test_a_manifest_written_before_the_config_tree_was_unified_still_loads():
+    """Runs started before `eval`/`bench`/`judge` and `sampler.backend` existed resume with their
+    own settings: the loop's `evolve.eval` becomes `eval`, a `sampler.url` means the openai backend,
+    and the old tiny-model shape keys (which the loop never reads) give way to today's."""
+    from visplay.config import config_from_manifest, to_dict
+
+    today = to_dict(load_config("tiny"))
+    old = json.loads(json.dumps(today))
+    old["evolve"]["eval"] = {**old.pop("eval"), "n": 300, "k": 5}
+    for section in ("bench", "judge", "self_train"):
+        old.pop(section)
+    old["sampler"].pop("backend")
+    old["sampler"]["url"] = "http://127.0.0.1:8000/v1"
+    old["pretrain"]["model"] = {"vocab_size": 600, "hidden_size": 256, "layers": 4, "heads": 4, "kv_heads": 2}
+    old["hardware"].update(accelerate_config="configs/accelerate/zero3.yaml", strategy="zero3")
+    cfg = config_from_manifest(old)
+    assert (cfg.eval.n, cfg.eval.k, cfg.eval.families) == (300, 5, ("count", "sum"))
+    assert cfg.sampler.backend == "openai" and cfg.sampler.url == "http://127.0.0.1:8000/v1"
+    assert cfg.pretrain.model == load_config("tiny").pretrain.model and cfg.judge.enabled is False
+    assert config_from_manifest(today) == load_config("tiny")  # today's manifests read back unchanged
+
+
+def test_sampling_sections_share_knobs_and_checks():
+    """eval, bench and evolve are one set of sampling knobs with one check, named by section."""
+    c = load_config("tiny")
+    assert c.eval.params(5).n == 5 and c.eval.params(1, temperature=0).temperature == 0
+    assert (c.bench.temperature, c.bench.top_k) == (0.0, 0)  # benchmarks are greedy by default
+    for key in ("eval.top_p=0", "bench.top_k=-1", "evolve.max_new_tokens=0"):
+        with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.") + " must be"):
+            load_config("tiny", [key])

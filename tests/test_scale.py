@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from visplay.tiny.build import TinyModelConfig
+from visplay.tiny.build import tiny_arch
 from visplay.arch import analytic_counts, arch_from_hf, downscaled, hf_config, image_tokens, param_counts
 from visplay.cli import main
 from visplay.config import EMBEDDED_MODELS, ConfigError, GRPOPhase, load_config
@@ -63,9 +63,8 @@ def test_arch_from_config_json_reproduces_the_tiny_model(micro):
     model, _ = micro
     cfg_json = json.loads((EMBEDDED_MODELS["tiny"] / "config.json").read_text())
     tiny = arch_from_hf(cfg_json)
-    shipped = TinyModelConfig()  # the shipped model is built from the defaults (presets/tiny.yaml)
-    assert (tiny.text.hidden_size, tiny.text.rope_theta, tiny.text.mrope_section) == (
-        shipped.hidden_size, shipped.rope_theta, shipped.mrope_section)
+    shipped = tiny_arch()  # the shipped model is built from the defaults (presets/tiny.yaml)
+    assert tiny == dataclasses.replace(shipped, text=dataclasses.replace(shipped.text, vocab_size=tiny.text.vocab_size))
     micro_arch = arch_from_hf(model.config.to_dict())
     assert param_counts(micro_arch).total == sum(p.numel() for p in model.parameters())
 
@@ -100,7 +99,6 @@ def test_downscaled_arch_builds_a_runnable_model():
     (["sampler.backend=sglang"], "sampler.backend must be one of"),
     (["sampler.backend=openai", "sampler.url=localhost:8000"], "sampler.url must be an http"),
     (["sampler.backend=vllm", "sampler.launch='vllm serve --port {port}'"], "needs a {model} placeholder"),
-    (["hardware.strategy=zero4"], "hardware.strategy"),
     (["evolve.max_pixels=10", "evolve.min_pixels=20"], "min_pixels"),
     (["dtype=float8"], "dtype must be one of"),
 ])
@@ -182,6 +180,23 @@ def test_dry_run_prints_the_plan_without_loading(preset, capsys, monkeypatch, tm
     if preset == "qwen2_5_vl_3b":
         assert "3.75B total" in out and "163.84k rollouts" in out and "<= 5,478 prompt" in out
         assert "per GPU 2 completions x 64 accumulation" in out
+    launched = {"tiny": "ddp", "qwen2_5_vl_3b": "zero2"}.get(preset, "zero3")  # the presets' accelerate configs
+    marked = {line.split()[1] for line in out.splitlines() if line.endswith("<- the launcher's")}
+    assert marked == {launched} and f"GRPO memory layout {launched} (from the launcher's config)" in out
+
+
+def test_memory_layout_is_read_from_the_launchers_accelerate_config(tmp_path):
+    """The plan sizes memory for what the launcher will run, never for a second, separate knob."""
+    from visplay.plan import launcher_strategy
+
+    acc = "accelerate launch --config_file {repo}/configs/accelerate/"
+    assert [launcher_strategy(acc + f) for f in ("zero2.yaml", "zero3.yaml", "multi_node_zero3.yaml", "fsdp.yaml",
+                                                  "multi_gpu.yaml", "single_gpu.yaml")] == \
+        ["zero2", "zero3", "zero3", "fsdp", "ddp", "ddp"]
+    assert launcher_strategy(acc + "zero2.yaml --num_processes 1 --offload_optimizer_device cpu") == "zero2_offload"
+    assert launcher_strategy(None) == "ddp" and launcher_strategy("torchrun --nproc_per_node 8") == "ddp"
+    with pytest.raises(ConfigError, match="cannot read its --config_file"):
+        launcher_strategy(f"accelerate launch --config_file {tmp_path}/missing.yaml")
 
 
 def test_plan_numbers(tmp_path):

@@ -12,7 +12,8 @@ import re
 import pytest
 import torch
 
-from visplay.tiny.build import SPECIAL_TOKENS, TinyModelConfig
+from dataclasses import replace
+from visplay.tiny.build import SPECIAL_TOKENS, tiny_arch
 from visplay.tiny.pretrain import Collator, PretrainConfig, example, pretrain
 from visplay.worlds.scene import WorldConfig, make_scene
 
@@ -51,16 +52,16 @@ def test_rope_keeps_slow_pairs_for_content_lookup():
     content match over 20-60 tokens: it needs rotary pairs that barely turn over that distance.
     With theta 20 (our first models) the slowest pair turned 0.055 rad per position and neither
     look-up was ever learned; cells are found by their drawn marks (scene.cell_marks), not by M-RoPE."""
-    cfg = TinyModelConfig()
-    head_dim = cfg.hidden_size // cfg.heads
-    slowest = cfg.rope_theta ** (-2 * (head_dim // 2 - 1) / head_dim)
+    text = tiny_arch().text
+    head_dim = text.hidden_size // text.num_attention_heads
+    slowest = text.rope_theta ** (-2 * (head_dim // 2 - 1) / head_dim)
     assert slowest * 60 < 0.05
     assert WorldConfig().cell_marks
 
 
 def test_bad_mrope_section():
     with pytest.raises(ValueError, match="mrope_section"):
-        TinyModelConfig(mrope_section=(8, 8, 8))
+        replace(tiny_arch().text, mrope_section=(8, 8, 8))
 
 
 def test_collator_masks_prompt(micro):

@@ -9,14 +9,79 @@ while keeping its structure (GQA ratio, M-RoPE, windowed vision blocks).
 
     counts = param_counts(load_config("qwen2_5_vl_3b").arch)   # ParamCounts(total=3.75e9, ...)
 
+The shapes themselves (`TextArch`, `VisionArch`, `ArchConfig`) live here too: the config tree's
+``arch`` (a real checkpoint's shape) and ``pretrain.model`` (the embedded model's, built by
+`visplay.tiny.build`) are both an `ArchConfig`, turned into a `Qwen2_5_VLConfig` by `hf_config`.
 Test: `pytest tests/test_scale.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from visplay.config import ArchConfig, TextArch, VisionArch
+@dataclass
+class TextArch:
+    """The language model's shape (HF ``text_config`` of a Qwen2.5-VL checkpoint)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int = 128000
+    rope_theta: float = 1000000.0
+    mrope_section: tuple[int, ...] = (16, 24, 24)
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers,
+               self.num_attention_heads, self.num_key_value_heads) < 1:
+            raise ValueError("arch.text sizes must be >= 1")
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"arch.text: hidden_size {self.hidden_size} must divide by num_attention_heads "
+                              f"{self.num_attention_heads}, which must divide by num_key_value_heads {self.num_key_value_heads}")
+        head_dim = self.hidden_size // self.num_attention_heads
+        if len(self.mrope_section) != 3 or 2 * sum(self.mrope_section) != head_dim:
+            raise ValueError(f"arch.text.mrope_section {list(self.mrope_section)} must be 3 numbers summing to "
+                              f"head_dim/2 = {head_dim // 2}")
+
+
+@dataclass
+class VisionArch:
+    """The vision tower's shape (HF ``vision_config``; Qwen2.5-ViT defaults)."""
+
+    depth: int = 32
+    hidden_size: int = 1280
+    intermediate_size: int = 3420
+    num_heads: int = 16
+    patch_size: int = 14
+    spatial_merge_size: int = 2
+    temporal_patch_size: int = 2
+    window_size: int = 112
+    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
+    tokens_per_second: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.depth, self.hidden_size, self.intermediate_size, self.num_heads, self.patch_size,
+               self.spatial_merge_size, self.temporal_patch_size) < 1:
+            raise ValueError("arch.vision sizes must be >= 1")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"arch.vision.hidden_size {self.hidden_size} must divide by num_heads {self.num_heads}")
+        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
+        if bad:
+            raise ValueError(f"arch.vision.fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
+
+
+@dataclass
+class ArchConfig:
+    """Enough of a checkpoint's config.json to build a randomly initialised model of the same
+    shape offline (`visplay.arch`): parameter counts, memory plans and GPU benchmarks need no weights."""
+
+    text: TextArch
+    vision: VisionArch = field(default_factory=VisionArch)
+
 
 #: Qwen2.5-VL's special token ids (the same in every Qwen2.5-VL / MiMo-VL tokenizer).
 QWEN_TOKEN_IDS = {
@@ -158,4 +223,5 @@ def random_model(arch: ArchConfig, token_ids: dict[str, int] | None = None, dtyp
     ids = dict(QWEN_TOKEN_IDS, **(token_ids or {}))
     model.generation_config.eos_token_id = ids["eos_token_id"]
     model.generation_config.pad_token_id = ids["pad_token_id"]
+    model.generation_config.bos_token_id = ids["bos_token_id"]
     return model

@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
+from visplay.arch import ArchConfig
 from visplay.data.images import check_pixel_range
-from visplay.sampling.base import SamplingParams
+from visplay.sampling.base import Knobs, SamplingParams
 from visplay.sampling.openai import display_url
 from visplay.tiny.pretrain import PretrainConfig
 from visplay.worlds.questions import FAMILIES, check_families
@@ -39,30 +40,24 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class Sampling:
-    """The sampling knobs of a section that generates outside GRPO (world eval, benchmarks, the
-    loop's questions and labels): one set of names and one validation for all of them."""
+class Sampling(Knobs):
+    """The sampling knobs (`visplay.sampling.base.Knobs`: temperature, top_k, top_p,
+    max_new_tokens, seed) as a config section's keys; the sections that generate outside GRPO
+    (eval, bench, evolve) are this, so the names and the checks are the same everywhere."""
 
     SECTION: typing.ClassVar[str] = "sampling"  # the section's name in the config tree, for errors
-    temperature: float = 1.0  # 0 = greedy
-    top_k: int = 40  # 0 = off
-    top_p: float = 1.0
+    top_k: int = 40
     max_new_tokens: int = 48
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        for key, value, ok, need in (("temperature", self.temperature, self.temperature >= 0, ">= 0 (0 = greedy)"),
-                                     ("top_k", self.top_k, self.top_k >= 0, ">= 0 (0 = off)"),
-                                     ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),
-                                     ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
-                                     ("seed", self.seed, 0 <= self.seed < 2**31, "in [0, 2**31)")):
-            if not ok:  # NaN fails every comparison, so it is refused too
-                raise ConfigError(f"{self.SECTION}.{key} must be {need}, got {value}")
+        try:
+            self.check_knobs(f"{self.SECTION}.")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def params(self, n: int = 1, **changes: Any) -> SamplingParams:
-        """These knobs as the `Sampler` interface's parameters (``changes`` e.g. temperature=0 for greedy)."""
-        knobs = {k: getattr(self, k) for k in ("temperature", "top_k", "top_p", "max_new_tokens", "seed")}
-        return SamplingParams(n=n, **{**knobs, **changes})
+        """These knobs as one generate call's parameters (``changes`` e.g. temperature=0 for greedy)."""
+        return SamplingParams(n=n, **{**self.knobs(), **changes})
 
 
 @dataclass
@@ -434,9 +429,6 @@ class SamplerConfig:
         return self.backend == "transformers"
 
 
-STRATEGIES = ("ddp", "zero2", "zero2_offload", "zero3", "fsdp")
-
-
 @dataclass
 class HardwareConfig:
     """Where a run's processes go, and the GPU layout its dry-run plan assumes.
@@ -444,14 +436,12 @@ class HardwareConfig:
     ``launcher`` and ``generation_shards`` decide where the loop's heavy parts run. The other
     fields only size the plan's memory and token estimates (`visplay evolve --dry-run`,
     docs/scaling.md): the processes and their sharding come from the launcher itself (its own
-    ``--config_file configs/accelerate/...``), which ``strategy`` and ``accelerate_config`` merely name.
+    ``--config_file configs/accelerate/...``), which the plan also reads for the memory layout.
     """
 
     nodes: int = 1
     gpus_per_node: int = 1
     gpu_memory_gib: float = 80.0
-    strategy: str = "ddp"  # ddp | zero2 | zero2_offload | zero3 | fsdp: the memory layout the plan assumes
-    accelerate_config: str | None = None  # e.g. configs/accelerate/zero3.yaml, shown in the plan (not read)
     peak_tflops: float = 989.0  # dense bf16 peak per GPU, for MFU (H100 SXM: 989)
     # How the loop (one controller process) runs its heavy parts elsewhere (visplay/evolve/worker.py):
     launcher: str | None = None  # GRPO phases run as `{launcher} -m visplay.evolve.worker grpo ...`, e.g.
@@ -462,8 +452,6 @@ class HardwareConfig:
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0 or self.peak_tflops <= 0:
             raise ConfigError("hardware: nodes, gpus_per_node, gpu_memory_gib and peak_tflops must be positive")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"hardware.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         if self.generation_shards < 1:
             raise ConfigError(f"hardware.generation_shards must be >= 1, got {self.generation_shards}")
         if self.launcher is not None and not self.launcher.strip():
@@ -472,70 +460,6 @@ class HardwareConfig:
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
-
-
-@dataclass
-class TextArch:
-    """The language model's shape (HF ``text_config`` of a Qwen2.5-VL checkpoint)."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    max_position_embeddings: int = 128000
-    rope_theta: float = 1000000.0
-    mrope_section: tuple[int, ...] = (16, 24, 24)
-    rms_norm_eps: float = 1e-6
-    tie_word_embeddings: bool = False
-
-    def __post_init__(self) -> None:
-        if min(self.vocab_size, self.hidden_size, self.intermediate_size, self.num_hidden_layers,
-               self.num_attention_heads, self.num_key_value_heads) < 1:
-            raise ConfigError("arch.text sizes must be >= 1")
-        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"arch.text: hidden_size {self.hidden_size} must divide by num_attention_heads "
-                              f"{self.num_attention_heads}, which must divide by num_key_value_heads {self.num_key_value_heads}")
-        head_dim = self.hidden_size // self.num_attention_heads
-        if len(self.mrope_section) != 3 or 2 * sum(self.mrope_section) != head_dim:
-            raise ConfigError(f"arch.text.mrope_section {list(self.mrope_section)} must be 3 numbers summing to "
-                              f"head_dim/2 = {head_dim // 2}")
-
-
-@dataclass
-class VisionArch:
-    """The vision tower's shape (HF ``vision_config``; Qwen2.5-ViT defaults)."""
-
-    depth: int = 32
-    hidden_size: int = 1280
-    intermediate_size: int = 3420
-    num_heads: int = 16
-    patch_size: int = 14
-    spatial_merge_size: int = 2
-    temporal_patch_size: int = 2
-    window_size: int = 112
-    fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
-    tokens_per_second: int = 2
-
-    def __post_init__(self) -> None:
-        if min(self.depth, self.hidden_size, self.intermediate_size, self.num_heads, self.patch_size,
-               self.spatial_merge_size, self.temporal_patch_size) < 1:
-            raise ConfigError("arch.vision sizes must be >= 1")
-        if self.hidden_size % self.num_heads:
-            raise ConfigError(f"arch.vision.hidden_size {self.hidden_size} must divide by num_heads {self.num_heads}")
-        bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
-        if bad:
-            raise ConfigError(f"arch.vision.fullatt_block_indexes {bad} are outside 0..{self.depth - 1}")
-
-
-@dataclass
-class ArchConfig:
-    """Enough of a checkpoint's config.json to build a randomly initialised model of the same
-    shape offline (`visplay.arch`): parameter counts, memory plans and GPU benchmarks need no weights."""
-
-    text: TextArch
-    vision: VisionArch = field(default_factory=VisionArch)
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -715,10 +639,15 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
 
 def config_from_manifest(data: dict, where: str = "manifest.json") -> Config:
     """The config a run was started with (its manifest's ``config``), read by today's dataclasses:
-    keys added since take their defaults, and the two moved keys are moved (runs made before the
-    config tree was unified: the loop's eval was ``evolve.eval``; a ``sampler.url`` implied a server)."""
+    keys added since take their defaults, and keys of runs made before the config tree was unified
+    are moved: the loop's eval was ``evolve.eval``; a ``sampler.url`` implied a server; the embedded
+    model's shape (never read by the loop) had its own key names."""
     data = json.loads(json.dumps(data))  # a private copy
-    evolve, sampler = data.get("evolve") or {}, data.get("sampler") or {}
+    evolve, sampler, pretrain = data.get("evolve") or {}, data.get("sampler") or {}, data.get("pretrain") or {}
+    if "layers" in (pretrain.get("model") or {}):
+        pretrain.pop("model")
+    for key in ("accelerate_config", "strategy"):  # were only shown; the launcher's config file says them
+        (data.get("hardware") or {}).pop(key, None)
     if "eval" in evolve:
         data["eval"] = evolve.pop("eval")
     if "backend" not in sampler and sampler.get("url"):

@@ -111,6 +111,15 @@ def restore_weights(model, checkpoint: str | Path) -> None:
                          f"unexpected {unexpected[:3]}")
 
 
+def training_args(output_dir: str | Path, *, steps: int, lr: float, weight_decay: float, max_grad_norm: float,
+                  save_steps: int, save_total_limit: int, seed: int, report_to) -> dict:
+    """The Trainer arguments pretraining and GRPO set alike: optimizer steps, checkpoints, and one
+    seed for weights and data order, so a resumed run replays the same batches."""
+    return dict(output_dir=str(output_dir), max_steps=steps, learning_rate=lr, weight_decay=weight_decay,
+                max_grad_norm=max_grad_norm, save_steps=save_steps, save_total_limit=save_total_limit,
+                report_to=report_to, seed=seed, data_seed=seed)
+
+
 def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: bool = True,
                     record: Callable[[], dict] | None = None, dress: Callable[[Path], None] | None = None,
                     ranks: Ranks | None = None) -> Path:

@@ -25,10 +25,14 @@ of the card. Test: `pytest tests/test_scale.py`.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
-from visplay.config import STRATEGIES, ArchConfig, Config, GRPOPhase, resolve_model
+from visplay.config import REPO_ROOT, ArchConfig, Config, ConfigError, GRPOPhase, resolve_model
 from visplay.evolve.plan_of_stages import BASELINE, STAGES
 
 GIB = 1024 ** 3
@@ -84,6 +88,35 @@ LAYOUTS = {
     "zero3": ((2, 2, 12), (True, True, True)),
     "fsdp": ((4, 4, 8), (True, True, True)),
 }
+STRATEGIES = tuple(LAYOUTS)
+
+
+def launcher_strategy(launcher: str | None) -> str:
+    """The memory layout GRPO runs with, read from the accelerate config ``hardware.launcher`` names
+    (``--config_file``: DeepSpeed's ``zero_stage`` and optimizer offload, also as a launcher flag;
+    FSDP; else plain data parallel). In process, or a launcher without a config file: ddp.
+
+    >>> launcher_strategy("accelerate launch --config_file {repo}/configs/accelerate/zero2.yaml --offload_optimizer_device cpu")
+    'zero2_offload'
+    """
+    found = re.search(r"--config_file[= ]+(\S+)", launcher or "")
+    if not found:
+        return "ddp"
+    path = Path(found.group(1).strip("'\"").replace("{repo}", str(REPO_ROOT)))
+    try:
+        acc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"hardware.launcher: cannot read its --config_file {path}: {e}") from None
+    kind = str(acc.get("distributed_type", "")).upper()
+    if kind == "FSDP":
+        return "fsdp"
+    if kind != "DEEPSPEED":
+        return "ddp"
+    ds = acc.get("deepspeed_config") or {}
+    flag = re.search(r"--offload_optimizer_device[= ]+(\w+)", launcher)
+    offload = (flag.group(1) if flag else str(ds.get("offload_optimizer_device", "none"))).lower() != "none"
+    stage = int(ds.get("zero_stage", 0))
+    return "zero3" if stage == 3 else "zero2_offload" if stage == 2 and offload else "zero2" if stage == 2 else "ddp"
 
 
 def memory_per_gpu(counts: ParamCounts, trainable: int, n: int, strategy: str, kl: bool,
@@ -221,7 +254,7 @@ def format_plan(cfg: Config, plan: dict) -> str:
                                                                       else " (already running)")
                    + f"; {s.concurrency} requests in flight")
     out.append(f"hardware   {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) = {hw.world_size}, {hw.gpu_memory_gib:g} GiB "
-               f"each, {hw.strategy}" + (f", {hw.accelerate_config}" if hw.accelerate_config else ""))
+               f"each; GRPO memory layout {launcher_strategy(hw.launcher)} (from the launcher's config)")
     if hw.launcher:
         out.append(f"GRPO       {hw.launcher} -m visplay.evolve.worker grpo RUN iter<t>/<role>   (launched per phase; "
                    "docs/scaling.md)")
@@ -247,11 +280,12 @@ def format_plan(cfg: Config, plan: dict) -> str:
                     f"in process; N = {hw.world_size}):"]
         out.append(f"  {'phase':<10} {'strategy':<13} {'weights':>7} {'grads':>7} {'optim':>7} {'ref':>7} {'reward':>7} "
                    f"{'total':>7}  + activations (rough)  + vLLM colocate")
+        launched = launcher_strategy(hw.launcher)
         for name, by_strategy in plan["memory"].items():
             ph = getattr(ev, name)
             vllm = ph.vllm_gpu_memory_utilization * hw.gpu_memory_gib if ph.use_vllm and ph.vllm_mode == "colocate" else 0
             for strategy, m in by_strategy.items():
-                mark = " <- configured" if strategy == hw.strategy else ""
+                mark = " <- the launcher's" if strategy == launched else ""
                 total = m["total"] / GIB + plan["activations"][name] / GIB + vllm
                 fits = "fits" if total <= hw.gpu_memory_gib else "DOES NOT FIT"
                 out.append(f"  {name:<10} {strategy:<13} {_gib(m['weights']):>7} {_gib(m['gradients']):>7} "

@@ -20,7 +20,7 @@ import torch
 
 from visplay.config import GRPOPhase
 from visplay.dist import Ranks
-from visplay.models import finished_phase, freeze_vision_tower, train_resumable
+from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
 
 
 class HealthGuard:
@@ -163,15 +163,13 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
                          f"{world_size} processes gets per update")
     updates = phase.updates_per_step
     kw = dict(
-        output_dir=str(output_dir),
-        max_steps=phase.steps * updates,
+        **training_args(output_dir, steps=phase.steps * updates, lr=phase.lr, weight_decay=phase.weight_decay,
+                        max_grad_norm=phase.max_grad_norm, save_steps=phase.save_steps * updates, save_total_limit=1,
+                        seed=phase.seed, report_to=[r for r in report_to or [] if r != "tensorboard"] or "none"),
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=per_rank // micro,
         generation_batch_size=phase.rollout_prompts * phase.num_generations,
         num_generations=phase.num_generations,
-        learning_rate=phase.lr,
-        weight_decay=phase.weight_decay,
-        max_grad_norm=phase.max_grad_norm,
         lr_scheduler_type="constant",
         beta=phase.beta,
         temperature=phase.temperature,
@@ -185,11 +183,6 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
         # name; `gradient_checkpointing` is its deprecated alias.)
         activation_checkpointing=phase.gradient_checkpointing,
         logging_steps=1,
-        save_steps=phase.save_steps * updates,
-        save_total_limit=1,
-        report_to=[r for r in report_to or [] if r != "tensorboard"] or "none",
-        seed=phase.seed,
-        data_seed=phase.seed,
         disable_tqdm=False,  # its bar is replaced by `PhaseProgress` in `build_trainer`
     )
     if phase.use_vllm:

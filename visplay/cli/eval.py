@@ -16,28 +16,17 @@ from visplay.cli.common import add_common, add_sampler_url, config, server_sets,
 from visplay.config import Config, resolve_model, to_dict
 from visplay.eval.benchmarks import registry
 
-#: flag -> (the config key it sets for the world evaluation, for --benchmarks); None: not on that path.
-FLAG_KEYS: dict[str, tuple[str | None, str | None]] = {
-    "n": ("eval.n", "eval.n"),  # with --benchmarks: questions of the `world` benchmark
-    "k": ("eval.k", None),
-    "world_seed": ("eval.seed", "eval.seed"),
-    "split": ("eval.split", "eval.split"),
-    "temperature": ("eval.temperature", "bench.temperature"),
-    "max_new_tokens": ("eval.max_new_tokens", "bench.max_new_tokens"),
-    "sampling_seed": (None, "bench.seed"),
-    "limit": (None, "bench.limit"),
-    "batch_size": (None, "bench.batch_size"),
-    "min_pixels": (None, "bench.min_pixels"),
-    "max_pixels": (None, "bench.max_pixels"),
-    "grader_timeout": (None, "bench.grader_timeout"),
-    "grader_workers": (None, "bench.grader_workers"),
-    "judge_url": (None, "judge.url"),
-    "judge_model": (None, "judge.model"),
-    "judge_api_key_env": (None, "judge.api_key_env"),
-    "judge_cache": (None, "judge.cache"),
-    "judge_prompt": (None, "judge.prompt"),
-    "judge_workers": (None, "judge.workers"),
+#: flag -> the config key it sets for the world evaluation / for --benchmarks (a flag missing from a
+#: path's table does not apply there). With --benchmarks, the eval.* keys shape the `world` benchmark.
+WORLD_KEYS = {"n": "eval.n", "k": "eval.k", "world_seed": "eval.seed", "split": "eval.split",
+              "temperature": "eval.temperature", "max_new_tokens": "eval.max_new_tokens"}
+BENCH_KEYS = {
+    **{d: WORLD_KEYS[d] for d in ("n", "world_seed", "split")}, "sampling_seed": "bench.seed",
+    **{d: f"bench.{d}" for d in ("temperature", "max_new_tokens", "limit", "batch_size", "min_pixels", "max_pixels",
+                                 "grader_timeout", "grader_workers")},
+    **{f"judge_{k}": f"judge.{k}" for k in ("url", "model", "api_key_env", "cache", "prompt", "workers")},
 }
+FLAG_KEYS = {"world": WORLD_KEYS, "bench": BENCH_KEYS}
 #: flags that are not config keys, and the paths they belong to
 WORLD_ONLY, BENCH_ONLY = ("probe",), ("data_dir",)
 
@@ -86,14 +75,13 @@ def _check_flags(args: argparse.Namespace, path: str) -> None:
     """A flag the chosen path would ignore is an error (ValueError, one line)."""
     given = lambda dests: [_flag(d) for d in dests if getattr(args, d) not in (None, False)]  # noqa: E731
     if path == "compare":
-        wrong = given([*FLAG_KEYS, *WORLD_ONLY, *BENCH_ONLY, "model", "out", "sampler_url"]) + (
+        wrong = given([*{**WORLD_KEYS, **BENCH_KEYS}, *WORLD_ONLY, *BENCH_ONLY, "model", "out", "sampler_url"]) + (
             ["--set"] if args.overrides else [])
         where = "--compare prints the table of stored runs and generates nothing"
     else:
         if args.metric is not None:
             raise ValueError("--metric applies only with --compare")
-        column = 0 if path == "world" else 1
-        wrong = given([d for d, keys in FLAG_KEYS.items() if keys[column] is None]
+        wrong = given([d for d in {**WORLD_KEYS, **BENCH_KEYS} if d not in FLAG_KEYS[path]]
                       + list(BENCH_ONLY if path == "world" else WORLD_ONLY))
         where = ("without --benchmarks the world evaluation runs" if path == "world"
                  else "with --benchmarks the benchmark evaluation runs")
@@ -110,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(compare_runs(args.compare, args.metric or "accuracy"), end="")
         return 0
-    column = 0 if path == "world" else 1
-    keys = sets((keys[column], getattr(args, dest)) for dest, keys in FLAG_KEYS.items() if keys[column])
+    keys = sets((key, getattr(args, dest)) for dest, key in FLAG_KEYS[path].items())
     cfg = config(args, keys + server_sets(args.sampler_url))
     if args.out:
         from visplay.io import check_writable_dir

@@ -9,9 +9,10 @@ Run: `python -m visplay.tiny.build OUT_DIR`; test: `pytest tests/test_tiny.py`.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
+from visplay.arch import ArchConfig, TextArch, VisionArch, random_model
 from visplay.roles.prompts import QUESTIONER_INSTRUCTION, REASONER_INSTRUCTION, questioner_target
 from visplay.worlds.questions import make_question
 from visplay.worlds.scene import WorldConfig, make_scene
@@ -36,33 +37,19 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class TinyModelConfig:
-    """Shape of the embedded model. ``rope_theta`` 1e4 keeps slowly turning rotary pairs, which
-    content look-ups (copying a cell name, finding a cell by its drawn marks) need; theta 20 made
-    positions visible to M-RoPE but those look-ups unlearnable (docs/experiments.md, session 3)."""
-
-    vocab_size: int = 600
-    hidden_size: int = 256
-    layers: int = 4
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate_size: int = 768
-    rope_theta: float = 10000.0
-    mrope_section: tuple[int, int, int] = (4, 14, 14)
-    vision_hidden: int = 128
-    vision_depth: int = 2
-    vision_heads: int = 4
-    vision_intermediate: int = 256
-    world: WorldConfig = field(default_factory=WorldConfig)
-
-    def __post_init__(self) -> None:
-        head_dim = self.hidden_size // self.heads
-        if self.hidden_size % self.heads or sum(self.mrope_section) * 2 != head_dim:
-            raise ValueError(
-                f"mrope_section {self.mrope_section} must sum to head_dim/2 = {head_dim // 2} "
-                f"(hidden_size {self.hidden_size} / heads {self.heads})"
-            )
+def tiny_arch() -> ArchConfig:
+    """The embedded model's shape: a 4-layer, 256-wide Qwen2.5-VL LM (``vocab_size`` is the BPE
+    tokenizer's target; the model gets the trained tokenizer's length) over a 2-block vision
+    tower. ``rope_theta`` 1e4 keeps slowly turning rotary pairs, which content look-ups (copying a
+    cell name, finding a cell by its drawn marks) need; theta 20 made positions visible to M-RoPE
+    but those look-ups unlearnable (docs/experiments.md, session 3). ``rms_norm_eps`` and
+    ``tokens_per_second`` are transformers' defaults, which the shipped model was built with."""
+    text = TextArch(vocab_size=600, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0, mrope_section=(4, 14, 14),
+                    rms_norm_eps=1e-5, tie_word_embeddings=True)
+    vision = VisionArch(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, fullatt_block_indexes=(0, 1),
+                        tokens_per_second=4)
+    return ArchConfig(text=text, vision=vision)
 
 
 def corpus(n_scenes: int = 3000, seed: int = 0, world: WorldConfig = WorldConfig()) -> list[str]:
@@ -75,7 +62,9 @@ def corpus(n_scenes: int = 3000, seed: int = 0, world: WorldConfig = WorldConfig
     return texts
 
 
-def build_tokenizer(cfg: TinyModelConfig, seed: int = 0):
+def build_tokenizer(vocab_size: int, seed: int = 0, world: WorldConfig = WorldConfig()):
+    """Byte-level BPE of ``vocab_size`` tokens learnt from the world's text (``world``: the scenes
+    the corpus is drawn from; the default world made the shipped tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -85,12 +74,12 @@ def build_tokenizer(cfg: TinyModelConfig, seed: int = 0):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=cfg.vocab_size,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus(seed=seed, world=cfg.world), trainer=trainer)
+    tok.train_from_iterator(corpus(seed=seed, world=world), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -115,57 +104,25 @@ def build_processor(tokenizer, world: WorldConfig):
     )
 
 
-def build_model(cfg: TinyModelConfig, tokenizer, seed: int = 0):
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
+def build_model(arch: ArchConfig, tokenizer, seed: int = 0):
+    """A randomly initialised `Qwen2_5_VLForConditionalGeneration` of ``arch`` over ``tokenizer``'s ids."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.kv_heads,
-        max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "mrope_section": list(cfg.mrope_section)},
-        tie_word_embeddings=True,
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-    )
-    vision = dict(
-        depth=cfg.vision_depth,
-        hidden_size=cfg.vision_hidden,
-        num_heads=cfg.vision_heads,
-        intermediate_size=cfg.vision_intermediate,
-        out_hidden_size=cfg.hidden_size,
-        fullatt_block_indexes=list(range(cfg.vision_depth)),
-        window_size=112,
-    )
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = ids["<|im_end|>"]
-    model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    model.generation_config.bos_token_id = ids["<|endoftext|>"]
-    return model
+    token_ids = {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                 "pad_token_id": ids["<|endoftext|>"], "image_token_id": ids["<|image_pad|>"],
+                 "video_token_id": ids["<|video_pad|>"], "vision_start_token_id": ids["<|vision_start|>"],
+                 "vision_end_token_id": ids["<|vision_end|>"]}
+    arch = replace(arch, text=replace(arch.text, vocab_size=len(tokenizer)))
+    return random_model(arch, token_ids, seed=seed)
 
 
-def build(out_dir: str | Path, cfg: TinyModelConfig = TinyModelConfig(), seed: int = 0) -> Path:
-    """Write a random-init tiny model + processor to ``out_dir`` (HF ``save_pretrained`` layout)."""
+def build(out_dir: str | Path, arch: ArchConfig | None = None, seed: int = 0, world: WorldConfig = WorldConfig()) -> Path:
+    """Write a random-init model of ``arch`` (default: `tiny_arch`) + processor to ``out_dir`` (HF
+    ``save_pretrained`` layout)."""
     out = Path(out_dir)
-    tokenizer = build_tokenizer(cfg, seed)
-    processor = build_processor(tokenizer, cfg.world)
-    model = build_model(cfg, tokenizer, seed)
+    arch = arch or tiny_arch()
+    tokenizer = build_tokenizer(arch.text.vocab_size, seed, world)
+    processor = build_processor(tokenizer, world)
+    model = build_model(arch, tokenizer, seed)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visplay.roles.prompts import questioner_messages, questioner_target, reasoner_messages
-from visplay.tiny.build import TinyModelConfig, build_model, build_processor, build_tokenizer
+from visplay.arch import ArchConfig
+from visplay.tiny.build import build_model, build_processor, build_tokenizer, tiny_arch
 from visplay.worlds.questions import MARKED_FAMILIES, check_families, make_question
 from visplay.worlds.scene import WorldConfig, make_scene
 
@@ -38,7 +39,7 @@ class PretrainConfig:
     logging_steps: int = 50
     world: WorldConfig = field(default_factory=lambda: WorldConfig(min_objects=1, max_objects=5))  # labelled levels
     families: tuple[str, ...] = MARKED_FAMILIES
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    model: ArchConfig = field(default_factory=tiny_arch)  # the shape (a full arch: text + vision)
 
     def __post_init__(self) -> None:
         check_families(self.families)
@@ -111,7 +112,7 @@ class Collator:
 
 
 def init_model_dir(out: Path, cfg: PretrainConfig):
-    tokenizer = build_tokenizer(cfg.model, cfg.seed)
+    tokenizer = build_tokenizer(cfg.model.text.vocab_size, cfg.seed)
     processor = build_processor(tokenizer, cfg.world)
     model = build_model(cfg.model, tokenizer, cfg.seed)
     return model, processor
@@ -124,7 +125,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True, init
     control of `scripts/evolve_study.py` (labelled levels only, no self-labels)."""
     from transformers import Trainer, TrainingArguments
 
-    from visplay.models import freeze_vision_tower, load_model, train_resumable
+    from visplay.models import freeze_vision_tower, load_model, train_resumable, training_args
 
     out = Path(out_dir)
     ckpt_dir = out.with_name(out.name + ".ckpt")
@@ -133,23 +134,10 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True, init
     if cfg.freeze_vision:
         freeze_vision_tower(model)
     args = TrainingArguments(
-        output_dir=str(ckpt_dir),
-        max_steps=cfg.steps,
-        per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        use_cpu=True,
-        report_to=[],
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        max_grad_norm=1.0,
+        **training_args(ckpt_dir, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay, max_grad_norm=1.0,
+                        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, report_to=[]),
+        per_device_train_batch_size=cfg.batch_size, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
+        logging_steps=cfg.logging_steps, use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=WorldDataset(cfg, cfg.steps * cfg.batch_size),
                       data_collator=Collator(processor))
