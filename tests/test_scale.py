@@ -13,6 +13,7 @@ import dataclasses
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -273,6 +274,9 @@ def test_bad_input_fails_before_the_run_directory_exists(micro_model_dir, tmp_pa
           "--set", "evolve.questioner.use_vllm=true"], "evolve.questioner.use_vllm is on but vLLM is not installed"),
         (["--model", str(micro_model_dir), "--set", "hardware.launcher='no-such-launcher --gpus 8'"],
          "hardware.launcher runs 'no-such-launcher', which is not on PATH"),
+        (["--model", str(micro_model_dir), "--set", "sampler.backend=vllm"] if shutil.which("vllm") is None else
+         ["--model", str(micro_model_dir), "--set", "sampler.backend=vllm", "--set", "sampler.launch='no-vllm {model}'"],
+         "sampler.launch runs "),
         (["--model", str(micro_model_dir), "--set", f"evolve.source=parquet:{no_col}"], "has no column 'images'"),
         (["--model", str(micro_model_dir), "--set", f"evolve.source=folder:{empty}"], "no images found in"),
         (["--model", str(tmp_path / "nope")], "does not exist"),

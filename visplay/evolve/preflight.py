@@ -82,17 +82,26 @@ def preflight(cfg: Config) -> Path:
             except ValueError as e:
                 raise ValueError(f"evolve.{role}.rewards: {e}") from e
     if cfg.hardware.launcher:
-        import shlex
-        import shutil
-
         from visplay.evolve.launch import launcher_path
 
-        program = shlex.split(cfg.hardware.launcher)[0]
-        if program != "{python}" and shutil.which(program, path=launcher_path()) is None:
-            raise ValueError(f"hardware.launcher runs {program!r}, which is not on PATH (install it, e.g. "
-                             "`pip install accelerate deepspeed`, or set hardware.launcher=null to train in process)")
+        _check_program("hardware.launcher", cfg.hardware.launcher, "install it, e.g. `pip install accelerate "
+                       "deepspeed`, or set hardware.launcher=null to train in process", launcher_path())
+    if cfg.sampler.launch is not None:
+        _check_program("sampler.launch", cfg.sampler.launch, "vLLM lives in its own env (requirements/serve-vllm.txt): "
+                       "put its bin/ on PATH or give sampler.launch the full path (docs/scaling.md §8)")
     if not cfg.sampler.in_process and cfg.sampler.launch is None:
         from visplay.sampling.factory import client
 
         client(cfg.sampler, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     return base
+
+
+def _check_program(key: str, command: str, fix: str, path: str | None = None) -> None:
+    """The program a command template starts (after ``VAR=value`` assignments) is on ``path``
+    (default: PATH, which a launched sampling server's shell searches)."""
+    import shlex
+    import shutil
+
+    program = next((w for w in shlex.split(command) if "=" not in w), "")
+    if program != "{python}" and shutil.which(program, path=path) is None:
+        raise ValueError(f"{key} runs {program!r}, which is not on PATH ({fix})")
