@@ -46,7 +46,7 @@ def shuffled_walk(target: str, rng: random.Random) -> str:
     return f"<think>{'. '.join(out)}</think>{m.group(2)}"
 
 
-def finetune(order: str, out: Path, steps: int, lr: float, seed: int) -> None:
+def finetune(order: str, out: Path, steps: int, lr: float, seed: int, init: Path) -> None:
     import visplay.tiny.pretrain as pretrain_module
     from visplay.config import load_config
 
@@ -61,7 +61,7 @@ def finetune(order: str, out: Path, steps: int, lr: float, seed: int) -> None:
     pretrain_module.example = example  # WorldDataset looks it up at call time
     cfg = load_config("tiny", [f"pretrain.steps={steps}", f"pretrain.lr={lr}", "pretrain.warmup_steps=50",
                                f"pretrain.seed={seed}", f"pretrain.save_steps={max(steps // 4, 1)}"]).pretrain
-    pretrain_module.pretrain(out, cfg, resume=True, init=REPO / "models" / "tiny")
+    pretrain_module.pretrain(out, cfg, resume=True, init=init)
 
 
 def main() -> int:
@@ -73,10 +73,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--init", type=Path, default=REPO / "models" / "tiny", help="model to fine-tune (default: the shipped base)")
     args = ap.parse_args()
     model = args.out / "model"
     if not (model / "model.safetensors").is_file():
-        finetune(args.order, model, args.steps, args.lr, args.seed)
+        finetune(args.order, model, args.steps, args.lr, args.seed, args.init)
     for world_seed in (0, 1):
         ev = args.out / f"eval-seed{world_seed}"
         if not (ev / "summary.json").is_file():
