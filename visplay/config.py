@@ -80,6 +80,15 @@ class EvalConfig(Sampling):
         check_families(self.families)
 
 
+def base_url(key: str, url: str) -> urllib.parse.SplitResult:
+    """``url`` split, if it is an http(s) API base; else a ConfigError naming ``key`` (credentials
+    in the URL are never echoed)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key} must be an http(s) base URL like http://127.0.0.1:8000/v1, got {display_url(url)!r}")
+    return parts
+
+
 #: The reference evaluation's data.min_pixels / max_pixels (benchmark images are resized into it).
 PAPER_MIN_PIXELS = 262_144
 PAPER_MAX_PIXELS = 4_194_304
@@ -138,10 +147,7 @@ class JudgeConfig:
             raise ConfigError("judge.url and judge.model go together (--judge-url with --judge-model: the model "
                               "name the endpoint serves)")
         if self.url is not None:
-            parts = urllib.parse.urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError("judge.url must be an http(s) base URL like http://127.0.0.1:8000/v1, "
-                                  f"got {display_url(self.url)!r}")
+            parts = base_url("judge.url", self.url)
             if parts.username or parts.password:
                 raise ConfigError(f"judge.url must not carry credentials; put the API key in ${self.api_key_env}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or ""):
@@ -407,9 +413,7 @@ class SamplerConfig:
         if self.backend == "openai" and self.url is None:
             raise ConfigError("sampler.backend openai needs sampler.url (e.g. http://127.0.0.1:8000/v1)")
         if self.url is not None:
-            parts = urllib.parse.urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"sampler.url must be an http(s) base URL like http://127.0.0.1:8000/v1, got {self.url!r}")
+            parts = base_url("sampler.url", self.url)
             if self.launch is not None and parts.port is None:
                 raise ConfigError(f"sampler.url {self.url!r} needs an explicit port when sampler.launch starts the server")
         if self.launch is not None and "{model}" not in self.launch:

@@ -27,6 +27,7 @@ BENCH_KEYS = {
     **{f"judge_{k}": f"judge.{k}" for k in ("url", "model", "api_key_env", "cache", "prompt", "workers")},
 }
 FLAG_KEYS = {"world": WORLD_KEYS, "bench": BENCH_KEYS}
+KEY_FLAGS = (*dict.fromkeys([*WORLD_KEYS, *BENCH_KEYS]),)  # every flag that sets a config key, once
 #: flags that are not config keys, and the paths they belong to
 WORLD_ONLY, BENCH_ONLY = ("probe",), ("data_dir",)
 
@@ -75,13 +76,13 @@ def _check_flags(args: argparse.Namespace, path: str) -> None:
     """A flag the chosen path would ignore is an error (ValueError, one line)."""
     given = lambda dests: [_flag(d) for d in dests if getattr(args, d) not in (None, False)]  # noqa: E731
     if path == "compare":
-        wrong = given([*{**WORLD_KEYS, **BENCH_KEYS}, *WORLD_ONLY, *BENCH_ONLY, "model", "out", "sampler_url"]) + (
+        wrong = given([*KEY_FLAGS, *WORLD_ONLY, *BENCH_ONLY, "model", "out", "sampler_url"]) + (
             ["--set"] if args.overrides else [])
         where = "--compare prints the table of stored runs and generates nothing"
     else:
         if args.metric is not None:
             raise ValueError("--metric applies only with --compare")
-        wrong = given([d for d in {**WORLD_KEYS, **BENCH_KEYS} if d not in FLAG_KEYS[path]]
+        wrong = given([d for d in KEY_FLAGS if d not in FLAG_KEYS[path]]
                       + list(BENCH_ONLY if path == "world" else WORLD_ONLY))
         where = ("without --benchmarks the world evaluation runs" if path == "world"
                  else "with --benchmarks the benchmark evaluation runs")

@@ -16,6 +16,7 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
+from visplay.answers import agreement
 from visplay.config import Config, EvalConfig, SelfTrainConfig
 
 from visplay.eval.world import eval_items, evaluate_world
@@ -40,7 +41,7 @@ def majority_chains(sampler, world: WorldConfig, probe: SelfTrainConfig, setting
     rows, kept_right = [], 0
     for (scene, q), outs, ps, vote in zip(items, samples, parsed, votes):
         label = vote.label
-        if label is None or vote.count / probe.k < probe.min_agreement:
+        if label is None or agreement(vote) < probe.min_agreement:
             continue
         chains = [s for s, p in zip(outs, ps) if p.format_ok and p.answer == label]
         if not chains:
