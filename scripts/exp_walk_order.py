@@ -46,6 +46,25 @@ def shuffled_walk(target: str, rng: random.Random) -> str:
     return f"<think>{'. '.join(out)}</think>{m.group(2)}"
 
 
+def row_walk(target: str, rows: str = "abcde") -> str:
+    """The marked walk of ``target`` grouped by grid row, every row named (``none`` when empty):
+    the trace ends after the last row, not after a learnt number of objects (session 8: the
+    shipped base lists 6 of 7 objects at level 7, dropping one to keep its length).
+
+    >>> row_walk("<think>a1 red 1. c3 blue -. c4 red 2</think>\\\\boxed{2}")
+    '<think>a: a1 red 1. b: none. c: c3 blue -. c4 red 2. d: none. e: none</think>\\\\boxed{2}'
+    """
+    m = WALK.fullmatch(target)
+    if not m:
+        return target
+    parts = [] if m.group(1) == "none" else m.group(1).split(". ")
+    out = []
+    for r in rows:
+        mine = [x for x in parts if x[0] == r]
+        out.append(f"{r}: " + (". ".join(mine) if mine else "none"))
+    return f"<think>{'. '.join(out)}</think>{m.group(2)}"
+
+
 def finetune(order: str, out: Path, steps: int, lr: float, seed: int, init: Path) -> None:
     import visplay.tiny.pretrain as pretrain_module
     from visplay.config import load_config
@@ -56,6 +75,8 @@ def finetune(order: str, out: Path, steps: int, lr: float, seed: int, init: Path
         ex = plain(i, cfg)
         if order == "random" and ex["target"].startswith("<think>"):
             ex = {**ex, "target": shuffled_walk(ex["target"], random.Random(f"order:{cfg.seed}:{i}"))}
+        if order == "rows" and ex["target"].startswith("<think>"):
+            ex = {**ex, "target": row_walk(ex["target"])}
         return ex
 
     pretrain_module.example = example  # WorldDataset looks it up at call time
@@ -66,13 +87,14 @@ def finetune(order: str, out: Path, steps: int, lr: float, seed: int, init: Path
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--order", choices=("random", "reading"), required=True)
+    ap.add_argument("--order", choices=("random", "reading", "rows"), required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--k", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="eval budget (row walks at level 8 need ~70)")
     ap.add_argument("--init", type=Path, default=REPO / "models" / "tiny", help="model to fine-tune (default: the shipped base)")
     args = ap.parse_args()
     model = args.out / "model"
@@ -82,7 +104,7 @@ def main() -> int:
         ev = args.out / f"eval-seed{world_seed}"
         if not (ev / "summary.json").is_file():
             subprocess.run([sys.executable, "-m", "visplay.cli", "eval", "--model", str(model), "--n", str(args.n),
-                            "--k", str(args.k), "--world-seed", str(world_seed), "--out", str(ev)], check=True)
+                            "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens), "--world-seed", str(world_seed), "--out", str(ev)], check=True)
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from visplay.answers.committee import AGREEMENT_MODES
 from visplay.arch import ArchConfig
 from visplay.data.images import check_pixel_range
 from visplay.sampling.base import Knobs, SamplingParams
@@ -32,7 +33,7 @@ from visplay.worlds.scene import SPLITS, WorldConfig
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRESETS_DIR = REPO_ROOT / "presets"
 #: Names that resolve to models shipped in this repository.
-EMBEDDED_MODELS = {"tiny": REPO_ROOT / "models" / "tiny"}
+EMBEDDED_MODELS = {"tiny": REPO_ROOT / "models" / "tiny", "walk-random": REPO_ROOT / "models" / "walk-random"}
 
 
 class ConfigError(ValueError):
@@ -327,6 +328,13 @@ class EvolveConfig(Sampling):
     diversity_penalty: bool = True  # ablation: False drops the penalty
     train_questioner: bool = True  # ablation: False keeps the base questioner frozen
     labels: str = "majority"  # ablation: "questioner" trains on the questioner's own answers
+    committee: tuple[str, ...] = ()  # more labellers beside the reasoner: model dirs/names, or url=http://host:port/v1
+    agreement: str = "answer"  # answer: vote on final answers | trace: on the task's canonical trace key (world)
+    coevolve: bool = False  # reasoner_objective sft: local committee members train on their own agreeing chains too
+    reasoner_objective: str = "grpo"  # grpo: the reasoner's GRPO on the labels | sft: SFT on its own agreeing chains
+    sft_epochs: int = 3
+    sft_batch_size: int = 16
+    sft_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -339,6 +347,25 @@ class EvolveConfig(Sampling):
             raise ConfigError(f"evolve.source_objects must be [min, max] with 0 <= min <= max, got {self.source_objects}")
         if self.stop_agreement is not None and not 0 < self.stop_agreement <= 1:
             raise ConfigError(f"evolve.stop_agreement must be in (0, 1] or null, got {self.stop_agreement}")
+        if self.agreement not in AGREEMENT_MODES:
+            raise ConfigError(f"evolve.agreement must be one of {list(AGREEMENT_MODES)}, got {self.agreement!r}")
+        if self.reasoner_objective not in ("grpo", "sft"):
+            raise ConfigError(f"evolve.reasoner_objective must be 'grpo' or 'sft', got {self.reasoner_objective!r}")
+        if self.coevolve and (self.reasoner_objective != "sft" or not self.committee):
+            raise ConfigError("evolve.coevolve trains the committee's members by SFT on their own chains: it needs "
+                              "evolve.reasoner_objective=sft and at least one evolve.committee member")
+        if self.coevolve and any(e.startswith("url=") for e in self.committee):
+            raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
+        for key in ("sft_epochs", "sft_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
+        if not (isinstance(self.sft_lr, (int, float)) and 0 < self.sft_lr < 1):
+            raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.sft_lr}")
+        for entry in self.committee:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ConfigError(f"evolve.committee entries must be model paths/names or url=..., got {entry!r}")
+            if entry.startswith("url="):
+                base_url("evolve.committee", entry[4:])
         if self.labels not in ("majority", "questioner"):
             raise ConfigError(f"evolve.labels must be 'majority' or 'questioner', got {self.labels!r}")
         for key in ("questioner_images", "images_per_iteration", "questions_per_image", "reward_samples",

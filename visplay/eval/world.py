@@ -21,7 +21,7 @@ from visplay.labeling import majority_vote_batch, rate
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import Question, make_question
+from visplay.worlds.questions import MARKED_FAMILIES, Question, listing_complete, make_question
 from visplay.worlds.scene import Scene, WorldConfig, make_scene
 
 BANDS = {"0.25-0.75": (0.25, 0.75), ">=0.5": (0.5, 1.0), ">=0.7": (0.7, 1.0)}
@@ -68,11 +68,12 @@ class WorldEval:
                   for lv, s in sorted(self.summary.get("by_level", {}).items(), key=lambda kv: int(kv[0]))]
         fams = sorted(self.summary["by_family"].items())
         for name, s in fams + levels + [("ALL", self.summary["overall"])]:
-            band = s.get("label_accuracy_c>=0.7")
+            band, listed = s.get("label_accuracy_c>=0.7"), s.get("listing_complete")
             lines.append(
                 f"{name:<12} {s['n']:>5} {s['prior']:>7.1%} {s['greedy']:>7.1%} {100 * se(s['greedy'], s['n']):>5.1f}p "
                 f"{s['maj']:>7.1%} {s['pass']:>7.1%} {100 * (s['maj'] - s['greedy']):>+6.1f}p"
                 + (f"  labels at c>=0.7: {band['accuracy']:.0%} of {band['n']}" if band else "")
+                + (f"  complete listings: {listed:.0%}" if listed is not None else "")
             )
         if labelled:
             lines.append("* labelled level (seen with labels in pretraining); the others are the ladder above it")
@@ -100,7 +101,8 @@ def summarize(rows: list[dict], labelled_levels=()) -> dict:
     return {
         "overall": stats(rows),
         "by_family": {f: stats([r for r in rows if r["family"] == f]) for f in fams},
-        "by_level": {str(lv): {**stats(rs), "label_accuracy_c>=0.7": _band(rs, 0.7, 1.0)}
+        "by_level": {str(lv): {**stats(rs), "label_accuracy_c>=0.7": _band(rs, 0.7, 1.0),
+                               "listing_complete": rate(rs, "listing_complete")}
                      for lv in levels for rs in [[r for r in rows if r.get("level") == lv]]},
         "labelled_levels": sorted(labelled_levels),
         "label_accuracy_by_band": bands,
@@ -132,6 +134,8 @@ def evaluate_world(sampler: Sampler, world: WorldConfig, settings: EvalConfig, g
             "qtype": q.qtype,
             "question": q.text, "truth": q.answer,
             "greedy_output": g[0], "greedy_answer": gp.answer, "greedy_format_ok": gp.format_ok,
+            # the length probe: does the greedy walk list exactly the scene's objects? (walk families only)
+            "listing_complete": listing_complete(scene, g[0]) if q.family in MARKED_FAMILIES else None,
             "greedy_correct": right(gp.answer),
             "samples": ss, "sample_answers": answers,
             "majority": vote.label, "agreement": agreement(vote),  # share of all k samples, invalid ones included

@@ -20,6 +20,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from visplay.answers import Grader
+from visplay.cards import dress_checkpoint
 from visplay.config import Config
 from visplay.data.sources import skip_seen
 from visplay.dist import Ranks
@@ -27,7 +28,7 @@ from visplay.eval.world import evaluate_world, level_groups, write_eval
 from visplay.evolve.chunks import run_chunked
 from visplay.evolve.launch import WorkerError, launch_phase, run_sharded_stage
 from visplay.evolve.plan_of_stages import BASELINE, ITERATION_STAGES, stage_name
-from visplay.evolve.preflight import open_images
+from visplay.evolve.preflight import committee_members, member_sampler, open_images
 from visplay.evolve.rundir import RunDir
 from visplay.evolve.stages import (
     generate_questions,
@@ -118,9 +119,29 @@ def stage_items(ctx: Context, kind: str) -> list:
     return pq.read_table(ctx.run.output(ctx.name("questions"))).to_pylist()
 
 
-def chunk_model(ctx: Context, kind: str) -> Path:
-    """Who samples in a chunked stage: the new questioner (questions) or the previous reasoner (labels)."""
-    return ctx.model("questioner", ctx.t) if kind == "questions" else ctx.model("reasoner", ctx.t - 1)
+def chunk_models(ctx: Context, kind: str) -> list[Path | str]:
+    """Who samples in a chunked stage: the new questioner (questions), or the labelling committee --
+    the previous reasoner, then `evolve.committee`'s members (local dirs, or ``url=`` servers)."""
+    if kind == "questions":
+        return [ctx.model("questioner", ctx.t)]
+    members = committee_members(ctx.cfg)
+    if ctx.cfg.evolve.coevolve and ctx.t > 1:  # the members as the previous round trained them
+        members = [Path(p) for p in ctx.run.stage_info(stage_name(ctx.t - 1, "reasoner")).get("committee", members)]
+    return [ctx.model("reasoner", ctx.t - 1), *members]
+
+
+@contextlib.contextmanager
+def chunk_samplers(ctx: Context, kind: str, sampler_cfg=None, log=None, device: str | None = None):
+    """The samplers of a chunked stage, open together: one (questions) or the committee (labels)."""
+    base = sampler_cfg or ctx.cfg.sampler
+    with contextlib.ExitStack() as stack:
+        samplers = []
+        for i, model in enumerate(chunk_models(ctx, kind)):
+            cfg, where = member_sampler(base, model)
+            member_log = None if log is None or not i else log.with_name(f"{log.stem}.member{i}{log.suffix}")
+            samplers.append(stack.enter_context(
+                open_sampler(cfg, where, ctx.cfg.dtype, log_path=member_log or log, device=device)))
+        yield samplers[0] if kind == "questions" else samplers
 
 
 def chunk_fn(ctx: Context, kind: str, sampler):
@@ -131,7 +152,7 @@ def chunk_fn(ctx: Context, kind: str, sampler):
                                                    replace(sample, seed=sample.seed + 7919 * i), ctx.cfg.source_world_at(ctx.t))
     return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples,
                                             replace(sample, seed=sample.seed + 7919 * i), ctx.grader,
-                                            (ev.band_low, ev.band_high))
+                                            (ev.band_low, ev.band_high), ev.agreement)
 
 
 def _sampler(ctx: Context, model_dir: Path, progress: bool = False, stage: str | None = None):
@@ -146,7 +167,7 @@ def _chunked(ctx: Context, kind: str, items) -> list[dict]:
     stage, (key, row_key) = ctx.name(kind), CHUNK_KEYS[kind]
     if ctx.cfg.hardware.generation_shards > 1 and ctx.cfg.sampler.in_process:
         return run_sharded_stage(ctx.cfg, ctx.run, stage, items, key, row_key)
-    with _sampler(ctx, chunk_model(ctx, kind), stage=stage) as sampler:
+    with chunk_samplers(ctx, kind, log=ctx.run.log_path(stage, "server")) as sampler:
         return run_chunked(ctx.run.parts(stage), items, ctx.cfg.evolve.chunk_size, chunk_fn(ctx, kind, sampler),
                            desc=f"iter{ctx.t} {kind}", key=key, row_key=row_key)
 
@@ -267,9 +288,52 @@ def run_reasoner(ctx: Context) -> dict:
     if not any(r["kept"] for r in rows):
         ctx.say(f"{stage}: no question kept in the agreement band; the reasoner is carried over unchanged")
         return {"model": str(prev), "skipped": "no kept questions", "train_rows": 0}
+    if ev.reasoner_objective == "sft":
+        return run_reasoner_sft(ctx, rows)
     ds = reasoner_dataset(rows, "questioner_answer" if ev.labels == "questioner" else "label")
     guard = _train(ctx, "reasoner", lambda: ds)
     return {"model": str(ctx.run.output(stage)), "train_rows": len(ds), "guard": guard}
+
+
+def run_reasoner_sft(ctx: Context, rows: list[dict]) -> dict:
+    """R_t = SFT(R_{t-1}) on its own chains that agree with the committee (`visplay.evolve.sft`);
+    with `evolve.coevolve`, every local committee member trains the same way on its own chains."""
+    import torch
+
+    from visplay.evolve.sft import chain_rows, train_sft
+    from visplay.models import load_model
+
+    ev, stage = ctx.cfg.evolve, ctx.name("reasoner")
+    models = chunk_models(ctx, "labels")  # the committee that labelled these rows, reasoner first
+    learners = range(len(models)) if ev.coevolve else range(1)
+    info: dict = {"model": str(ctx.run.output(stage)), "objective": "sft"}
+    trained = []
+    for i in learners:
+        data = chain_rows(rows, i, seed=ev.seed + ctx.t)
+        out = ctx.run.output(stage) if i == 0 else ctx.run.output(stage).with_name(f"committee{i}")
+        if not data:
+            ctx.say(f"{stage}: member {i} has no agreeing chain; carried over unchanged")
+            trained.append(str(models[i]))
+            continue
+        model, processor = load_model(models[i], dtype=torch.float32)
+        card = {"run": str(ctx.run.root), "stage": f"{stage} (SFT on agreeing chains, committee member {i})",
+                "started from": str(models[i]), "trained": f"{ev.sft_epochs} epochs of {len(data)} chains, batch "
+                f"{ev.sft_batch_size}, lr {ev.sft_lr:g}", "labels": f"committee of {len(models)}, agreement {ev.agreement}"}
+        _, history = train_sft(model, processor, data, out, epochs=ev.sft_epochs, batch_size=ev.sft_batch_size,
+                               lr=ev.sft_lr, seed=ev.seed + ctx.t,
+                               dress=lambda tmp, out=out, card=card, tok=processor.tokenizer: dress_checkpoint(
+                                   tmp, f"visplay {stage}", card, max_new_tokens=ev.max_new_tokens, tokenizer=tok,
+                                   card_dir=out))
+        for h in history:
+            ctx.run.log({"stage": stage, "member": i, **h})
+        trained.append(str(out))
+        if i == 0:
+            info["train_rows"] = len(data)
+    if ev.coevolve:
+        info["committee"] = trained[1:]
+    info["model"] = trained[0]
+    info.setdefault("train_rows", 0)
+    return info
 
 
 def run_eval(ctx: Context) -> dict:
@@ -281,7 +345,8 @@ def run_eval(ctx: Context) -> dict:
     write_eval(result, ctx.run.output(stage), {"model": str(model_dir)})
     o = result.summary["overall"]
     info = {"greedy": o["greedy"], "maj": o["maj"], "pass": o["pass"], "n": o["n"],
-            "by_level": {lv: {k: v[k] for k in ("n", "greedy", "maj")} for lv, v in result.summary["by_level"].items()}}
+            "by_level": {lv: {k: v.get(k) for k in ("n", "greedy", "maj", "listing_complete")}
+                         for lv, v in result.summary["by_level"].items()}}
     parts = []
     for name, levels in level_groups({r["level"] for r in result.rows}, cfg.labelled_levels).items():
         rs = [r["greedy_correct"] for r in result.rows if r["level"] in levels]

@@ -30,6 +30,7 @@ from visplay.answers import Grader
 from visplay.cards import publish_stage
 from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
+from visplay.labeling import rate
 from visplay.evolve.bodies import BODIES, Context, pct, stop_signal
 from visplay.evolve.tracker import log_loop_metrics
 from visplay.evolve.plan_of_stages import BASELINE, STAGES, stage_name
@@ -143,10 +144,26 @@ def summary_table(results: dict, run_root: str | Path | None = None, k: int | No
         pt = paired(b, a)
         lines.append(f"{name}: {100 * pt['gain']:+.1f} ± {100 * pt['se']:.1f} points, iter {last} vs base "
                      f"(paired, n={pt['n']}, McNemar p={pt['p']:.3f})")
+    lines += level_lines(before, after, last)
     final = stages.get(f"iter{last}/reasoner", {}).get("model")
     if final:
         lines.append(f"final model: {final if Path(final).is_absolute() else root / final}")
     return "\n".join(lines)
+
+
+def level_lines(before: list[dict], after: list[dict], last: int) -> list[str]:
+    """Per level: greedy before -> after with the paired gain, and the share of complete listings
+    (the length probe: the ladder climbs only if the walks grow with the levels)."""
+    out = []
+    for lv in sorted({r["level"] for r in before if r.get("level") is not None}):
+        b = [r for r in before if r.get("level") == lv]
+        a = [r for r in after if r.get("level") == lv]
+        pt = paired([r["greedy_correct"] for r in b], [r["greedy_correct"] for r in a])
+        listed = [rate(rs, "listing_complete") for rs in (b, a)]
+        out.append(f"  level {lv}: {rate(b, 'greedy_correct'):.1%} -> {rate(a, 'greedy_correct'):.1%} "
+                   f"({100 * pt['gain']:+.1f} ± {100 * pt['se']:.1f}, n={pt['n']})"
+                   + (f"; complete listings {listed[0]:.0%} -> {listed[1]:.0%}" if None not in listed else ""))
+    return out
 
 
 def _labelled(root: Path) -> list[int]:

@@ -11,9 +11,10 @@ Test: `pytest tests/test_scale.py`.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from visplay.config import Config, resolve_model
+from visplay.config import Config, SamplerConfig, resolve_model
 from visplay.data.sources import ImageSource, open_source
 from visplay.models import ModelError, check_model_dir
 from visplay.rewards.registry import resolve_reward
@@ -65,11 +66,39 @@ def model_dir(cfg: Config) -> Path:
             "then pass --model DIR (or --set model=DIR)") from e
 
 
+def committee_members(cfg: Config) -> list[Path | str]:
+    """`evolve.committee` as the labels stage opens it: local model dirs (checked) and ``url=`` strings."""
+    out: list[Path | str] = []
+    for entry in cfg.evolve.committee:
+        if entry.startswith("url="):
+            out.append(entry)
+            continue
+        try:
+            out.append(check_model_dir(resolve_model(entry)))
+        except ModelError as e:
+            raise ModelError(f"evolve.committee member {entry!r}: {e}") from e
+    return out
+
+
+def member_sampler(base: SamplerConfig, member: Path | str) -> tuple[SamplerConfig, Path | str]:
+    """How a committee member samples: a ``url=`` member through an OpenAI-compatible client at that
+    address, a local model like the run's own models (``sampler``)."""
+    if isinstance(member, str) and member.startswith("url="):
+        return dataclasses.replace(base, backend="openai", url=member[4:], launch=None), member[4:]
+    return base, member
+
+
 def preflight(cfg: Config) -> Path:
     """Validate everything a run needs before it writes anything; returns the base model directory."""
     from visplay.train import check_vllm
 
     base = model_dir(cfg)
+    for member in committee_members(cfg):  # a member that does not load is an error before the run exists
+        if isinstance(member, str):
+            from visplay.sampling.factory import client
+
+            member_cfg, _ = member_sampler(cfg.sampler, member)
+            client(member_cfg, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     check_images(open_images(cfg), cfg.evolve.source)  # ValueError naming the folder/file/column/rows when unusable
     ev = cfg.evolve
     if ev.train_questioner:

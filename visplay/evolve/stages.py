@@ -17,14 +17,15 @@ from collections.abc import Iterable, Sequence
 
 from PIL import Image
 
-from visplay.answers import Grader, agreement
+from visplay.answers import Grader
+from visplay.answers.committee import committee_votes
 from visplay.data.sources import ImageItem
 from visplay.io import image_bytes
 from visplay.labeling import majority_vote_batch, rate
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import grade, oracle
+from visplay.worlds.questions import grade, oracle, trace_key
 from visplay.worlds.scene import WorldConfig, make_scene
 
 _WORLD_ID = re.compile(r"world/(\w+)/(\d+)")
@@ -84,23 +85,40 @@ def generate_questions(
 def unlabeled(row: dict) -> dict:
     """A question row with every labeling column present and empty (the labels.parquet schema)."""
     return {**row, "samples": [], "answers": [], "label": None, "count": 0, "answered": 0, "agreement": 0.0,
-            "kept": False, "label_correct": None, "questioner_correct": None, "skip_reason": None}
+            "kept": False, "label_correct": None, "questioner_correct": None, "skip_reason": None,
+            "member_labels": [], "member_agreement": [], "chains": []}
+
+
+#: seed offset between committee members' samples (member 0, the reasoner, keeps the stage's seed)
+MEMBER_SEED_STRIDE = 1_000_003
 
 
 def label_questions(
-    reasoner: Sampler, rows: Sequence[dict], m: int, params: SamplingParams, grader: Grader,
-    band: tuple[float, float] = (0.25, 0.75),
+    reasoner: Sampler | Sequence[Sampler], rows: Sequence[dict], m: int, params: SamplingParams, grader: Grader,
+    band: tuple[float, float] = (0.25, 0.75), mode: str = "answer",
 ) -> list[dict]:
-    """Majority-vote silver labels from m reasoner samples, one output row per input row.
+    """Silver labels from m samples of the reasoner, or of every committee member (a list of
+    samplers, the reasoner first), one output row per input row.
 
-    ``agreement`` c = majority count / m (`visplay.answers.agreement`); ``kept`` = c in the band (inclusive). Rows that cannot be
-    labeled keep ``label`` None and say why in ``skip_reason`` (invalid question, no boxed answer).
+    The vote is `visplay.answers.committee_votes` (``mode`` answer or trace; world images have a
+    trace key, other images are voted on answers). ``agreement`` c = the weakest member's share of
+    its m samples on the label (one member: majority count / m, `visplay.answers.agreement`);
+    ``kept`` = c in the band (inclusive). Each member's own answer and share are recorded beside
+    the label, and ``chains`` holds the samples that agree with it. Rows that cannot be labeled keep
+    ``label`` None and say why in ``skip_reason`` (invalid question, no boxed answer, disagreement).
     """
+    members = list(reasoner) if isinstance(reasoner, (list, tuple)) else [reasoner]
     todo = [r for r in rows if r["valid"]]
     prompts = [Prompt(reasoner_messages(r["question"]), (from_png(r["image_png"]),)) for r in todo]
-    samples = [[storable(s) for s in row] for row in reasoner.generate(prompts, replace(params, n=m))] if todo else []
-    answers = [[parse_reasoner(s).answer for s in row] for row in samples]
-    votes = iter(zip(samples, answers, majority_vote_batch(answers, grader)))
+    per_member = []  # [member][question][sample]
+    for i, sampler in enumerate(members):
+        p = replace(params, n=m, seed=(params.seed + MEMBER_SEED_STRIDE * i) % 2**31)
+        per_member.append([[storable(s) for s in row] for row in sampler.generate(prompts, p)] if todo else [])
+    samples = [[member[q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
+    answers = [[[parse_reasoner(s).answer for s in ss] for ss in q] for q in samples]
+    keys = [[[trace_key(s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
+            if _WORLD_ID.fullmatch(r["image_id"]) else None for r, qs, qa in zip(todo, samples, answers)]
+    votes = iter(zip(samples, answers, committee_votes(answers, keys, mode, grader)))
     out = []
     for r in rows:
         base = unlabeled(r)
@@ -108,14 +126,16 @@ def label_questions(
             out.append({**base, "skip_reason": f"invalid question: {r['reason']}"})
             continue
         ss, ans, v = next(votes)
-        base.update(samples=list(ss), answers=ans, count=v.count, answered=v.total)
+        base.update(samples=[s for member in ss for s in member], answers=[a for member in ans for a in member],
+                    count=v.count, answered=v.answered, member_labels=v.member_labels,
+                    member_agreement=v.member_agreement)
         if v.label is None:
-            out.append({**base, "skip_reason": "no boxed answer in any sample"})
+            out.append({**base, "skip_reason": v.reason})
             continue
-        c = agreement(v)
         truth = r.get("true_answer")
         out.append({
-            **base, "label": v.label, "agreement": c, "kept": band[0] <= c <= band[1],
+            **base, "label": v.label, "agreement": v.agreement, "kept": band[0] <= v.agreement <= band[1],
+            "chains": [[ss[i][j] for j in idx] for i, idx in enumerate(v.chains)],  # per member
             "label_correct": None if truth is None else grade(r["question"], v.label, truth, grader),
             "questioner_correct": None if truth is None else grade(r["question"], r["questioner_answer"], truth, grader),
         })

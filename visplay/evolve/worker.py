@@ -39,13 +39,12 @@ from pathlib import Path
 from visplay import dist
 from visplay.answers import Grader
 from visplay.config import Config, config_from_manifest
-from visplay.evolve.bodies import CHUNK_KEYS, Context, chunk_fn, chunk_model, stage_items, train_phase
+from visplay.evolve.bodies import CHUNK_KEYS, Context, chunk_fn, chunk_samplers, stage_items, train_phase
 from visplay.evolve.launch import CONTROLLER_PID, WorkerError
 from visplay.evolve.plan_of_stages import BY_KIND, parse_stage
 from visplay.evolve.preflight import model_dir
 from visplay.evolve.rundir import RunDir
 from visplay.evolve.shards import run_shard
-from visplay.sampling.factory import open_sampler
 
 
 def _open(run_root: str | Path, stage: str, job: str) -> tuple[Config, RunDir, int, str]:
@@ -81,7 +80,7 @@ def shard_main(run_root: str, stage: str, rank: int, world: int) -> None:
     with _grader(cfg) as grader:
         ctx = Context(cfg, run, model_dir(cfg), t, grader)
         items, (key, row_key) = stage_items(ctx, kind), CHUNK_KEYS[kind]
-        with open_sampler(cfg.sampler, chunk_model(ctx, kind), cfg.dtype) as sampler:
+        with chunk_samplers(ctx, kind) as sampler:
             run_shard(run.parts(stage), items, dist.Ranks(rank, world), cfg.evolve.chunk_size,
                       chunk_fn(ctx, kind, sampler), key=key, row_key=row_key)
 

@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from visplay.answers import LETTERS, Grader
+from visplay.answers import LETTERS, Grader, normalize_answer
 from visplay.answers import grade as grade_answer
 from visplay.worlds.scene import COLOURS, SHAPES, SIZES, Obj, Scene
 
@@ -364,6 +364,42 @@ def oracle(scene: Scene, text: str) -> str | None:
     """The true answer of any grammatical question about ``scene``; None if not answerable."""
     hit = parse(text)
     return hit[0].solve(scene, hit[1]) if hit else None
+
+
+_LISTED = re.compile(rf"\b([a-h][1-8]) ({_C})\b")
+
+
+def listed_objects(completion: str | None) -> tuple[str, ...] | None:
+    """The ``cell colour`` entries a reasoner completion's trace lists, in order (None: no trace).
+
+    >>> listed_objects("<think>b2 red 1. a1 blue -</think>\\\\boxed{1}")
+    ('b2 red', 'a1 blue')
+    """
+    if not isinstance(completion, str) or "<think>" not in completion or "</think>" not in completion:
+        return None
+    think = completion.split("<think>", 1)[1].split("</think>", 1)[0]
+    return tuple(f"{cell} {colour}" for cell, colour in _LISTED.findall(think))
+
+
+def trace_key(completion: str | None, answer: str | None) -> str | None:
+    """The world's canonical key of a reasoning chain: the sorted objects its trace lists, and the
+    answer -- what decides a counting answer, with the walk's order and marks left out (two chains
+    with the same key saw the same scene and concluded the same). None without a trace or answer.
+
+    >>> trace_key("<think>b2 red 1. a1 blue -</think>\\\\boxed{1}", "1")
+    'a1 blue. b2 red => 1'
+    """
+    listed = listed_objects(completion)
+    if listed is None or answer is None:
+        return None
+    return f"{'. '.join(sorted(set(listed))) or 'none'} => {normalize_answer(answer)}"
+
+
+def listing_complete(scene: Scene, completion: str | None) -> bool:
+    """Does the trace list exactly the scene's objects (each once, right colour)? The length probe:
+    above the labelled levels a base drops objects to keep the walk as long as it learnt."""
+    listed = listed_objects(completion)
+    return listed is not None and sorted(listed) == sorted(f"{o.cell} {o.colour}" for o in scene.objects)
 
 
 def grade(question: str, predicted: str | None, truth: str, grader: Grader | None = None) -> bool:

@@ -1,0 +1,148 @@
+"""Committee labels: the vote rule, the labels stage with several samplers, trace keys, config and
+preflight errors, and one micro committee loop on the shipped models (co-evolving, SFT on chains).
+
+In-memory except the last test, which runs `visplay evolve` on models/tiny + models/walk-random
+(~1-2 min on one thread). Run: ``pytest -q tests/test_committee.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from visplay.answers import Grader, agreement
+from visplay.answers.committee import committee_votes
+from visplay.config import ConfigError, load_config
+from visplay.evolve.stages import label_questions, png_bytes
+from visplay.labeling import majority_vote_batch
+from visplay.sampling.base import SamplingParams
+from visplay.worlds.questions import listing_complete, trace_key
+from visplay.worlds.scene import WorldConfig, make_scene
+
+
+def test_one_member_is_the_plain_majority_vote() -> None:
+    for answers in (["3", "3", "4", None], ["1/2", "0.5", "2"], [None, None], ["7"]):
+        (v,) = committee_votes([[answers]])
+        (plain,) = majority_vote_batch([answers])
+        assert (v.label, v.agreement, v.count, v.answered) == (plain.label, agreement(plain), plain.count, plain.total)
+
+
+def test_members_must_agree_and_the_weakest_share_counts() -> None:
+    agree, split = committee_votes([[["3", "3", "4"], ["3.0", "3", "3"]], [["3", "3", "3"], ["4", "4", "3"]]])
+    assert agree.label == "3" and agree.agreement == pytest.approx(2 / 3)
+    assert agree.member_labels == ["3", "3.0"] and agree.member_agreement == pytest.approx([2 / 3, 1.0])
+    assert agree.chains == [[0, 1], [0, 1, 2]]  # equivalent spellings count as agreeing chains
+    assert split.label is None and split.reason == "committee members disagree"
+
+
+def test_trace_agreement_rejects_a_right_answer_over_a_different_listing() -> None:
+    good = "<think>a1 red 1. b2 blue -</think>\\boxed{1}"
+    reordered = "<think>b2 blue -. a1 red 1</think>\\boxed{1}"  # same objects, other order: same key
+    dropped = "<think>a1 red 1</think>\\boxed{1}"  # the same answer, one object not listed
+    assert trace_key(good, "1") == trace_key(reordered, "1") != trace_key(dropped, "1")
+    members = [[good, good, reordered], [dropped, dropped, good]]
+    answers = [[["1"] * 3, ["1"] * 3]]
+    keys = [[[trace_key(s, "1") for s in m] for m in members]]
+    (by_answer,) = committee_votes(answers, keys, mode="answer")
+    (by_trace,) = committee_votes(answers, keys, mode="trace")
+    assert by_answer.label == "1" and by_trace.label is None
+    (no_key,) = committee_votes(answers, [None], mode="trace")  # a task without a key: voted on answers
+    assert no_key.label == "1"
+
+
+def test_listing_complete_is_exact() -> None:
+    scene = make_scene("heldout", 3, WorldConfig(min_objects=3, max_objects=3))
+    walk = ". ".join(f"{o.cell} {o.colour} -" for o in scene.objects)
+    assert listing_complete(scene, f"<think>{walk}</think>\\boxed{{0}}")
+    assert not listing_complete(scene, f"<think>{walk.rsplit('. ', 1)[0]}</think>\\boxed{{0}}")
+    assert not listing_complete(scene, "no trace")
+
+
+class _Says:
+    """A labeller whose samples for every question are ``texts``; remembers its seeds."""
+
+    def __init__(self, texts):
+        self.texts, self.seeds = texts, []
+
+    def generate(self, prompts, params):
+        self.seeds.append(params.seed)
+        return [list(self.texts) for _ in prompts]
+
+
+def _row(image_id: str) -> dict:
+    return {"image_id": image_id, "sample": 0, "valid": True, "reason": "ok", "question": "How many red objects are there?",
+            "image_png": png_bytes(Image.new("RGB", (8, 8))), "questioner_answer": "1", "true_answer": "1"}
+
+
+def test_the_labels_stage_samples_every_member_and_records_them() -> None:
+    full, short = "<think>a1 red 1. b2 blue -</think>\\boxed{1}", "<think>a1 red 1</think>\\boxed{1}"
+    a, b = _Says([full] * 3), _Says([full, full, short])
+    with Grader(workers=0) as g:
+        world, other = label_questions([a, b], [_row("world/unlabeled/5"), _row("folder/x.png")], 3,
+                                       SamplingParams(seed=4), g, (0.6, 1.0), mode="trace")
+    assert a.seeds[0] != b.seeds[0]  # members draw independent samples
+    assert world["label"] == "1" and world["kept"] and world["agreement"] == pytest.approx(2 / 3)
+    assert world["member_labels"] == ["1", "1"] and len(world["samples"]) == 6
+    assert world["chains"] == [[full] * 3, [full, full]] and world["label_correct"] is True
+    assert other["label"] == "1" and other["agreement"] == 1.0  # no trace key outside the world: answers
+    with Grader(workers=0) as g:
+        (strict,) = label_questions([a, _Says([short] * 3)], [_row("world/unlabeled/5")], 3, SamplingParams(), g,
+                                    (0.0, 1.0), mode="trace")
+    assert strict["label"] is None and strict["skip_reason"] == "committee members disagree" and not strict["kept"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["evolve.agreement=votes"], "evolve.agreement must be one of"),
+    (["evolve.coevolve=true", "evolve.committee=[walk-random]"], "evolve.coevolve trains"),
+    (["evolve.coevolve=true", "evolve.reasoner_objective=sft"], "at least one evolve.committee member"),
+    (["evolve.coevolve=true", "evolve.reasoner_objective=sft", "evolve.committee=[url=http://127.0.0.1:9/v1]"],
+     "cannot train a url= committee member"),
+    (["evolve.committee=[url=ftp://x]"], "evolve.committee"),
+    (["evolve.reasoner_objective=dpo"], "evolve.reasoner_objective"),
+    (["evolve.sft_lr=0"], "evolve.sft_lr"),
+])
+def test_bad_committee_config_is_one_clear_error(overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides)
+
+
+def test_a_member_that_does_not_load_fails_before_the_run_exists(tmp_path, capsys) -> None:
+    from visplay.cli import main
+
+    run = tmp_path / "run"
+    code = main(["evolve", "--run", str(run), "--set", f"evolve.committee=[{tmp_path / 'nope'}]"])
+    assert code != 0 and not run.exists()
+    assert "evolve.committee member" in capsys.readouterr().err
+
+
+def test_micro_committee_loop_coevolves_and_its_models_load(tmp_path) -> None:
+    """Two iterations, committee models/tiny + models/walk-random, trace agreement, SFT on each
+    member's own agreeing chains: labels record both members, both members train, the second
+    round's committee is the first round's trained members, and every saved model loads."""
+    from transformers import AutoModelForImageTextToText
+
+    from visplay.cli import main
+
+    run = tmp_path / "run"
+    code = main(["evolve", "--run", str(run), "--quiet", "--set", "evolve.iterations=2",
+                 "--set", "evolve.committee=[walk-random]", "--set", "evolve.agreement=trace",
+                 "--set", "evolve.band_low=0.0", "--set", "evolve.reasoner_objective=sft", "--set", "evolve.coevolve=true",
+                 "--set", "evolve.images_per_iteration=16", "--set", "evolve.questioner_images=4",
+                 "--set", "evolve.questioner.steps=1", "--set", "evolve.label_samples=4", "--set", "evolve.sft_epochs=1",
+                 "--set", "eval.n=24", "--set", "eval.k=2"])
+    assert code == 0
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    labels = pq.read_table(run / "iter1" / "labels.parquet").to_pylist()
+    labelled = [r for r in labels if r["label"] is not None]
+    assert labelled and all(len(r["member_labels"]) == 2 and len(r["chains"]) == 2 for r in labelled)
+    assert all(len(r["samples"]) == 8 for r in labels if r["valid"])  # 4 samples from each member
+    first = stages["iter1/reasoner"]
+    assert first["objective"] == "sft" and first["train_rows"] > 0 and len(first["committee"]) == 1
+    member = run / first["committee"][0] if not first["committee"][0].startswith("/") else first["committee"][0]
+    for path in (run / "iter1" / "reasoner", member, run / "iter2" / "reasoner"):
+        AutoModelForImageTextToText.from_pretrained(path)
+    second = json.loads((run / "iter2" / "eval" / "summary.json").read_text())
+    assert any(v.get("listing_complete") is not None for v in second["by_level"].values())

@@ -1,0 +1,89 @@
+"""The reasoner's other objective: supervised fine-tuning on the chains that agree with the label.
+
+`evolve.reasoner_objective: sft` trains R_t on one of its *own* agreeing chains per kept question
+(the samples whose answer -- or with `evolve.agreement: trace`, whose whole trace -- matched the
+committee), loss on the completion only. It is rejection-sampling SFT with a committee as the
+filter: the measured recipe that first gained on unlabelled levels here (docs/experiments.md,
+session 8; GRPO on the same labels rewards any chain that reaches the answer, including chains whose
+listing is wrong). Runs on `transformers.Trainer`: checkpoints, resume mid-phase, the model saved
+atomically with its card. Test: `pytest tests/test_committee.py`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
+from visplay.roles.prompts import reasoner_messages
+
+
+def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dict]:
+    """One SFT row (messages, target, image PNG) per kept question that has an agreeing chain of
+    committee member ``member``; the chain is picked by a per-question rng, so it is reproducible.
+
+    >>> r = {"kept": True, "question": "q?", "image_id": "x", "sample": 0, "image_png": b"",
+    ...      "chains": [["<think>a</think>\\\\boxed{1}"], []]}
+    >>> [len(chain_rows([r], m)) for m in (0, 1)]
+    [1, 0]
+    """
+    out = []
+    for r in rows:
+        chains = r.get("chains") or []
+        mine = list(chains[member]) if r.get("kept") and member < len(chains) else []
+        if not mine:
+            continue
+        rng = random.Random(f"chain:{seed}:{r['image_id']}#{r['sample']}")
+        out.append({"messages": reasoner_messages(r["question"]), "target": rng.choice(mine),
+                    "image_png": r["image_png"]})
+    return out
+
+
+def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int, batch_size: int, lr: float,
+              seed: int, dress=None) -> tuple[Path, list[dict]]:
+    """Fine-tune on ``rows`` (from `chain_rows`) and save to ``out_dir`` atomically; checkpoints in
+    ``out_dir.ckpt`` (a killed phase resumes there; a finished one is not rerun). Returns the model
+    directory and the log history."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    from visplay.evolve.stages import from_png
+    from visplay.tiny.pretrain import Collator
+
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
+    done = finished_phase(out_dir)
+    if done is not None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return out_dir, list(done.get("log_history", []))
+    data = [{**r, "image": from_png(r["image_png"])} for r in rows]
+    steps = max(1, math.ceil(len(data) / batch_size) * epochs)
+    freeze_vision_tower(model)
+    model.train()
+    args = TrainingArguments(
+        **training_args(ckpt_dir, steps=steps, lr=lr, weight_decay=0.0, max_grad_norm=1.0,
+                        save_steps=max(1, steps // 4), save_total_limit=2, seed=seed, report_to=[]),
+        per_device_train_batch_size=batch_size, lr_scheduler_type="constant", logging_steps=10,
+        remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=_Rows(data), data_collator=Collator(processor))
+    trainer.remove_callback(PrinterCallback)  # the loop's console stays quiet; the history goes to metrics.jsonl
+    history = lambda: [dict(h) for h in trainer.state.log_history]  # noqa: E731
+    train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history()}, dress=dress)
+    model.eval()
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return out_dir, history()
+
+
+class _Rows:
+    """A map-style dataset over a list (the Trainer samples indices from its length)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
