@@ -327,6 +327,31 @@ def test_family_benchmark_and_label_tables_equal_their_sources(finished):
             assert_shows(c[key], stages[f"iter{t}/labels"][key])
 
 
+def test_level_panel_equals_eval_summaries_and_labels_stage(finished):
+    """The ladder panel: greedy and complete listings per level per iteration (eval summaries), the
+    kept share and kept-label accuracy per level (labels stage info); the held-out note names k."""
+    run, out = finished
+    doc = parse(out)
+    k = manifest(run)["config"]["eval"]["k"]
+    html = out.read_text()
+    assert f"{k} samples for maj/pass" in html and "? samples" not in html
+    table = doc.find("table", id="accuracy-by-level")
+    for t in range(n_iterations(run) + 1):
+        summary = json.loads((run / f"iter{t}" / "eval" / "summary.json").read_text())
+        assert summary["by_level"]
+        for lv, s in summary["by_level"].items():
+            tds = [td for td in table.find("tr", data_level=lv).find_all("td") if td.attrs.get("data-iter") == str(t)]
+            assert [td.attrs["data-key"] for td in tds] == ["greedy", "listing"]
+            assert_shows(tds[0], s["greedy"])
+            assert_shows(tds[1], s["listing_complete"])
+    kept = doc.find("table", id="kept-by-level")
+    for t in range(1, n_iterations(run) + 1):
+        for lv, m in manifest(run)["stages"][f"iter{t}/labels"]["by_level"].items():
+            c = cells(kept.find("tr", data_iter=str(t), data_level=lv))
+            assert_shows(c["kept"], m["kept"])
+            assert_shows(c["kept_accuracy"], m["kept_accuracy"])
+
+
 def test_step_tables_equal_metrics_jsonl(finished):
     run, out = finished
     doc = parse(out)

@@ -206,7 +206,7 @@ def final_model_box(run: Run) -> str:
 
 
 def accuracy(run: Run) -> str:
-    k = (run.evolve.get("eval") or {}).get("k")
+    k = (run.config.get("eval") or run.evolve.get("eval") or {}).get("k")  # evolve.eval: runs before #17
     rows, points, parts = [], {}, []
     for t in run.iterations:
         stage = f"iter{t}/eval"
@@ -233,6 +233,7 @@ def accuracy(run: Run) -> str:
            "Values from manifest.json; error bars and SE = binomial standard error sqrt(p(1−p)/n).</p>",
            table("accuracy", head, rows), *parts, prior_note,
            img(plots.accuracy(points, k, prior), "held-out accuracy per iteration")]
+    out.append("<h3>By level (the ladder)</h3>" + by_level(run))
     out.append("<h3>By question family</h3>" + by_family(run))
     out.append("<h3>Benchmarks</h3>" + benchmarks(run))
     return "".join(out)
@@ -271,6 +272,43 @@ def by_family(run: Run) -> str:
     return ("<p>From iter&lt;t&gt;/eval/summary.json; prior = the family's most common training answer "
             "(the no-image baseline).</p>" + table("accuracy-by-family", head, rows) + marks
             + img(chart, "accuracy by family"))
+
+
+def by_level(run: Run) -> str:
+    """The ladder per iteration: held-out greedy and complete listings by level (eval summaries),
+    and what the labels stage kept at each level with the kept labels' accuracy (manifest)."""
+    evals = {t: it.eval for t, it in run.iterations.items() if it.eval and it.eval.get("by_level")}
+    if not evals:
+        return "<p class='muted' id='by-level-none'>No per-level evaluation (images not from the world).</p>"
+    ts = sorted(evals)
+    levels = sorted({lv for e in evals.values() for lv in e["by_level"]}, key=int)
+    labelled = set(map(str, evals[ts[0]].get("labelled_levels", [])))
+    rows = []
+    for lv in levels:
+        cells = num("n", evals[ts[0]]["by_level"].get(lv, {}).get("n"))
+        for t in ts:
+            s = evals[t]["by_level"].get(lv, {})
+            cells += num("greedy", s.get("greedy"), data_iter=t) + num("listing", s.get("listing_complete"), data_iter=t)
+        name = f"{lv}{' (labelled)' if lv in labelled else ''}"
+        rows.append(f'<tr data-level="{escape(lv)}">{text(name)}{cells}</tr>')
+    head = ["level", "n"] + [f"{_label(t)} {m}" for t in ts for m in ("greedy", "complete listings")]
+    kept_rows = []
+    for t, stage in run.phases("labels"):
+        mix = run.info(stage).get("by_level") or {}
+        for lv, m in sorted(mix.items(), key=lambda kv: int(kv[0])):
+            share = m["kept"] / m["valid"] if m.get("valid") else None
+            kept_rows.append(f'<tr data-iter="{t}" data-level="{escape(lv)}">{text(_label(t))}{text(lv)}'
+                             + num("valid", m.get("valid")) + num("kept", m.get("kept")) + num("kept_share", share)
+                             + num("kept_accuracy", m.get("kept_accuracy")) + "</tr>")
+    ns = {f"level {lv}": evals[ts[0]]["by_level"][lv].get("n") for lv in levels if lv in evals[ts[0]]["by_level"]}
+    chart = plots.by_family({t: {f"level {lv}": s.get("greedy", 0) for lv, s in evals[t]["by_level"].items()} for t in ts},
+                            len(run.iterations) - 1, ns, {})
+    return ("<p>Held-out greedy accuracy by level (objects per scene) and the share of greedy walks that list "
+            "exactly the scene's objects (the length probe), from iter&lt;t&gt;/eval/summary.json; below, what "
+            "the labels stage kept per level and how often the kept labels were right (oracle, never "
+            "trained on).</p>" + table("accuracy-by-level", head, rows) + img(chart, "accuracy by level")
+            + (table("kept-by-level", ["iteration", "level", "valid questions", "kept", "kept share",
+                                       "kept-label accuracy"], kept_rows) if kept_rows else ""))
 
 
 def benchmarks(run: Run) -> str:
