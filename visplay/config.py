@@ -36,6 +36,10 @@ PRESETS_DIR = REPO_ROOT / "presets"
 EMBEDDED_MODELS = {"tiny": REPO_ROOT / "models" / "tiny", "walk-random": REPO_ROOT / "models" / "walk-random"}
 
 
+#: world scene indices from here on are replay scenes (`Config.scene_world`), far above any run's draws
+REPLAY_START = 10**9
+
+
 class ConfigError(ValueError):
     pass
 
@@ -335,6 +339,8 @@ class EvolveConfig(Sampling):
     sft_epochs: int = 3
     sft_batch_size: int = 16
     sft_lr: float = 1e-4
+    replay_images: int = 0  # world ladders: images per iteration from the levels below the current one,
+    #   questioned and labelled like the others (self-labelled replay; never the oracle)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -356,6 +362,11 @@ class EvolveConfig(Sampling):
                               "evolve.reasoner_objective=sft and at least one evolve.committee member")
         if self.coevolve and any(e.startswith("url=") for e in self.committee):
             raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
+        if self.replay_images < 0:
+            raise ConfigError(f"evolve.replay_images must be >= 0, got {self.replay_images}")
+        if self.replay_images and not (self.ladder and self.source.startswith("world")):
+            raise ConfigError("evolve.replay_images draws world scenes below the ladder's level: it needs "
+                              "evolve.ladder=true and a world: source")
         for key in ("sft_epochs", "sft_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
@@ -538,6 +549,20 @@ class Config:
             return w
         level = min(w.min_objects + t - 1, w.max_objects)
         return dataclasses.replace(w, min_objects=level, max_objects=level)
+
+    def replay_world_at(self, t: int) -> WorldConfig | None:
+        """Iteration ``t``'s replay world (`evolve.replay_images`): the levels below its ladder level,
+        down to the `world` section's minimum; None when there is none."""
+        level = self.source_world_at(t).min_objects
+        if not (self.evolve.replay_images and self.evolve.ladder) or level <= self.world.min_objects:
+            return None
+        return dataclasses.replace(self.world, min_objects=self.world.min_objects, max_objects=level - 1)
+
+    def scene_world(self, t: int, index: int) -> WorldConfig:
+        """The world config that drew scene ``index`` of iteration ``t``'s images (replay scenes live
+        at indices from `REPLAY_START` on, so an image id alone says which)."""
+        replay = self.replay_world_at(t) if index >= REPLAY_START else None
+        return replay or self.source_world_at(t)
 
     @property
     def labelled_levels(self) -> tuple[int, ...]:

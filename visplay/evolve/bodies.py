@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 
 from visplay.answers import Grader
 from visplay.cards import dress_checkpoint
-from visplay.config import Config
-from visplay.data.sources import skip_seen
+from visplay.config import REPLAY_START, Config
+from visplay.data.sources import WorldSource, skip_seen
 from visplay.dist import Ranks
 from visplay.eval.world import evaluate_world, level_groups, write_eval
 from visplay.evolve.chunks import run_chunked
@@ -86,12 +86,19 @@ def seen_ids(run: RunDir, upto: int) -> set[str]:
     return seen
 
 
-def take_images(ctx: Context, n: int):
-    """The next ``n`` images of the source that no earlier iteration used, and the skip counts."""
+def take_images(ctx: Context, n: int, replay: bool = False):
+    """The next ``n`` images of the source that no earlier iteration used, and the skip counts;
+    with ``replay``, then `evolve.replay_images` more from the levels below the ladder's level."""
     source = open_images(ctx.cfg, ctx.t)
-    items = list(itertools.islice(skip_seen(source, seen_ids(ctx.run, ctx.t)), n))
+    seen = seen_ids(ctx.run, ctx.t)
+    items = list(itertools.islice(skip_seen(source, seen), n))
     if not items:
         raise ValueError(f"image source {ctx.cfg.evolve.source} has no unseen images left for iteration {ctx.t}")
+    below = ctx.cfg.replay_world_at(ctx.t) if replay else None
+    if below is not None:
+        split = ctx.cfg.evolve.source.partition(":")[2] or "unlabeled"
+        older = WorldSource(below, split, start=REPLAY_START)
+        items += list(itertools.islice(skip_seen(older, seen), ctx.cfg.evolve.replay_images))
     return items, dict(source.skipped)
 
 
@@ -115,7 +122,7 @@ CHUNK_KEYS = {"questions": (item_id, row_image_id), "labels": (question_key, que
 def stage_items(ctx: Context, kind: str) -> list:
     """The inputs of a chunked stage: unseen images (questions) or the question rows (labels)."""
     if kind == "questions":
-        return take_images(ctx, ctx.cfg.evolve.images_per_iteration)[0]
+        return take_images(ctx, ctx.cfg.evolve.images_per_iteration, replay=True)[0]
     return pq.read_table(ctx.run.output(ctx.name("questions"))).to_pylist()
 
 
@@ -149,7 +156,8 @@ def chunk_fn(ctx: Context, kind: str, sampler):
     ev, sample = ctx.cfg.evolve, stage_params(ctx.cfg, ctx.t)
     if kind == "questions":
         return lambda chunk, i: generate_questions(sampler, chunk, ev.questions_per_image,
-                                                   replace(sample, seed=sample.seed + 7919 * i), ctx.cfg.source_world_at(ctx.t))
+                                                   replace(sample, seed=sample.seed + 7919 * i),
+                                                   lambda index: ctx.cfg.scene_world(ctx.t, index))
     return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples,
                                             replace(sample, seed=sample.seed + 7919 * i), ctx.grader,
                                             (ev.band_low, ev.band_high), ev.agreement)
@@ -256,7 +264,7 @@ def run_questioner(ctx: Context) -> dict:
 
 def run_questions(ctx: Context) -> dict:
     """Q_t writes k questions per unseen image."""
-    items, skipped = take_images(ctx, ctx.cfg.evolve.images_per_iteration)
+    items, skipped = take_images(ctx, ctx.cfg.evolve.images_per_iteration, replay=True)
     rows = _chunked(ctx, "questions", items)
     atomic_write_parquet(ctx.run.output(ctx.name("questions")), rows)
     valid = sum(r["valid"] for r in rows)

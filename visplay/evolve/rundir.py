@@ -134,6 +134,8 @@ class RunDir:
         for key in info.get("run_paths", []):
             if isinstance(info.get(key), str):
                 info[key] = str(self.root / info[key])
+            elif isinstance(info.get(key), list):  # an absolute entry (outside the run) stays as it is
+                info[key] = [str(self.root / v) for v in info[key]]
         return info
 
     def mark(self, stage: str, state: str, **info: Any) -> None:
@@ -147,10 +149,16 @@ class RunDir:
         """Model paths inside the run, made relative to its root (listed in ``run_paths``)."""
         root = self.root.resolve()
         out: dict[str, Any] = {}
+        def portable(value: str) -> str:
+            path = Path(value).resolve()
+            return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
         for key in PATH_KEYS:
             value = info.get(key)
             if isinstance(value, str) and Path(value).resolve().is_relative_to(root):
-                out[key] = Path(value).resolve().relative_to(root).as_posix()
+                out[key] = portable(value)
+            elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                out[key] = [portable(v) for v in value]
         return {**out, "run_paths": sorted(out)} if out else {}
 
     def _outputs(self, stage: str, info: dict) -> dict[str, int]:
@@ -158,8 +166,8 @@ class RunDir:
         ``<stage>.parquet`` and its model folder."""
         root = self.root.resolve()
         places = [root / stage, root / f"{stage}.parquet"]
-        if isinstance(info.get("model"), str) and Path(info["model"]).resolve().is_relative_to(root):
-            places.append(Path(info["model"]).resolve())
+        models = [info.get("model"), *(info.get("committee") or [])]  # co-evolved members are outputs too
+        places += [Path(m).resolve() for m in models if isinstance(m, str) and Path(m).resolve().is_relative_to(root)]
         files: dict[str, int] = {}
         for place in places:
             found = sorted(p for p in place.rglob("*") if p.is_file()) if place.is_dir() else [place]
@@ -241,7 +249,7 @@ class RunDir:
 
 
 #: Stage-info keys that hold paths; kept relative to the run root when they point inside it.
-PATH_KEYS = ("model",)
+PATH_KEYS = ("model", "committee")
 
 
 def output_problem(root: str | Path, info: dict) -> str | None:

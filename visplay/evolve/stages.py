@@ -13,7 +13,7 @@ import io
 import re
 from dataclasses import replace
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from PIL import Image
 
@@ -54,14 +54,19 @@ def question_key(row: dict) -> str:
     return f"{row['image_id']}#{row['sample']}"
 
 
-def world_scene(image_id: str, world: WorldConfig | None):
-    """The scene behind a world image id, or None for other images."""
+def world_scene(image_id: str, world: WorldConfig | Callable[[int], WorldConfig] | None):
+    """The scene behind a world image id, or None for other images. ``world``: the config that drew
+    it, or a function of the scene index giving it (a ladder with replay draws from two)."""
     m = _WORLD_ID.fullmatch(image_id)
-    return None if world is None or m is None else make_scene(m.group(1), int(m.group(2)), world)
+    if world is None or m is None:
+        return None
+    index = int(m.group(2))
+    return make_scene(m.group(1), index, world(index) if callable(world) else world)
 
 
 def generate_questions(
-    questioner: Sampler, items: Sequence[ImageItem], k: int, params: SamplingParams, world: WorldConfig | None
+    questioner: Sampler, items: Sequence[ImageItem], k: int, params: SamplingParams,
+    world: WorldConfig | Callable[[int], WorldConfig] | None,
 ) -> list[dict]:
     """k questions per image from the questioner; invalid ones are kept with their reason."""
     prompts = [Prompt(questioner_messages(), (it.image,)) for it in items]
