@@ -15,8 +15,9 @@ from PIL import Image
 
 from visplay.answers import Grader, agreement
 from visplay.answers.committee import committee_votes
-from visplay.config import ConfigError, load_config
+from visplay.config import ConfigError, config_from_manifest, load_config
 from visplay.evolve.stages import label_questions, png_bytes
+from visplay.io import image_bytes
 from visplay.labeling import majority_vote_batch
 from visplay.sampling.base import SamplingParams
 from visplay.worlds.questions import listing_complete, trace_key
@@ -103,6 +104,8 @@ def test_the_labels_stage_samples_every_member_and_records_them() -> None:
     (["evolve.committee=[url=ftp://x]"], "evolve.committee"),
     (["evolve.reasoner_objective=dpo"], "evolve.reasoner_objective"),
     (["evolve.sft_lr=0"], "evolve.sft_lr"),
+    (["evolve.replay_images=-1"], "evolve.replay_images must be >= 0"),
+    (["evolve.replay_images=8", "evolve.ladder=false"], "needs evolve.ladder=true"),
 ])
 def test_bad_committee_config_is_one_clear_error(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -130,7 +133,8 @@ def test_micro_committee_loop_coevolves_and_its_models_load(tmp_path) -> None:
     code = main(["evolve", "--run", str(run), "--quiet", "--set", "evolve.iterations=2",
                  "--set", "evolve.committee=[walk-random]", "--set", "evolve.agreement=trace",
                  "--set", "evolve.band_low=0.0", "--set", "evolve.reasoner_objective=sft", "--set", "evolve.coevolve=true",
-                 "--set", "evolve.images_per_iteration=16", "--set", "evolve.questioner_images=4",
+                 "--set", "evolve.images_per_iteration=16", "--set", "evolve.replay_images=8",
+                 "--set", "evolve.questioner_images=4",
                  "--set", "evolve.questioner.steps=1", "--set", "evolve.label_samples=4", "--set", "evolve.sft_epochs=1",
                  "--set", "eval.n=24", "--set", "eval.k=2"])
     assert code == 0
@@ -139,9 +143,21 @@ def test_micro_committee_loop_coevolves_and_its_models_load(tmp_path) -> None:
     labelled = [r for r in labels if r["label"] is not None]
     assert labelled and all(len(r["member_labels"]) == 2 and len(r["chains"]) == 2 for r in labelled)
     assert all(len(r["samples"]) == 8 for r in labels if r["valid"])  # 4 samples from each member
+    # replay: 8 scenes from the levels below the ladder's level (1-5 in round 1, 1-6 in round 2)
+    assert sorted({r["level"] for r in labels} - {6}) and max(r["level"] for r in labels if r["level"] != 6) <= 5
+    assert len({r["image_id"] for r in labels}) == 24
+    second_labels = pq.read_table(run / "iter2" / "labels.parquet").to_pylist()
+    assert {r["level"] for r in second_labels} <= {1, 2, 3, 4, 5, 6, 7} and 7 in {r["level"] for r in second_labels}
+    cfg = config_from_manifest(json.loads((run / "manifest.json").read_text())["config"])
+    for t, rows in ((1, labels), (2, second_labels)):  # the recorded level and image are the drawing world's
+        for r in rows:
+            index = int(r["image_id"].rsplit("/", 1)[1])
+            scene = make_scene("unlabeled", index, cfg.scene_world(t, index))
+            assert r["level"] == scene.level and image_bytes(r["image_png"]) == png_bytes(scene.render())
     first = stages["iter1/reasoner"]
     assert first["objective"] == "sft" and first["train_rows"] > 0 and len(first["committee"]) == 1
-    member = run / first["committee"][0] if not first["committee"][0].startswith("/") else first["committee"][0]
+    assert first["committee"] == ["iter1/committee1"]  # run-relative, like every model path
+    member = run / first["committee"][0]
     for path in (run / "iter1" / "reasoner", member, run / "iter2" / "reasoner"):
         AutoModelForImageTextToText.from_pretrained(path)
     second = json.loads((run / "iter2" / "eval" / "summary.json").read_text())
