@@ -162,3 +162,22 @@ def test_micro_committee_loop_coevolves_and_its_models_load(tmp_path) -> None:
         AutoModelForImageTextToText.from_pretrained(path)
     second = json.loads((run / "iter2" / "eval" / "summary.json").read_text())
     assert any(v.get("listing_complete") is not None for v in second["by_level"].values())
+
+
+def test_a_round_the_committee_agrees_on_nothing_ends_the_run(micro_model_dir, tmp_path) -> None:
+    """The random micro model writes no valid question, so the committee agrees on nothing: the run
+    stops at that round's reasoner with the reason, and no later stage runs."""
+    from visplay.evolve.loop import run_evolve
+
+    cfg = load_config("tiny", [f"model={micro_model_dir}", "evolve.iterations=2", "evolve.committee=[tiny]",
+                               "evolve.questioner.steps=1", "evolve.questioner_images=2",
+                               "evolve.images_per_iteration=4", "evolve.label_samples=2", "evolve.max_new_tokens=8",
+                               "evolve.questioner.max_completion_length=8", "eval.n=4", "eval.k=1",
+                               "eval.max_new_tokens=8", "evolve.report_to=[]"])
+    said: list[str] = []
+    results = run_evolve(cfg, tmp_path / "run", say=said.append)
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert stages["iter1/labels"]["n_kept"] == 0
+    assert stages["iter1/reasoner"]["stopped"] and "agreed on no question" in stages["iter1/reasoner"]["skipped"]
+    assert "iter1/eval" not in stages and "iter2/questioner" not in stages and set(results) == {0}
+    assert any("stopped: the committee agreed on no question" in s for s in said)

@@ -292,6 +292,11 @@ def run_reasoner(ctx: Context) -> dict:
     if stop:
         ctx.say(f"{stage}: stopped before training: {stop}; the reasoner is carried over unchanged")
         return {"model": str(prev), "skipped": stop, "train_rows": 0, "stopped": True}
+    kept_now = ctx.run.stage_info(ctx.name("labels")).get("n_kept")
+    if ev.committee and kept_now == 0:  # nothing at this level reached agreement: the ladder ends here
+        why = f"the committee agreed on no question of iteration {ctx.t}"
+        ctx.say(f"{stage}: stopped: {why}; the run ends with the reasoner of iteration {ctx.t - 1}")
+        return {"model": str(prev), "skipped": why, "train_rows": 0, "stopped": True}
     rows = reasoner_rows(ctx.run.root, ctx.t, ev.accumulate_labels)
     if not any(r["kept"] for r in rows):
         ctx.say(f"{stage}: no question kept in the agreement band; the reasoner is carried over unchanged")
