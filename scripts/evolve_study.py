@@ -28,7 +28,13 @@ VARIANTS: dict[str, list[str]] = {
     "no diversity penalty": ["evolve.diversity_penalty=false"],
     "frozen questioner": ["evolve.train_questioner=false"],
     "questioner's answers as labels": ["evolve.labels=questioner"],
+    # session 8: models/tiny + models/walk-random agree on the whole trace; each trains (SFT) on its own
+    # agreeing chains (docs/experiments.md); its control is matched to the SFT steps the run took
+    "committee": ["evolve.committee=[walk-random]", "evolve.agreement=trace", "evolve.band_low=0.0",
+                  "evolve.reasoner_objective=sft", "evolve.coevolve=true"],
 }
+#: variants that get a compute-matched supervised control (each its own, matched to its own steps)
+CONTROLLED = ("default", "committee")
 
 
 def slug(name: str) -> str:
@@ -65,18 +71,25 @@ def models_of(run: Path, manifest: dict) -> dict[str, Path]:
     return out
 
 
-def control(root: Path, seed: int, cfg, base: Path) -> Path:
-    """The compute-matched supervised control for one run seed (resumable)."""
+def control(root: Path, seed: int, cfg, base: Path, manifest: dict, name: str = "control") -> Path:
+    """The compute-matched supervised control for one run seed (resumable): as many optimizer steps
+    of the same batch size and lr as the run's reasoner took (GRPO updates, or SFT steps)."""
+    import math
     from dataclasses import replace
 
     from visplay.tiny.pretrain import pretrain
 
-    out = root / f"control-s{seed}" / "model"
+    out = root / f"{name}-s{seed}" / "model"
     if (out / "config.json").exists():
         return out
-    r = cfg.evolve.reasoner
-    steps = cfg.evolve.iterations * r.steps * r.updates_per_step
-    pc = replace(cfg.pretrain, steps=steps, batch_size=r.prompts_per_step, lr=r.lr, warmup_steps=0,
+    ev, r = cfg.evolve, cfg.evolve.reasoner
+    if manifest["config"]["evolve"].get("reasoner_objective") == "sft":
+        rows = [info.get("train_rows") or 0 for stage, info in manifest["stages"].items() if stage.endswith("/reasoner")]
+        steps, batch, lr = sum(math.ceil(n / ev.sft_batch_size) * ev.sft_epochs for n in rows), ev.sft_batch_size, ev.sft_lr
+    else:
+        steps, batch, lr = ev.iterations * r.steps * r.updates_per_step, r.prompts_per_step, r.lr
+    steps = max(steps, 1)
+    pc = replace(cfg.pretrain, steps=steps, batch_size=batch, lr=lr, warmup_steps=0,
                  questioner_share=0.0, describe_share=0.0, seed=10_000 + seed, save_steps=max(1, steps // 4))
     print(f"control s{seed}: {steps} supervised steps of batch {pc.batch_size} at lr {pc.lr} on levels "
           f"{pc.world.min_objects}-{pc.world.max_objects}", flush=True)
@@ -170,9 +183,10 @@ def main() -> None:
             for t, model in models_of(run, manifest).items():
                 scores.setdefault(t, {})[seed] = score(model, held(f"{run.name}-{t}"), cfg, args.eval_n, args.eval_seed)
                 scores.setdefault("final", {})[seed] = scores[t][seed]  # the run's last evaluated reasoner
-            if name == "default" and not args.no_control:
-                model = control(root, seed, cfg, base)
-                scores.setdefault("control", {})[seed] = score(model, held(f"control-s{seed}"), cfg, args.eval_n,
+            if name in CONTROLLED and not args.no_control:
+                cname = "control" if name == "default" else f"control-{slug(name)}"
+                model = control(root, seed, cfg, base, manifest, cname)
+                scores.setdefault("control", {})[seed] = score(model, held(f"{cname}-s{seed}"), cfg, args.eval_n,
                                                                args.eval_seed)
             print(f"\n## {name} (after seed {seed})\n\n" + report(scores, labelled), flush=True)
         tables.append(f"## {name}\n\n" + report(scores, labelled))

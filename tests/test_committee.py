@@ -105,6 +105,7 @@ def test_the_labels_stage_samples_every_member_and_records_them() -> None:
     (["evolve.reasoner_objective=dpo"], "evolve.reasoner_objective"),
     (["evolve.sft_lr=0"], "evolve.sft_lr"),
     (["evolve.replay_images=-1"], "evolve.replay_images must be >= 0"),
+    (["evolve.reasoner_objective=sft", "hardware.launcher=accelerate launch"], "trains in the loop's process"),
     (["evolve.replay_images=8", "evolve.ladder=false"], "needs evolve.ladder=true"),
 ])
 def test_bad_committee_config_is_one_clear_error(overrides, message) -> None:

@@ -529,6 +529,9 @@ class Config:
             self.source_world  # noqa: B018 -- validates source_objects against the grid
         except ValueError as e:
             raise ConfigError(f"evolve.source_objects: {e}") from e
+        if self.evolve.reasoner_objective == "sft" and self.hardware.launcher:
+            raise ConfigError("evolve.reasoner_objective=sft trains in the loop's process; hardware.launcher "
+                              "(multi-GPU GRPO) is for the grpo objective: unset one of them")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
