@@ -98,6 +98,38 @@ def test_reasoner_rewards_as_training_builds_and_weights_them():
     assert other.rewards == ("accuracy", "format") and other.reward_weights == (0.5, 0.5)
 
 
+class KnobRecorder:
+    """A frozen reasoner that answers every question with one boxed "1" and keeps the params it was asked with."""
+
+    def __init__(self):
+        self.params = []
+
+    def generate(self, prompts, params):
+        self.params.append(params)
+        return [[box(1)] * params.n for _ in prompts]
+
+
+def test_questioner_reward_samples_the_frozen_reasoner_with_every_evolve_knob(tmp_path):
+    """evolve.top_p (with temperature, top_k, max_new_tokens) reaches the frozen reasoner's samples
+    inside the questioner's reward, as the loop builds it."""
+    from pathlib import Path
+
+    from visplay.config import load_config
+    from visplay.evolve.bodies import Context, reward_fns
+    from visplay.evolve.rundir import RunDir
+
+    cfg = load_config("tiny", ["evolve.top_p=0.7", "evolve.top_k=5", "evolve.temperature=0.9",
+                               "evolve.max_new_tokens=33", "evolve.reward_samples=3"])
+    frozen = KnobRecorder()
+    with Grader(workers=0) as g:
+        (reward,) = reward_fns(Context(cfg, RunDir(tmp_path), Path("models/tiny"), 2, g), "questioner", frozen)
+        reward(prompts=[None], completions=[questioner_target("numerical", "How many red objects are there?", "1")],
+               image=[_img()])
+    (p,) = frozen.params
+    assert (p.top_p, p.top_k, p.temperature, p.max_new_tokens, p.n) == (0.7, 5, 0.9, 33, 3)
+    assert p.seed == cfg.evolve.seed + 2 + 1  # the iteration's seed, then one more per reward call
+
+
 def test_reward_registry_takes_import_paths_and_refuses_unknown_names():
     assert resolve_reward("accuracy") is resolve_reward("visplay.rewards.reasoner:accuracy_reward")
     assert resolve_reward("visplay.rewards.reasoner.format_reward")(None, [box(1)]) == [1.0]

@@ -187,10 +187,10 @@ def reward_fns(ctx: Context, role: str, frozen=None, rank: int = 0) -> list:
     """The TRL rewards of a GRPO phase, from its config (built here only, for the loop and every
     worker rank; the questioner's frozen-reasoner samples get a seed per iteration and rank)."""
     ev = ctx.cfg.evolve
+    # every sampling knob of the evolve section at once (temperature, top_k, top_p, max_new_tokens), so none is lost
     return build_rewards(getattr(ev, role).rewards, grader=ctx.grader, reasoner=frozen, m=ev.reward_samples,
-                         temperature=ev.temperature, top_k=ev.top_k, max_new_tokens=ev.max_new_tokens,
-                         threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0,
-                         seed=ev.seed + ctx.t + 100003 * rank)
+                         **{**ev.knobs(), "seed": ev.seed + ctx.t + 100003 * rank},
+                         threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0)
 
 
 def phase_dataset(ctx: Context, role: str):

@@ -64,6 +64,7 @@ def questioner_reward(
     max_new_tokens: int = 64,
     seed: int = 0,
     grader: Grader | None = None,
+    top_p: float = 1.0,
     threshold: float = 0.5,
 ) -> QuestionerScores:
     parsed = [parse_questioner(c) for c in completions]
@@ -74,7 +75,8 @@ def questioner_reward(
     if valid_idx:
         prompts = [Prompt(reasoner_messages(questions[i]), (images[i],)) for i in valid_idx]
         samples = reasoner.generate(
-            prompts, SamplingParams(n=m, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed)
+            prompts, SamplingParams(n=m, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                           seed=seed)
         )
         votes = majority_vote_batch([[parse_reasoner(s).answer for s in row] for row in samples], grader)
         for i, v in zip(valid_idx, votes):
@@ -92,9 +94,10 @@ class QuestionerReward:
     __name__ = "questioner"
 
     def __init__(self, reasoner: Sampler, grader: Grader | None = None, m: int = 10, temperature: float = 1.0,
-                 top_k: int = 40, max_new_tokens: int = 64, threshold: float = 0.5, seed: int = 0):
+                 top_k: int = 40, max_new_tokens: int = 64, threshold: float = 0.5, seed: int = 0, top_p: float = 1.0):
         self.reasoner, self.grader = reasoner, grader
-        self.kw = dict(m=m, temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, threshold=threshold)
+        self.kw = dict(m=m, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                       threshold=threshold)
         self.seed = seed
         self.calls = 0
 
