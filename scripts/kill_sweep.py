@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from visplay.evolve.plan_of_stages import ITERATION_STAGES
+from visplay.run.stages import ITERATION_STAGES
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers below live there
 import faults  # noqa: E402

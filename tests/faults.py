@@ -40,8 +40,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visplay.evolve.plan_of_stages import CHUNKED_STAGES, MODEL_STAGES, stage_names
-from visplay.evolve.rundir import RunDir
+from visplay.run.stages import CHUNKED_STAGES, MODEL_STAGES, stage_names
+from visplay.run.rundir import RunDir
 
 __all__ = ["CHUNKED_STAGES", "MODEL_STAGES", "stage_names"]  # read by the kill sweep and tests
 

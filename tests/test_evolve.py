@@ -14,7 +14,7 @@ import pytest
 
 from visplay.config import EMBEDDED_MODELS, load_config
 from visplay.evolve.loop import run_evolve
-from visplay.evolve.rundir import RunDir, RunError
+from visplay.run.rundir import RunDir, RunError
 from visplay.models import load_model
 
 SHORT = [
@@ -127,7 +127,7 @@ def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):
 def test_the_stage_list_is_what_the_loop_status_and_report_read():
     import doctest
 
-    import visplay.evolve.plan_of_stages as plan_of_stages
+    import visplay.run.stages as plan_of_stages
     from visplay.evolve.bodies import BODIES
     from visplay.status import expected_stages
 

@@ -147,7 +147,7 @@ def test_source_objects_config():
 def test_tracker_writes_one_loop_run_with_the_iteration_as_step(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from visplay.evolve.tracker import log_loop_metrics
+    from visplay.run.tracker import log_loop_metrics
 
     stages = {"iter0/eval": {"greedy": 0.8, "greedy_unlabelled": 0.5, "by_level": {"6": {"greedy": 0.7}}},
               "iter1/eval": {"greedy": 0.9, "greedy_unlabelled": 0.6, "by_level": {"6": {"greedy": 0.8}}},

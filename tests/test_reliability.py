@@ -20,7 +20,7 @@ import pytest
 
 from visplay.cli import main
 from visplay.evolve.chunks import run_chunked
-from visplay.evolve.rundir import RunDir, RunError, sigterm_as_interrupt
+from visplay.run.rundir import RunDir, RunError, sigterm_as_interrupt
 from visplay.io import WriteError, atomic_dir, atomic_write_bytes, atomic_write_parquet, stale_temps
 from visplay.models import PHASE_RECORD, finished_phase, last_checkpoint
 

@@ -38,8 +38,8 @@ from PIL import Image
 
 import visplay.report.data
 from visplay.cli import main as cli_main
-from visplay.evolve.plan_of_stages import stage_names
-from visplay.evolve.rundir import RunDir
+from visplay.run.stages import stage_names
+from visplay.run.rundir import RunDir
 from visplay.report import write_report
 from visplay.report.data import GALLERY_SIZE, degenerate, load_run
 

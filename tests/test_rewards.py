@@ -116,7 +116,7 @@ def test_questioner_reward_samples_the_frozen_reasoner_with_every_evolve_knob(tm
 
     from visplay.config import load_config
     from visplay.evolve.bodies import Context, reward_fns
-    from visplay.evolve.rundir import RunDir
+    from visplay.run.rundir import RunDir
 
     cfg = load_config("tiny", ["evolve.top_p=0.7", "evolve.top_k=5", "evolve.temperature=0.9",
                                "evolve.max_new_tokens=33", "evolve.reward_samples=3"])

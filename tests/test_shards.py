@@ -116,7 +116,7 @@ def reasoner_run(tmp_path, model_dir, launcher):
     from test_evolve import SHORT
 
     from visplay.config import load_config, to_dict
-    from visplay.evolve.rundir import RunDir
+    from visplay.run.rundir import RunDir
     from visplay.evolve.stages import png_bytes
     from visplay.io import atomic_write_parquet
     from visplay.worlds.scene import make_scene

@@ -24,8 +24,8 @@ import pytest
 
 import visplay.status
 from visplay.cli import main as cli_main
-from visplay.evolve.plan_of_stages import stage_names
-from visplay.evolve.rundir import RunDir, RunError
+from visplay.run.stages import stage_names
+from visplay.run.rundir import RunDir, RunError
 from visplay.status import StatusError, last_metrics, lock_state, metrics_summary, status_text
 
 
@@ -106,7 +106,7 @@ def test_crashed_run(crashed):
 
 
 def test_locked_run_in_another_process(crashed):
-    code = ("import sys; from visplay.evolve.rundir import RunDir; r = RunDir(sys.argv[1]); r.lock(); "
+    code = ("import sys; from visplay.run.rundir import RunDir; r = RunDir(sys.argv[1]); r.lock(); "
             "print('locked', flush=True); sys.stdin.read()")
     child = subprocess.Popen([sys.executable, "-c", code, str(crashed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)

@@ -39,7 +39,7 @@ from visplay.config import JudgeConfig
 from visplay.eval.judge import JudgeClient, JudgeError
 from visplay.evolve.loop import run_evolve
 from visplay.evolve.preflight import preflight
-from visplay.evolve.rundir import RunDir
+from visplay.run.rundir import RunDir
 from visplay.sampling.hf import TransformersSampler
 from visplay.sampling.server import BACKLOG, Limits, SamplerServer
 from visplay.status import status_text

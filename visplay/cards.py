@@ -24,8 +24,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from visplay.evolve.plan_of_stages import CHUNKED_STAGES, parse_stage
-from visplay.evolve.rundir import RunDir
+from visplay.run.stages import CHUNKED_STAGES, parse_stage
+from visplay.run.rundir import RunDir
 from visplay.io import atomic_write_text
 from visplay.roles.prompts import QUESTIONER_INSTRUCTION, REASONER_INSTRUCTION
 

@@ -33,7 +33,7 @@ import yaml
 
 from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
 from visplay.config import REPO_ROOT, ArchConfig, Config, ConfigError, GRPOPhase, resolve_model
-from visplay.evolve.plan_of_stages import BASELINE, STAGES
+from visplay.run.stages import BASELINE, STAGES
 
 GIB = 1024 ** 3
 #: Prompt text around the image (instruction, chat template, question), tokens; generous.

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from visplay.evolve.plan_of_stages import BY_KIND, CHUNKED_STAGES, MODEL_STAGES, stage_names
+from visplay.run.stages import BY_KIND, CHUNKED_STAGES, MODEL_STAGES, stage_names
 
 #: Keys of a metrics line shown first by `status` (the rest are counted, not printed).
 _HEADLINE_KEYS = ("step", "reward", "questioner/uncertainty", "questioner/diversity_penalty", "questioner/valid",
@@ -195,7 +195,7 @@ def stage_summary(stage: str, info: dict) -> str:
 
 def stage_progress(run_dir: str | Path, manifest: dict, stage: str) -> str | None:
     """How far a stage that is not done has got, from the files it has written so far."""
-    from visplay.evolve.rundir import RunDir
+    from visplay.run.rundir import RunDir
 
     run = RunDir(run_dir)
     t, _, kind = stage.partition("/")
@@ -228,7 +228,7 @@ def status_text(run_dir: str | Path, now: float | None = None) -> str:
     lock = lock_state(root)
     stages = manifest["stages"]
     expected = expected_stages(manifest)
-    from visplay.evolve.rundir import output_problem
+    from visplay.run.rundir import output_problem
 
     # marked done, but an output is missing or damaged since: `--resume` runs these again
     broken = {s: p for s in expected if is_done(manifest, s) and (p := output_problem(root, stages[s]))}

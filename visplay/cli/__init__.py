@@ -26,7 +26,7 @@ from visplay.cli import eval as eval_cmd
 from visplay.cli import evolve, pretrain, report, self_train, serve, status
 from visplay.config import ConfigError
 from visplay.eval.judge import JudgeError
-from visplay.evolve.rundir import RunError
+from visplay.run.rundir import RunError
 from visplay.io import WriteError
 from visplay.sampling.openai import SamplerError
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from visplay import console
     from visplay.config import config_from_manifest
     from visplay.evolve.loop import run_evolve, summary_table
-    from visplay.evolve.rundir import RunDir
+    from visplay.run.rundir import RunDir
 
     console.set_level("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     extra = sets([("evolve.iterations", args.iterations), ("model", args.model)]) + server_sets(args.sampler_url)

@@ -1,4 +1,4 @@
-"""The body of each stage in `visplay.evolve.plan_of_stages.STAGES`: ``run_<kind>(ctx) -> info``.
+"""The body of each stage in `visplay.run.stages.STAGES`: ``run_<kind>(ctx) -> info``.
 
 The loop (`visplay.evolve.loop`) calls ``BODIES[kind](ctx)`` for every stage in order and marks
 the returned info done in the manifest; the launched workers (`visplay.evolve.worker`) call the
@@ -27,9 +27,9 @@ from visplay.dist import Ranks
 from visplay.eval.world import evaluate_world, level_groups, write_eval
 from visplay.evolve.chunks import run_chunked
 from visplay.evolve.launch import WorkerError, launch_phase, run_sharded_stage
-from visplay.evolve.plan_of_stages import BASELINE, ITERATION_STAGES, stage_name
+from visplay.run.stages import BASELINE, ITERATION_STAGES, stage_name
 from visplay.evolve.preflight import committee_members, member_sampler, open_images
-from visplay.evolve.rundir import RunDir
+from visplay.run.rundir import RunDir
 from visplay.evolve.stages import (
     generate_questions,
     label_accuracy,
@@ -375,7 +375,7 @@ BODIES: dict[str, Callable[[Context], dict]] = {
     "questioner": run_questioner, "questions": run_questions, "labels": run_labels, "reasoner": run_reasoner,
     "eval": run_eval,
 }
-assert tuple(BODIES) == ITERATION_STAGES, "every stage of plan_of_stages.STAGES needs its body here, in order"
+assert tuple(BODIES) == ITERATION_STAGES, "every stage of run.stages.STAGES needs its body here, in order"
 
 
 def stop_signal(labels_info: dict, stop_agreement: float | None) -> str | None:

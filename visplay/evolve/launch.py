@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from visplay.config import REPO_ROOT, Config
-from visplay.evolve.rundir import RunDir
+from visplay.run.rundir import RunDir
 from visplay.evolve.shards import gather_shards
 from visplay.models import finished_phase
 

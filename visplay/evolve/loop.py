@@ -1,4 +1,4 @@
-"""The self-evolution loop: runs `visplay.evolve.plan_of_stages.STAGES` in order, once per iteration.
+"""The self-evolution loop: runs `visplay.run.stages.STAGES` in order, once per iteration.
 
     iter0/eval                               held-out accuracy of the base model
     for t in 1..N:
@@ -32,10 +32,10 @@ from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
 from visplay.labeling import rate
 from visplay.evolve.bodies import BODIES, Context, pct, stop_signal
-from visplay.evolve.tracker import log_loop_metrics
-from visplay.evolve.plan_of_stages import BASELINE, STAGES, stage_name
+from visplay.run.tracker import log_loop_metrics
+from visplay.run.stages import BASELINE, STAGES, stage_name
 from visplay.evolve.preflight import preflight
-from visplay.evolve.rundir import RunDir, RunError, sigterm_as_interrupt
+from visplay.run.rundir import RunDir, RunError, sigterm_as_interrupt
 
 Say = Callable[[str], None]
 __all__ = ["run_evolve", "stop_signal", "summary_table"]

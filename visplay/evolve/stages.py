@@ -174,7 +174,7 @@ def reasoner_rows(run_root, t: int, accumulate: bool) -> list[dict]:
     every iteration's so far (self-labelled data kept across rounds, as in Lee et al. 2025)."""
     import pyarrow.parquet as pq
 
-    from visplay.evolve.rundir import RunDir
+    from visplay.run.rundir import RunDir
 
     run, its = RunDir(run_root), range(1, t + 1) if accumulate else (t,)
     return [r for i in its for r in pq.read_table(run.output(f"iter{i}/labels")).to_pylist()]

@@ -41,9 +41,9 @@ from visplay.answers import Grader
 from visplay.config import Config, config_from_manifest
 from visplay.evolve.bodies import CHUNK_KEYS, Context, chunk_fn, chunk_samplers, stage_items, train_phase
 from visplay.evolve.launch import CONTROLLER_PID, WorkerError
-from visplay.evolve.plan_of_stages import BY_KIND, parse_stage
+from visplay.run.stages import BY_KIND, parse_stage
 from visplay.evolve.preflight import model_dir
-from visplay.evolve.rundir import RunDir
+from visplay.run.rundir import RunDir
 from visplay.evolve.shards import run_shard
 
 

@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visplay.evolve.plan_of_stages import stage_name
-from visplay.evolve.rundir import RunDir
+from visplay.run.stages import stage_name
+from visplay.run.rundir import RunDir
 from visplay.io import image_bytes
 from visplay.status import LockState, expected_stages, is_done, iterations, lock_state, next_stage, read_manifest
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from html import escape
 from pathlib import Path
 
-from visplay.evolve.plan_of_stages import ITERATION_STAGES
+from visplay.run.stages import ITERATION_STAGES
 from visplay.report import plots
 from visplay.report.data import Run, degenerate, load_run, qtype_mix
 from visplay.status import duration, fmt, stage_summary

@@ -6,7 +6,7 @@
 `visplay.evolve.loop` runs the list (each entry's body is `visplay.evolve.bodies.run_<kind>`);
 `visplay status`, the report, the fault harness (tests/faults.py), the kill sweep and the dry-run
 plan read it. No imports from visplay, so `visplay status` stays instant. Paths of a stage's outputs
-come from `visplay.evolve.rundir.RunDir` (`output`, `parts`, `checkpoints`), which reads ``output``
+come from `visplay.run.rundir.RunDir` (`output`, `parts`, `checkpoints`), which reads ``output``
 here. Test: `pytest tests/test_evolve.py`.
 """
 

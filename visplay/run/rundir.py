@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from visplay.eval.store import AppendLog
-from visplay.evolve.plan_of_stages import BY_KIND, parse_stage
+from visplay.run.stages import BY_KIND, parse_stage
 from visplay.io import WriteError, atomic_write_json, atomic_write_text, stale_temps
 
 
@@ -74,7 +74,7 @@ class RunDir:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
-    # -- where each stage's files live (the only place that spells them; kinds in plan_of_stages) --
+    # -- where each stage's files live (the only place that spells them; kinds in run.stages) --
 
     def iter_dir(self, t: int) -> Path:
         return self.root / f"iter{t}"
