@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from visplay.cards import CHAT_TEMPLATE, dress_checkpoint, final_model, snippet
+from visplay.cards import CHAT_TEMPLATE, dress_checkpoint, snippet
+from visplay.run.cards import final_model
 from visplay.config import EMBEDDED_MODELS, load_config, resolve_model
 from visplay.roles.prompts import REASONER_INSTRUCTION, questioner_messages, reasoner_messages
 

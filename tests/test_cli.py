@@ -120,9 +120,10 @@ def test_console_phase_bar_is_labelled_and_prints_no_dicts(monkeypatch, capsys):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from visplay import console
-    from visplay.train import phase_label, phase_progress
+    from visplay.run.stages import stage_at
+    from visplay.train import phase_progress
 
-    assert phase_label("runs/x/iter1/questioner.ckpt") == "iter1/questioner"
+    assert stage_at("runs/x/iter1/questioner.ckpt") == "iter1/questioner"
     monkeypatch.setattr(console, "bar_disable", lambda: False)  # draw even though this is no terminal
     import tqdm.auto
 

@@ -582,7 +582,7 @@ def resolve_model(name_or_path: str) -> Path:
         return EMBEDDED_MODELS[name_or_path]
     path = Path(name_or_path).expanduser()
     if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
-        from visplay.cards import final_model  # a run directory: its last trained reasoner
+        from visplay.run.cards import final_model  # a run directory: its last trained reasoner
 
         return final_model(path) or path
     if path.exists() or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~")):

@@ -33,7 +33,7 @@ import yaml
 
 from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
 from visplay.config import REPO_ROOT, ArchConfig, Config, ConfigError, GRPOPhase, resolve_model
-from visplay.run.stages import BASELINE, STAGES
+from visplay.run.stages import BASELINE, STAGES, stage_name
 
 GIB = 1024 ** 3
 #: Prompt text around the image (instruction, chat template, question), tokens; generous.
@@ -201,7 +201,7 @@ def _stage_lines(cfg: Config, plan: dict) -> list[str]:
     eval_text = f"world '{e.split}' scenes: {e.n} questions, greedy + {e.k} samples each"
     lines = [f"  {BASELINE:<19} {eval_text}", f"  then {ev.iterations} iteration(s) t = 1..{ev.iterations}:"]
     for stage in STAGES:
-        name = f"iter<t>/{stage.kind}"
+        name = stage_name("<t>", stage.kind)
         if stage.kind == "questioner" and "questioner" not in by:
             text = ["frozen (evolve.train_questioner=false): the base questioner is reused"]
         elif stage.kind == "questioner":

@@ -5,8 +5,8 @@ missing or been damaged ("redo": `--resume` runs them again), the stage in progr
 how far that stage has got (parts written, last GRPO checkpoint), the last line of metrics.jsonl,
 and whether RUN/lock is held by a live `visplay evolve` process. The lock is probed with a
 non-blocking shared `flock` on a read-only descriptor and released at once; nothing in the run
-directory is created or written. The helpers here (stage order, lock probe, number format) are
-shared with the HTML report (`visplay/report/`), so both say the same thing in the same format.
+directory is created or written. Stage order and "done" come from the run floor (`visplay.run`);
+the helpers here (lock probe, number format) are shared with the HTML report (`visplay/report/`), so both say the same thing in the same format.
 
 Run: `visplay status runs/tiny-20250101-120000`; test: `pytest -q tests/test_status.py`.
 """
@@ -17,22 +17,19 @@ import fcntl
 import json
 import math
 import os
-import re
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from visplay.run.stages import BY_KIND, CHUNKED_STAGES, MODEL_STAGES, stage_names
+from visplay.run.rundir import RunDir, expected_stages, is_done, iterations, next_stage, output_problem
+from visplay.run.stages import BY_KIND, CHUNKED_STAGES, MODEL_STAGES, split_stage, stage_name
 
 #: Keys of a metrics line shown first by `status` (the rest are counted, not printed).
 _HEADLINE_KEYS = ("step", "reward", "questioner/uncertainty", "questioner/diversity_penalty", "questioner/valid",
                   "reasoner/accuracy", "reasoner/format", "loss", "kl", "completions/mean_length",
                   "greedy", "maj", "pass", "n", "rows", "valid", "n_labeled", "n_kept", "label_accuracy_kept",
                   "train_rows", "seconds")
-
-
-_ITER = re.compile(r"iter(\d+)/\w+")
 
 
 class StatusError(ValueError):
@@ -79,27 +76,6 @@ def read_manifest(run_dir: str | Path) -> dict:
         raise StatusError(f"{path} is not a visplay manifest (no 'stages' mapping)")
     manifest.setdefault("stages", {})
     return manifest
-
-
-def iterations(manifest: dict) -> int:
-    """Planned iterations: config evolve.iterations, else the highest iteration seen in the stages."""
-    n = (manifest.get("config") or {}).get("evolve", {}).get("iterations")
-    seen = [int(m.group(1)) for s in manifest.get("stages", {}) if (m := _ITER.fullmatch(s))]
-    return max([n if isinstance(n, int) else 0, *seen])
-
-
-def expected_stages(manifest: dict) -> list[str]:
-    """Every stage the finished run will have, in the loop's order."""
-    return stage_names(iterations(manifest))
-
-
-def is_done(manifest: dict, stage: str) -> bool:
-    return manifest["stages"].get(stage, {}).get("state") == "done"
-
-
-def next_stage(manifest: dict) -> str | None:
-    """The stage in progress (or where a stopped run resumes): the first expected stage not done."""
-    return next((s for s in expected_stages(manifest) if not is_done(manifest, s)), None)
 
 
 @dataclass(frozen=True)
@@ -195,10 +171,8 @@ def stage_summary(stage: str, info: dict) -> str:
 
 def stage_progress(run_dir: str | Path, manifest: dict, stage: str) -> str | None:
     """How far a stage that is not done has got, from the files it has written so far."""
-    from visplay.run.rundir import RunDir
-
     run = RunDir(run_dir)
-    t, _, kind = stage.partition("/")
+    t, kind = split_stage(stage) or (None, None)
     ev = (manifest.get("config") or {}).get("evolve", {})
     if kind not in BY_KIND:
         return None
@@ -214,9 +188,9 @@ def stage_progress(run_dir: str | Path, manifest: dict, stage: str) -> str | Non
         size = ev.get("chunk_size")
         n = ev.get("images_per_iteration")
         if kind == "labels":  # one label per question row
-            n = manifest["stages"].get(f"{t}/questions", {}).get("rows")
+            n = manifest["stages"].get(stage_name(t, "questions"), {}).get("rows")
         total = math.ceil(n / size) if isinstance(n, int) and isinstance(size, int) and size > 0 else None
-        return f"{parts}" + (f"/{total}" if total else "") + f" chunks written to {t}/{kind}.parts"
+        return f"{parts}" + (f"/{total}" if total else "") + f" chunks written to {run.parts(stage).relative_to(run.root)}"
     return None
 
 
@@ -228,8 +202,6 @@ def status_text(run_dir: str | Path, now: float | None = None) -> str:
     lock = lock_state(root)
     stages = manifest["stages"]
     expected = expected_stages(manifest)
-    from visplay.run.rundir import output_problem
-
     # marked done, but an output is missing or damaged since: `--resume` runs these again
     broken = {s: p for s in expected if is_done(manifest, s) and (p := output_problem(root, stages[s]))}
     done = [s for s in expected if is_done(manifest, s) and s not in broken]

@@ -20,6 +20,7 @@ import torch
 
 from visplay.config import GRPOPhase
 from visplay.dist import Ranks
+from visplay.run.stages import stage_at
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
 
 
@@ -201,12 +202,6 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
     return kw
 
 
-def phase_label(ckpt_dir: str | Path) -> str:
-    """The stage name of the phase checkpointing to ``ckpt_dir``: ``run/iter1/questioner.ckpt`` -> ``iter1/questioner``."""
-    ckpt_dir = Path(ckpt_dir)
-    return f"{ckpt_dir.parent.name}/{ckpt_dir.name.removesuffix('.ckpt')}"
-
-
 def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_dir: Path, log_dir: Path | None = None,
                   report_to: list[str] | None = None, bf16: bool = False, label: str | None = None, **overrides):
     """A `GRPOTrainer` for one phase plus its `HealthGuard`; ``overrides`` go to `GRPOConfig` as is.
@@ -216,7 +211,7 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
 
     ``bf16`` (GPU only): bf16 autocast over the policy's fp32 master weights -- at lr 1e-6 an update
     is far below bf16's resolution, so the weights must stay fp32 -- and a bf16 reference model.
-    The console shows one bar named ``label`` (default: `phase_label` of ``ckpt_dir``)."""
+    The console shows one bar named ``label`` (default: the stage checkpointing to ``ckpt_dir``, `visplay.run.stages.stage_at`)."""
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -245,14 +240,15 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
                           processing_class=processor, callbacks=callbacks)
     for printer in (ProgressCallback, PrinterCallback):  # both print every step's log dict
         trainer.remove_callback(printer)
-    trainer.add_callback(phase_progress(label or phase_label(ckpt_dir)))
+    trainer.add_callback(phase_progress(label or stage_at(ckpt_dir)))
     return trainer, guard
 
 
 def dress_phase(folder: Path, out_dir: Path, role: str, phase: GRPOPhase, start, tokenizer) -> None:
     """Model card, chat template and generation defaults of a phase's model, written into ``folder``
     (the temp folder that becomes ``out_dir``)."""
-    from visplay.cards import dress_checkpoint, phase_card_info
+    from visplay.cards import dress_checkpoint
+    from visplay.run.cards import phase_card_info
 
     title, info = phase_card_info(out_dir, role, phase, start)
     dress_checkpoint(folder, title, info, max_new_tokens=phase.max_completion_length, tokenizer=tokenizer,

@@ -177,7 +177,7 @@ def _chunked(ctx: Context, kind: str, items) -> list[dict]:
         return run_sharded_stage(ctx.cfg, ctx.run, stage, items, key, row_key)
     with chunk_samplers(ctx, kind, log=ctx.run.log_path(stage, "server")) as sampler:
         return run_chunked(ctx.run.parts(stage), items, ctx.cfg.evolve.chunk_size, chunk_fn(ctx, kind, sampler),
-                           desc=f"iter{ctx.t} {kind}", key=key, row_key=row_key)
+                           desc=ctx.name(kind).replace("/", " "), key=key, row_key=row_key)
 
 
 # -- GRPO phases ------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from visplay.answers import Grader
-from visplay.cards import publish_stage
+from visplay.run.cards import publish_stage
 from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
 from visplay.labeling import rate
@@ -120,7 +120,7 @@ def summary_table(results: dict, run_root: str | Path | None = None, k: int | No
     lines = [f"{'model':<8} {'greedy':>7} {'labelled':>9} {'unlabelled':>11} {maj:>7} {'kept labels':>12}"]
     stages = RunDir(run_root).manifest()["stages"] if run_root is not None else {}
     for t, r in sorted(results.items()):
-        acc = stages.get(f"iter{t}/labels", {}).get("label_accuracy_kept")
+        acc = stages.get(stage_name(t, "labels"), {}).get("label_accuracy_kept")
         lines.append(f"{'base' if t == 0 else f'iter {t}':<8} {r['greedy']:>7.1%} {pct(r.get('greedy_labelled')):>9} "
                      f"{pct(r.get('greedy_unlabelled')):>11} {r['maj']:>7.1%} {pct(acc):>12}")
     last = max(results)
@@ -145,7 +145,7 @@ def summary_table(results: dict, run_root: str | Path | None = None, k: int | No
         lines.append(f"{name}: {100 * pt['gain']:+.1f} ± {100 * pt['se']:.1f} points, iter {last} vs base "
                      f"(paired, n={pt['n']}, McNemar p={pt['p']:.3f})")
     lines += level_lines(before, after, last)
-    final = stages.get(f"iter{last}/reasoner", {}).get("model")
+    final = stages.get(stage_name(last, "reasoner"), {}).get("model")
     if final:
         lines.append(f"final model: {final if Path(final).is_absolute() else root / final}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
+import pyarrow.parquet as pq
 from PIL import Image
 
 from visplay.answers import Grader
@@ -22,6 +23,8 @@ from visplay.answers.committee import committee_votes
 from visplay.data.sources import ImageItem
 from visplay.io import image_bytes
 from visplay.labeling import majority_vote_batch, rate
+from visplay.run.rundir import RunDir
+from visplay.run.stages import stage_name
 from visplay.roles.parsing import parse_questioner, parse_reasoner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
@@ -172,12 +175,8 @@ def level_mix(rows: Sequence[dict]) -> dict[str, dict]:
 def reasoner_rows(run_root, t: int, accumulate: bool) -> list[dict]:
     """The label rows iteration ``t``'s reasoner trains on: this iteration's, or with ``accumulate``
     every iteration's so far (self-labelled data kept across rounds, as in Lee et al. 2025)."""
-    import pyarrow.parquet as pq
-
-    from visplay.run.rundir import RunDir
-
     run, its = RunDir(run_root), range(1, t + 1) if accumulate else (t,)
-    return [r for i in its for r in pq.read_table(run.output(f"iter{i}/labels")).to_pylist()]
+    return [r for i in its for r in pq.read_table(run.output(stage_name(i, "labels"))).to_pylist()]
 
 
 def reasoner_dataset(rows: Sequence[dict], label_column: str = "label"):

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visplay.run.stages import stage_name
-from visplay.run.rundir import RunDir
 from visplay.io import image_bytes
-from visplay.status import LockState, expected_stages, is_done, iterations, lock_state, next_stage, read_manifest
+from visplay.run.rundir import RunDir, expected_stages, is_done, iterations, next_stage
+from visplay.status import LockState, lock_state, read_manifest
 
 #: Columns of questions.parquet / labels.parquet the report uses (samples and image bytes excluded).
 ROW_COLUMNS = ("image_id", "origin", "raw", "valid", "reason", "qtype", "question", "questioner_answer",
@@ -81,8 +81,8 @@ class Run:
         return self.stages.get(stage, {}) if self.done(stage) else {}
 
     def phases(self, kind: str) -> list[tuple[int, str]]:
-        """(t, "iter<t>/<kind>") for every iteration t >= 1 of the run."""
-        return [(t, f"iter{t}/{kind}") for t in self.iterations if t]
+        """(t, the stage ``kind`` of iteration t) for every iteration t >= 1 of the run."""
+        return [(t, stage_name(t, kind)) for t in self.iterations if t]
 
     def steps(self, stage: str) -> list[dict]:
         """GRPO step logs of ``stage`` (lines with a reward), one per step: a repeated step keeps its last line."""
@@ -198,7 +198,7 @@ def load_run(run_dir: str | Path) -> Run:
             for path, rows in ((questions, it.questions), (labels, it.labels)):
                 name = path.stem
                 if rows is None and is_done(manifest, stage_name(t, name)):
-                    problems.append(f"iter{t}/{name} is marked done but {path.name} is missing or unreadable")
+                    problems.append(f"{stage_name(t, name)} is marked done but {path.name} is missing or unreadable")
             source, rows = (labels, it.labels) if it.labels else (questions, it.questions)
             if rows:
                 it.gallery = _gallery(source, rows, problems)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from html import escape
 from pathlib import Path
 
-from visplay.run.stages import ITERATION_STAGES
+from visplay.run.stages import BASELINE, ITERATION_STAGES, iteration_folder, stage_name
 from visplay.report import plots
 from visplay.report.data import Run, degenerate, load_run, qtype_mix
 from visplay.status import duration, fmt, stage_summary
@@ -178,7 +178,7 @@ def overview(run: Run) -> str:
 def final_model(run: Run) -> tuple[str, Path] | None:
     """(stage, path) of the last finished reasoner; a relative ``model`` is relative to the run directory."""
     for t in sorted(run.iterations, reverse=True):
-        stage = f"iter{t}/reasoner"
+        stage = stage_name(t, "reasoner")
         model = run.info(stage).get("model") if t else None
         if model:
             path = Path(str(model))
@@ -209,7 +209,7 @@ def accuracy(run: Run) -> str:
     k = (run.config.get("eval") or run.evolve.get("eval") or {}).get("k")  # evolve.eval: runs before #17
     rows, points, parts = [], {}, []
     for t in run.iterations:
-        stage = f"iter{t}/eval"
+        stage = stage_name(t, "eval")
         info = run.info(stage)
         if info:
             points[t] = {key: info.get(key) for key in ("greedy", "maj", "pass", "n")}
@@ -251,7 +251,7 @@ def answer_prior(run: Run) -> float | None:
 def by_family(run: Run) -> str:
     evals = {t: it.eval for t, it in run.iterations.items() if it.eval and it.eval.get("by_family")}
     if not evals:
-        return missing(run, "iter0/eval", "per-family accuracy (no eval summary.json)")
+        return missing(run, BASELINE, "per-family accuracy (no eval summary.json)")
     ts = sorted(evals)
     fams = sorted({f for e in evals.values() for f in e["by_family"]})
     first = evals[ts[0]]["by_family"]
@@ -263,7 +263,7 @@ def by_family(run: Run) -> str:
             cells += num("greedy", s.get("greedy"), data_iter=t) + num("maj", s.get("maj"), data_iter=t)
         rows.append(f'<tr data-family="{escape(f)}">{text(f)}{cells}</tr>')
     head = ["family", "n", "prior"] + [f"{_label(t)} {m}" for t in ts for m in ("greedy", "maj@k")]
-    marks = "".join(missing(run, f"iter{t}/eval", f"per-family accuracy of {_label(t)}")
+    marks = "".join(missing(run, stage_name(t, "eval"), f"per-family accuracy of {_label(t)}")
                     for t in run.iterations if t not in evals)
     ns = {f: s.get("n") for e in evals.values() for f, s in e["by_family"].items() if s.get("n")}
     priors = {f: s.get("prior") for f, s in first.items() if isinstance(s.get("prior"), (int, float))}
@@ -439,7 +439,7 @@ def questioner(run: Run) -> str:
 
 def qtypes(run: Run) -> str:
     mix = {t: qtype_mix(it.questions) for t, it in run.iterations.items() if t and it.questions is not None}
-    marks = "".join(missing(run, f"iter{t}/questions", f"generated questions of iteration {t}")
+    marks = "".join(missing(run, stage_name(t, "questions"), f"generated questions of iteration {t}")
                     for t in run.iterations if t and t not in mix)
     if not mix:
         return marks
@@ -460,7 +460,7 @@ def labels(run: Run) -> str:
         if not t:
             continue
         if it.labels is None:
-            marks.append(missing(run, f"iter{t}/labels", f"silver labels of iteration {t}"))
+            marks.append(missing(run, stage_name(t, "labels"), f"silver labels of iteration {t}"))
             continue
         hists[t] = Counter(float(r["agreement"]) for r in it.labels
                            if r.get("label") is not None and r.get("agreement") is not None)
@@ -500,9 +500,9 @@ def label_accuracy(run: Run) -> str:
 
 
 def reasoner(run: Run) -> str:
-    trained = {t: run.info(f"iter{t}/reasoner").get("train_rows")
-               for t in run.iterations if t and run.done(f"iter{t}/reasoner")}
-    rows_info = "".join(f"<li>iter{t}/reasoner: trained on {escape(fmt(n))} kept questions</li>" for t, n in trained.items())
+    trained = {t: run.info(stage_name(t, "reasoner")).get("train_rows")
+               for t in run.iterations if t and run.done(stage_name(t, "reasoner"))}
+    rows_info = "".join(f"<li>{stage_name(t, 'reasoner')}: trained on {escape(fmt(n))} kept questions</li>" for t, n in trained.items())
     return ("<p>Reasoner GRPO per step (metrics.jsonl) on the kept silver labels: accuracy reward (answer equals the "
             "label) and format reward (think + boxed).</p>" + (f"<ul>{rows_info}</ul>" if rows_info else "")
             + _curves(run, "reasoner", REASONER_PANELS, "reasoner reward curves") + _step_tables(run, "reasoner"))
@@ -570,10 +570,10 @@ def gallery(run: Run) -> str:
         if not t:
             continue
         if not it.gallery:
-            out.append(f"<p class='muted'>iter{t}/questions wrote no questions.</p>" if it.questions is not None
-                       else missing(run, f"iter{t}/questions", f"generated questions of iteration {t}"))
+            out.append(f"<p class='muted'>{stage_name(t, 'questions')} wrote no questions.</p>" if it.questions is not None
+                       else missing(run, stage_name(t, "questions"), f"generated questions of iteration {t}"))
             continue
-        note = "" if it.labels is not None else missing(run, f"iter{t}/labels", f"silver labels of iteration {t}")
+        note = "" if it.labels is not None else missing(run, stage_name(t, "labels"), f"silver labels of iteration {t}")
         rows = [r for r in (it.labels or it.questions or []) if r.get("valid")]
         n_bad = sum(degenerate(r.get("question")) is not None for r in rows)
         note += (f"<p id='degenerate-{t}' data-value='{n_bad}' class='{'bad' if n_bad else 'muted'}'>{n_bad} of "
@@ -592,7 +592,7 @@ def skipped(run: Run) -> str:
 
     for t, it in run.iterations.items():
         for kind in ITERATION_STAGES:
-            stage = f"iter{t}/{kind}"
+            stage = stage_name(t, kind)
             info = run.info(stage)
             for reason, count in sorted((info.get("skipped_images") or {}).items()):
                 add(stage, f"image skipped: {reason}", count)
@@ -604,7 +604,7 @@ def skipped(run: Run) -> str:
                 add(stage, f"stage skipped: {sk}", None)
         for name, b in sorted(((it.bench or {}).get("benchmarks") or {}).items()):
             for reason, count in sorted((b.get("skipped") or {}).items()):
-                add(f"iter{t}/bench/{name}", reason, count)
+                add(f"{iteration_folder(t)}/bench/{name}", reason, count)
     if not rows:
         return "<p id='skipped-none'>Nothing was skipped in the stages done so far.</p>"
     return ("<p>Counts per reason from manifest.json (image sources, questions that could not be labeled, stages "

@@ -33,8 +33,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from visplay.eval.store import AppendLog
-from visplay.run.stages import BY_KIND, parse_stage
+from visplay.run.stages import BY_KIND, iteration_folder, parse_stage, split_stage, stage_names
 from visplay.io import WriteError, atomic_write_json, atomic_write_text, stale_temps
 
 
@@ -77,7 +79,7 @@ class RunDir:
     # -- where each stage's files live (the only place that spells them; kinds in run.stages) --
 
     def iter_dir(self, t: int) -> Path:
-        return self.root / f"iter{t}"
+        return self.root / iteration_folder(t)
 
     def output(self, stage: str) -> Path:
         """What ``stage`` writes: ``iter<t>/questioner`` (model folder), ``iter<t>/questions.parquet``, …"""
@@ -121,12 +123,12 @@ class RunDir:
     def is_done(self, stage: str) -> bool:
         """Marked done and its recorded outputs are all still there, whole and readable."""
         info = self.manifest()["stages"].get(stage, {})
-        return info.get("state") == "done" and output_problem(self.root, info) is None
+        return marked_done(info) and output_problem(self.root, info) is None
 
     def output_problem(self, stage: str) -> str | None:
         """Why a stage marked done must run again (an output missing, resized or unreadable), else None."""
         info = self.manifest()["stages"].get(stage, {})
-        return output_problem(self.root, info) if info.get("state") == "done" else None
+        return output_problem(self.root, info) if marked_done(info) else None
 
     def stage_info(self, stage: str) -> dict:
         """The stage's manifest entry, run-relative paths resolved against this run's root."""
@@ -269,14 +271,42 @@ def output_problem(root: str | Path, info: dict) -> str | None:
             with open(path, "rb") as f:
                 f.read(1)
             if path.suffix == ".parquet":
-                import pyarrow.parquet as pq
-
                 pq.read_metadata(path)
         except FileNotFoundError:
             return f"{rel} is missing"
         except Exception as e:  # noqa: BLE001 -- OSError, or pyarrow on a damaged footer
             return f"{rel} is unreadable ({type(e).__name__}: {e})"
     return None
+
+
+# -- "done": the one decision, read by the loop, `visplay status` and the report --------------------
+
+
+def marked_done(info: dict) -> bool:
+    """A stage's manifest entry says it finished (whether its outputs are still whole: `output_problem`)."""
+    return info.get("state") == "done"
+
+
+def is_done(manifest: dict, stage: str) -> bool:
+    """``stage`` is marked done in ``manifest`` (a manifest dict, as `visplay status` reads it)."""
+    return marked_done(manifest["stages"].get(stage, {}))
+
+
+def iterations(manifest: dict) -> int:
+    """Planned iterations: config evolve.iterations, else the highest iteration seen in the stages."""
+    n = (manifest.get("config") or {}).get("evolve", {}).get("iterations")
+    seen = [split[0] for s in manifest.get("stages", {}) if (split := split_stage(s))]
+    return max([n if isinstance(n, int) else 0, *seen])
+
+
+def expected_stages(manifest: dict) -> list[str]:
+    """Every stage the finished run will have, in the loop's order."""
+    return stage_names(iterations(manifest))
+
+
+def next_stage(manifest: dict) -> str | None:
+    """The stage in progress (or where a stopped run resumes): the first expected stage not done."""
+    return next((s for s in expected_stages(manifest) if not is_done(manifest, s)), None)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,34 @@ BY_KIND = {s.kind: s for s in STAGES}
 _NAME = re.compile(r"iter(\d+)/(\w+)")
 
 
-def stage_name(t: int, kind: str) -> str:
+def stage_name(t: int | str, kind: str) -> str:
     return f"iter{t}/{kind}"
+
+
+def iteration_folder(t: int) -> str:
+    """The folder of iteration ``t`` inside a run (``iter<t>``): where its stages write."""
+    return f"iter{t}"
+
+
+def split_stage(name: str) -> tuple[int, str] | None:
+    """(t, kind) of anything shaped like a stage name, kinds this version does not know included
+    (an older manifest's), else None; `parse_stage` is the strict one.
+
+    >>> split_stage("iter3/reasoner"), split_stage("iter2/bench"), split_stage("notes")
+    ((3, 'reasoner'), (2, 'bench'), None)
+    """
+    m = _NAME.fullmatch(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def stage_at(path) -> str:
+    """The stage whose output or checkpoints are at ``path``.
+
+    >>> stage_at("runs/x/iter1/questioner.ckpt"), stage_at("runs/x/iter2/reasoner")
+    ('iter1/questioner', 'iter2/reasoner')
+    """
+    path = Path(path)
+    return f"{path.parent.name}/{path.name.removesuffix('.ckpt')}"
 
 
 def stage_names(iterations: int) -> list[str]:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from visplay.run.stages import stage_name
+
 
 def loop_scalars(t: int, stages: dict) -> dict[str, float]:
     """Iteration ``t``'s loop metrics from the manifest's stage infos (missing ones are left out)."""
-    ev = stages.get("iter0/eval" if t == 0 else f"iter{t}/eval", {})
+    ev = stages.get(stage_name(t, "eval"), {})
     out = {f"eval/{k}": ev[k] for k in ("greedy", "greedy_labelled", "greedy_unlabelled", "maj", "pass")
            if isinstance(ev.get(k), (int, float))}
     out.update({f"eval/greedy_level{lv}": v["greedy"] for lv, v in ev.get("by_level", {}).items()})
-    labels = stages.get(f"iter{t}/labels", {})
+    labels = stages.get(stage_name(t, "labels"), {})
     for key in ("label_accuracy_kept", "n_kept", "kept_share", "mean_agreement"):
         if isinstance(labels.get(key), (int, float)):
             out[f"labels/{key}"] = labels[key]
