@@ -3,7 +3,7 @@
 Measures, in one run and side by side: wall and CPU time of the reference
 (``tests/reference.py`` ``reference_majority_vote``: mathruler ``grade_answer`` in both
 directions for every new answer against every group representative, question by question) and of
-``visplay.labeling.majority_vote_batch`` with a fresh ``Grader`` (worker start-up included; CPU
+``visplay.answers.voting.majority_vote_batch`` with a fresh ``Grader`` (worker start-up included; CPU
 time includes the worker processes), both speed ratios (CPU is the fairer one on a shared, loaded
 machine), whether labels and counts are identical, grader statistics, and our peak memory
 (tracemalloc, this process, second run). Target: >= 20x on 2,000 questions x 9 answers.
@@ -41,7 +41,7 @@ from visplay.answers import Grader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers below live there
 from reference import reference_majority_vote  # noqa: E402
-from visplay.labeling import Vote, majority_vote_batch
+from visplay.answers.voting import Vote, majority_vote_batch
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "gray"]
 

@@ -17,8 +17,8 @@ from visplay.answers import Grader, agreement
 from visplay.answers.committee import committee_votes
 from visplay.config import ConfigError, config_from_manifest, load_config
 from visplay.evolve.stages import label_questions, png_bytes
+from visplay.answers.voting import majority_vote_batch
 from visplay.io import image_bytes
-from visplay.labeling import majority_vote_batch
 from visplay.sampling.base import SamplingParams
 from visplay.worlds.questions import listing_complete, trace_key
 from visplay.worlds.scene import WorldConfig, make_scene

@@ -29,7 +29,7 @@ from visplay.answers import Grader, normalize_answer
 from visplay.data.sources import WorldSource
 from visplay.evolve.stages import generate_questions, label_questions, skip_reasons, storable
 from visplay.io import atomic_write_parquet
-from visplay.labeling import majority_vote_batch
+from visplay.answers.voting import majority_vote_batch
 from visplay.rewards.questioner import INVALID_REWARD, questioner_reward
 from visplay.rewards.reasoner import accuracy_reward, format_reward
 from visplay.roles.parsing import QTYPES, last_boxed, parse_questioner, parse_reasoner

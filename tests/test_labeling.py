@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from visplay.answers import Grader
 from visplay.answers import agreement
-from visplay.labeling import Vote, majority_vote, majority_vote_batch
+from visplay.answers.voting import Vote, majority_vote, majority_vote_batch
 from reference import reference_majority_vote
 
 # A small pool with many equivalent spellings, so that groups, ties and merges happen.
@@ -129,3 +129,31 @@ def test_the_labels_stage_keeps_agreement_inside_the_band_inclusive(answers, kep
         (out,) = label_questions(_Votes(answers), [row], len(answers), SamplingParams(), g, (0.3, 0.75))
     assert out["kept"] is kept and out["label"] == "1"
     assert out["agreement"] == answers.count("1") / len(answers)
+
+
+class Echo:
+    """A sampler that answers prompt i with the completions ``script[i]`` (first n) and counts its calls."""
+
+    def __init__(self, script):
+        self.script, self.calls = script, []
+
+    def generate(self, prompts, params):
+        self.calls.append((len(prompts), params.n, params.top_p))
+        return [self.script[p.messages[0]["content"]][: params.n] for p in prompts]
+
+
+def test_vote_samples_once_extracts_votes_and_measures_agreement() -> None:
+    """The one recipe: one batched call of m samples, the last box of each, the majority label and
+    its share of all m samples (unanswered ones count)."""
+    from visplay.answers import vote
+    from visplay.sampling.base import Prompt, SamplingParams
+
+    sampler = Echo({"q1": ["\\boxed{1/2}", "x \\boxed{0.5}", "no box", "\\boxed{3}"], "q2": ["\\boxed{}"] * 4})
+    prompts = [Prompt([{"role": "user", "content": q}]) for q in ("q1", "q2")]
+    with Grader(workers=0) as g:
+        b1, b2 = vote(sampler, prompts, 4, SamplingParams(top_p=0.9), g)
+        assert vote(sampler, [], 4, SamplingParams(), g) == []  # nothing to vote on: no call
+    assert sampler.calls == [(2, 4, 0.9)]
+    assert b1.answers == ["1/2", "0.5", None, "3"] and b1.label == "1/2" and b1.agreement == 0.5
+    assert (b1.vote.count, b1.vote.total) == (2, 3)
+    assert b2.label is None and b2.agreement == 0.0 and b2.samples == ["\\boxed{}"] * 4

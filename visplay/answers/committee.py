@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from visplay.answers.grading import agreement
 from visplay.answers.pool import Grader
-from visplay.labeling import majority_vote_batch
+from visplay.answers.voting import majority_vote_batch
 
 AGREEMENT_MODES = ("answer", "trace")
 

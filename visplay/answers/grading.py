@@ -290,7 +290,7 @@ def agreement(vote) -> float:
     included (so a question the reasoner cannot answer has low c); 0.0 without samples. The one
     definition used by the questioner reward, the labels stage and the world evaluation.
 
-    >>> from visplay.labeling import majority_vote_batch
+    >>> from visplay.answers.voting import majority_vote_batch
     >>> agreement(majority_vote_batch([["3", "3", "4", None]])[0])
     0.5
     """

@@ -31,11 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from visplay.answers import Grader, extract
+from visplay.answers import Grader, extract, rate
 from visplay.config import BenchConfig
 from visplay.eval.benchmarks import Benchmark, Item, Loaded, SkippedItem, registry
 from visplay.eval.judge import JudgeClient
-from visplay.labeling import rate
 from visplay.eval.store import AppendLog
 from visplay.roles.prompts import REASONER_INSTRUCTION, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams

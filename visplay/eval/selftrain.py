@@ -16,11 +16,10 @@ import random
 from dataclasses import asdict
 from pathlib import Path
 
-from visplay.answers import agreement
+from visplay.answers import vote
 from visplay.config import Config, EvalConfig, SelfTrainConfig
 
 from visplay.eval.world import eval_items, evaluate_world
-from visplay.labeling import majority_vote_batch
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt
@@ -34,16 +33,14 @@ def majority_chains(sampler, world: WorldConfig, probe: SelfTrainConfig, setting
     questions of ``settings.families``, sampled with its knobs."""
     items = eval_items("unlabeled", probe.n, world, tuple(settings.families), probe.seed)
     prompts = [Prompt(reasoner_messages(q.text), (scene.render(),)) for scene, q in items]
-    samples = sampler.generate(prompts, settings.params(probe.k, seed=probe.seed))
-    parsed = [[parse_reasoner(s) for s in outs] for outs in samples]
-    votes = majority_vote_batch([[p.answer for p in ps] for ps in parsed])
+    ballots = vote(sampler, prompts, probe.k, settings.params(probe.k, seed=probe.seed))
     rng = random.Random(probe.seed)
     rows, kept_right = [], 0
-    for (scene, q), outs, ps, vote in zip(items, samples, parsed, votes):
-        label = vote.label
-        if label is None or agreement(vote) < probe.min_agreement:
+    for (scene, q), b in zip(items, ballots):
+        label = b.label
+        if label is None or b.agreement < probe.min_agreement:
             continue
-        chains = [s for s, p in zip(outs, ps) if p.format_ok and p.answer == label]
+        chains = [s for s, a in zip(b.samples, b.answers) if a == label and parse_reasoner(s).format_ok]
         if not chains:
             continue
         kept_right += grade(q.text, label, q.answer)

@@ -15,9 +15,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from visplay.answers import Grader, agreement, grade
+from visplay.answers import Ballot, Grader, grade, majority_vote_batch, rate, vote
 from visplay.config import EvalConfig
-from visplay.labeling import majority_vote_batch, rate
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
@@ -122,12 +121,12 @@ def evaluate_world(sampler: Sampler, world: WorldConfig, settings: EvalConfig, g
     prior = answer_prior(world, families, seed=seed)
     prompts = [Prompt(reasoner_messages(q.text), (scene.render(),)) for scene, q in items]
     greedy = sampler.generate(prompts, settings.params(1, temperature=0, top_k=0, top_p=1.0))
-    samples = [[] for _ in prompts] if greedy_only else sampler.generate(prompts, settings.params(settings.k))
+    ballots = ([Ballot([], [], v) for v in majority_vote_batch([[] for _ in prompts], grader)] if greedy_only
+               else vote(sampler, prompts, settings.k, settings.params(settings.k), grader))
     rows = []
-    for (scene, q), g, ss in zip(items, greedy, samples):
+    for (scene, q), g, b in zip(items, greedy, ballots):
         gp = parse_reasoner(g[0])
-        answers = [parse_reasoner(s).answer for s in ss]
-        vote = majority_vote_batch([answers], grader)[0]
+        ss, answers = b.samples, b.answers
         right = lambda a: grade(a, q.answer, q.qtype, grader=grader).correct  # noqa: E731
         rows.append({
             "id": scene.id, "split": split, "index": scene.index, "level": scene.level, "family": q.family,
@@ -138,8 +137,8 @@ def evaluate_world(sampler: Sampler, world: WorldConfig, settings: EvalConfig, g
             "listing_complete": listing_complete(scene, g[0]) if q.family in MARKED_FAMILIES else None,
             "greedy_correct": right(gp.answer),
             "samples": ss, "sample_answers": answers,
-            "majority": vote.label, "agreement": agreement(vote),  # share of all k samples, invalid ones included
-            "maj_correct": right(vote.label),
+            "majority": b.label, "agreement": b.agreement,  # share of all k samples, invalid ones included
+            "maj_correct": right(b.label),
             "pass_at_k": any(right(a) for a in answers),
             "prior_answer": prior.get(q.family), "prior_correct": right(prior.get(q.family)),
         })

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from visplay.answers import Grader
+from visplay.answers import Grader, rate
 from visplay.run.cards import publish_stage
 from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
-from visplay.labeling import rate
 from visplay.evolve.bodies import BODIES, Context, pct, stop_signal
 from visplay.run.tracker import log_loop_metrics
 from visplay.run.stages import BASELINE, STAGES, stage_name

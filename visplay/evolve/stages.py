@@ -18,14 +18,13 @@ from collections.abc import Callable, Iterable, Sequence
 import pyarrow.parquet as pq
 from PIL import Image
 
-from visplay.answers import Grader
+from visplay.answers import Grader, rate, sample_answers
 from visplay.answers.committee import committee_votes
 from visplay.data.sources import ImageItem
 from visplay.io import image_bytes
-from visplay.labeling import majority_vote_batch, rate
 from visplay.run.rundir import RunDir
 from visplay.run.stages import stage_name
-from visplay.roles.parsing import parse_questioner, parse_reasoner
+from visplay.roles.parsing import parse_questioner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
 from visplay.worlds.questions import grade, oracle, trace_key
@@ -118,12 +117,10 @@ def label_questions(
     members = list(reasoner) if isinstance(reasoner, (list, tuple)) else [reasoner]
     todo = [r for r in rows if r["valid"]]
     prompts = [Prompt(reasoner_messages(r["question"]), (from_png(r["image_png"]),)) for r in todo]
-    per_member = []  # [member][question][sample]
-    for i, sampler in enumerate(members):
-        p = replace(params, n=m, seed=(params.seed + MEMBER_SEED_STRIDE * i) % 2**31)
-        per_member.append([[storable(s) for s in row] for row in sampler.generate(prompts, p)] if todo else [])
-    samples = [[member[q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
-    answers = [[[parse_reasoner(s).answer for s in ss] for ss in q] for q in samples]
+    per_member = [sample_answers(sampler, prompts, m, replace(params, seed=(params.seed + MEMBER_SEED_STRIDE * i) % 2**31),
+                                 clean=storable) for i, sampler in enumerate(members)]  # [member]: (samples, answers)
+    samples = [[member[0][q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
+    answers = [[member[1][q] for member in per_member] for q in range(len(todo))]
     keys = [[[trace_key(s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
             if _WORLD_ID.fullmatch(r["image_id"]) else None for r, qs, qa in zip(todo, samples, answers)]
     votes = iter(zip(samples, answers, committee_votes(answers, keys, mode, grader)))

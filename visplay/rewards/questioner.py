@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from visplay.answers import Grader, agreement
-from visplay.labeling import majority_vote_batch
+from visplay.answers import Grader, vote
 from visplay.rewards.diversity import cluster_shares
 from visplay.rewards.text import completion_text
-from visplay.roles.parsing import parse_questioner, parse_reasoner
+from visplay.roles.parsing import parse_questioner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
 
@@ -74,13 +73,10 @@ def questioner_reward(
     agreements = [0.0] * len(parsed)
     if valid_idx:
         prompts = [Prompt(reasoner_messages(questions[i]), (images[i],)) for i in valid_idx]
-        samples = reasoner.generate(
-            prompts, SamplingParams(n=m, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
-                           seed=seed)
-        )
-        votes = majority_vote_batch([[parse_reasoner(s).answer for s in row] for row in samples], grader)
-        for i, v in zip(valid_idx, votes):
-            agreements[i] = agreement(v)
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                                seed=seed)
+        for i, ballot in zip(valid_idx, vote(reasoner, prompts, m, params, grader)):
+            agreements[i] = ballot.agreement
     uncertainty = [min(c, 1 - c) if p.valid else 0.0 for c, p in zip(agreements, parsed)]
     reward = [u - d if p.valid else INVALID_REWARD for u, d, p in zip(uncertainty, penalty, parsed)]
     return QuestionerScores(

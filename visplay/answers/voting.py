@@ -1,6 +1,9 @@
-"""Silver labels: majority vote over the reasoner's sampled answers (agreement: `visplay.answers.agreement`).
+"""The vote: sample m answers per prompt, extract each, majority-vote them, measure agreement -- one
+recipe (`vote`), used by the labels stage, the questioner reward, the world evaluation and self-training.
 
-Pure functions, no torch. Semantics (those of ``tests/reference.py`` ``reference_majority_vote``):
+`vote(sampler, prompts, m, params, grader)` gives one `Ballot` per prompt: the samples, their
+extracted answers (`visplay.answers.extract`: the last ``\\boxed{}``), the `Vote` and its
+``agreement`` (`visplay.answers.agreement`). The grouping below is pure Python, no torch. Semantics (those of ``tests/reference.py`` ``reference_majority_vote``):
 
 * Answers that are None or empty after ``strip()`` are dropped; ``total`` counts the kept ones.
   Other non-strings are converted with ``str()``.
@@ -17,7 +20,7 @@ is placed once, with its multiplicity. Verdicts come from one ``Grader`` (fast p
 across the whole batch, worker processes with a hard timeout). ``majority_vote_batch`` advances all
 questions together and sends the comparisons they wait on to the workers in one round at a time.
 
-Test: ``pytest -q tests/test_labeling.py``; speed: ``python benchmarks/bench_majority_vote.py``.
+Test: ``pytest -q tests/test_labeling.py tests/test_answers.py``; speed: ``python benchmarks/bench_majority_vote.py``.
 
 >>> majority_vote(["1/2", " 0.5", "\\\\frac{1}{2}", "3", "3.0", None, " "])
 ('1/2', 3, 5)
@@ -26,10 +29,13 @@ Test: ``pytest -q tests/test_labeling.py``; speed: ``python benchmarks/bench_maj
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
-from visplay.answers import Grader, normalize_answer
+from visplay.answers.equivalence import normalize_answer
+from visplay.answers.grading import agreement, extract
+from visplay.answers.pool import Grader
+from visplay.sampling.base import Prompt, Sampler, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,46 @@ def majority_vote(answers: Sequence[str | None], grader: Grader | None = None) -
     return majority_vote_batch([answers], grader)[0].as_tuple()
 
 
+@dataclass(frozen=True)
+class Ballot:
+    """One prompt's vote: its m samples, the answer extracted from each (None: no box), the `Vote`."""
+
+    samples: list[str]
+    answers: list[str | None]
+    vote: Vote
+
+    @property
+    def label(self) -> str | None:
+        return self.vote.label
+
+    @property
+    def agreement(self) -> float:
+        """The label's share of all m samples (`visplay.answers.agreement`)."""
+        return agreement(self.vote)
+
+
+def vote(sampler: Sampler, prompts: Sequence[Prompt], m: int, params: SamplingParams, grader: Grader | None = None,
+         clean: Callable[[str], str] | None = None) -> list[Ballot]:
+    """Sample ``m`` answers per prompt (one batched call; none when there are no prompts), extract
+    each answer, majority-vote them: one `Ballot` per prompt. ``clean`` maps each sample before
+    extraction (the labels stage makes samples storable); without a grader, comparisons run in process."""
+    if not prompts:
+        return []
+    samples, answers = sample_answers(sampler, prompts, m, params, clean)
+    return [Ballot(ss, ans, v) for ss, ans, v in zip(samples, answers, majority_vote_batch(answers, grader))]
+
+
+def sample_answers(sampler: Sampler, prompts: Sequence[Prompt], m: int, params: SamplingParams,
+                   clean: Callable[[str], str] | None = None) -> tuple[list[list[str]], list[list[str | None]]]:
+    """The first half of the recipe, for a vote that is not one model's majority (a committee,
+    `visplay.answers.committee`): ``m`` samples per prompt in one batched call (none without
+    prompts), each mapped by ``clean``, and the answer extracted from each."""
+    if not prompts:
+        return [], []
+    samples = [[clean(s) for s in row] if clean else list(row) for row in sampler.generate(prompts, replace(params, n=m))]
+    return samples, [[extract(s).answer for s in row] for row in samples]
+
+
 def rate(rows: Sequence[dict], key: str, empty: float | None = None) -> float | None:
     """Share of ``rows`` whose ``key`` is true (accuracy, kept share, ...), over the rows where it is
     known (not None); ``empty`` when there are none.
@@ -156,4 +202,4 @@ def rate(rows: Sequence[dict], key: str, empty: float | None = None) -> float | 
     return sum(map(bool, values)) / len(values) if values else empty
 
 
-__all__ = ["Vote", "majority_vote", "majority_vote_batch", "rate"]
+__all__ = ["Ballot", "Vote", "majority_vote", "majority_vote_batch", "rate", "sample_answers", "vote"]
