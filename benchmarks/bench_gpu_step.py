@@ -6,7 +6,7 @@ reference and reward-sampling forwards are extra work it does not count), and pe
 (`torch.cuda.max_memory_allocated`, or the process's peak RSS on CPU). The model is the real
 `Qwen2_5_VLForConditionalGeneration` built from the preset's ``arch`` (no weights, no hub); the
 tokenizer and chat template are the embedded tiny model's (token ids fit any vocabulary), images are
-random at ``--pixels``. The step is the loop's own: `visplay.train.build_trainer` with the preset's
+random at ``--pixels``. The step is the loop's own: `visplay.evolve.grpo.build_trainer` with the preset's
 phase settings (lr, KL beta, gradient checkpointing, frozen vision or not), batch sizes from the
 flags; the questioner reward samples ``--reward-samples`` answers per rollout from the policy itself
 (the loop uses the frozen reasoner: same cost, half the memory here). With ``--steps 2`` (default)
@@ -75,7 +75,7 @@ def random_images(n: int, pixels: int, seed: int) -> list[Image.Image]:
 
 def run_phase(name: str, model, processor, dataset, reward, phase, out: Path, n_params: int, gpus: int,
               peak_tflops: float) -> dict:
-    from visplay.train import build_trainer
+    from visplay.evolve.grpo import build_trainer
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

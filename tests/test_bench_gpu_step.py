@@ -1,7 +1,7 @@
 """The GPU step benchmark runs end to end on CPU at `--scale tiny` (same code path as on a GPU).
 
 Proves the benchmark builds the preset's structure (downscaled), runs one questioner and one reasoner
-GRPO step through `visplay.train.build_trainer`, and reports positive step times, tokens, MFU and
+GRPO step through `visplay.evolve.grpo.build_trainer`, and reports positive step times, tokens, MFU and
 peak memory for both phases. Offline, ~30 s: `pytest -q tests/test_bench_gpu_step.py`.
 """
 

@@ -68,7 +68,7 @@ def _phase(micro_model_dir, out):
     from visplay.models import load_model
     from visplay.sampling.hf import TransformersSampler
     from visplay.rewards.questioner import QuestionerReward
-    from visplay.train import train_grpo
+    from visplay.evolve.grpo import train_grpo
     from visplay.worlds.scene import WorldConfig
 
     model, processor = load_model(micro_model_dir)

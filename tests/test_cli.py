@@ -121,7 +121,7 @@ def test_console_phase_bar_is_labelled_and_prints_no_dicts(monkeypatch, capsys):
 
     from visplay import console
     from visplay.run.stages import stage_at
-    from visplay.train import phase_progress
+    from visplay.evolve.grpo import phase_progress
 
     assert stage_at("runs/x/iter1/questioner.ckpt") == "iter1/questioner"
     monkeypatch.setattr(console, "bar_disable", lambda: False)  # draw even though this is no terminal

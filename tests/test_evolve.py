@@ -110,7 +110,7 @@ def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):
     from visplay.evolve.stages import questioner_dataset
     from visplay.sampling.hf import TransformersSampler
     from visplay.rewards.questioner import QuestionerReward
-    from visplay.train import train_grpo
+    from visplay.evolve.grpo import train_grpo
     from visplay.worlds.scene import WorldConfig
 
     model, processor = load_model(micro_model_dir)  # a private copy: this test trains it

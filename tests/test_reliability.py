@@ -127,7 +127,7 @@ def test_a_phase_saved_before_the_kill_is_not_trained_again(micro_model_dir, tmp
     import shutil
 
     from visplay.config import GRPOPhase
-    from visplay.train import train_grpo
+    from visplay.evolve.grpo import train_grpo
 
     out = tmp_path / "iter1" / "reasoner"
     assert finished_phase(out) is None

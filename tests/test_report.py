@@ -674,7 +674,7 @@ def flagged_marks(drawn: Drawn) -> dict[str, set]:
 
 
 def test_kl_spike_and_guard_stop_are_flagged(finished, tmp_path):
-    from visplay.train import HealthGuard
+    from visplay.evolve.grpo import HealthGuard
 
     src, out = finished
     doc = parse(out)

@@ -145,7 +145,7 @@ def test_reward_registry_takes_import_paths_and_refuses_unknown_names():
 
 
 def test_health_guard_fires_on_kl_or_entropy_and_remembers_why():
-    from visplay.train import HealthGuard
+    from visplay.evolve.grpo import HealthGuard
 
     g = HealthGuard(max_kl=10, min_entropy=0.05)
     assert g.check({"kl": 0.5, "entropy": 0.3}, 1) is None

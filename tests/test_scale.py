@@ -25,8 +25,8 @@ from visplay.tiny.build import tiny_arch
 from visplay.arch import analytic_counts, arch_from_hf, downscaled, hf_config, image_tokens, param_counts
 from visplay.cli import main
 from visplay.config import EMBEDDED_MODELS, ConfigError, GRPOPhase, load_config
-from visplay.plan import build_plan, memory_per_gpu
-from visplay.train import VLLMUnavailable, check_vllm, grpo_args
+from visplay.evolve.plan import build_plan, memory_per_gpu
+from visplay.evolve.grpo import VLLMUnavailable, check_vllm, grpo_args
 
 PRESETS = ["qwen2_5_vl_3b", "qwen2_5_vl_7b", "mimo_vl_7b"]
 PUBLISHED = {"qwen2_5_vl_3b": 3.75e9, "qwen2_5_vl_7b": 8.29e9}  # HF model cards
@@ -188,7 +188,7 @@ def test_dry_run_prints_the_plan_without_loading(preset, capsys, monkeypatch, tm
 
 def test_memory_layout_is_read_from_the_launchers_accelerate_config(tmp_path):
     """The plan sizes memory for what the launcher will run, never for a second, separate knob."""
-    from visplay.plan import launcher_strategy
+    from visplay.evolve.plan import launcher_strategy
 
     acc = "accelerate launch --config_file {repo}/configs/accelerate/"
     assert [launcher_strategy(acc + f) for f in ("zero2.yaml", "zero3.yaml", "multi_node_zero3.yaml", "fsdp.yaml",
@@ -214,7 +214,7 @@ def test_plan_numbers(tmp_path):
     assert ddp["total"] == 16 * p and ddp["reference"] == 0
     sampled = load_config("tiny", ["sampler.backend=openai", "sampler.url=http://127.0.0.1:9/v1"])
     assert "OpenAI-compatible server http://127.0.0.1:9/v1 (already running)" in \
-        __import__("visplay.plan", fromlist=["format_plan"]).format_plan(sampled, build_plan(sampled))
+        __import__("visplay.evolve.plan", fromlist=["format_plan"]).format_plan(sampled, build_plan(sampled))
 
 
 # --- accelerate configs ------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ class GRPOPhase:
     consumed by ``prompts_per_rollout / prompts_per_step`` optimizer updates of
     ``prompts_per_step`` prompts each (EasyR1 ``rollout_batch_size`` 512 / ``global_batch_size``
     128 = 4 updates per step). ``per_device_batch`` completions go through one forward/backward on
-    one device; the rest is gradient accumulation (`visplay.train.grpo_args` does the arithmetic).
+    one device; the rest is gradient accumulation (`visplay.evolve.grpo.grpo_args` does the arithmetic).
     The KL term is TRL's k3 estimator, the same as EasyR1's ``low_var_kl``.
     """
 

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.run:
             raise ValueError("--resume needs --run RUN_DIR")
     if args.dry_run:
-        from visplay.plan import build_plan, format_plan
+        from visplay.evolve.plan import build_plan, format_plan
 
         cfg = config(args, extra)
         print(format_plan(cfg, build_plan(cfg, args.preset)))

@@ -210,7 +210,7 @@ def train_phase(ctx: Context, role: str, dataset=None) -> tuple[list[dict], str 
     import torch
 
     from visplay.models import load_model
-    from visplay.train import train_grpo
+    from visplay.evolve.grpo import train_grpo
 
     cfg, run, stage, ranks = ctx.cfg, ctx.run, ctx.name(role), ctx.ranks
     dataset = phase_dataset(ctx, role) if dataset is None else dataset

@@ -90,7 +90,7 @@ def member_sampler(base: SamplerConfig, member: Path | str) -> tuple[SamplerConf
 
 def preflight(cfg: Config) -> Path:
     """Validate everything a run needs before it writes anything; returns the base model directory."""
-    from visplay.train import check_vllm
+    from visplay.evolve.grpo import check_vllm
 
     base = model_dir(cfg)
     for member in committee_members(cfg):  # a member that does not load is an error before the run exists

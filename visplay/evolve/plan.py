@@ -276,7 +276,7 @@ def format_plan(cfg: Config, plan: dict) -> str:
                    + (f"; ~{_n(flops)}FLOP, ~{hours:.2g} h at {ASSUMED_MFU:.0%} MFU (assumed)" if flops else ""))
     if plan["memory"]:
         out += ["", f"memory per GPU, GiB (mixed bf16 with fp32 master weights: 16 B/trainable param, layouts in "
-                    f"visplay/plan.py; bf16 KL reference; reward = the frozen reasoner the questioner reward samples "
+                    f"visplay/evolve/plan.py; bf16 KL reference; reward = the frozen reasoner the questioner reward samples "
                     f"in process; N = {hw.world_size}):"]
         out.append(f"  {'phase':<10} {'strategy':<13} {'weights':>7} {'grads':>7} {'optim':>7} {'ref':>7} {'reward':>7} "
                    f"{'total':>7}  + activations (rough)  + vLLM colocate")
