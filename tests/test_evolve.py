@@ -127,17 +127,17 @@ def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):
 def test_the_stage_list_is_what_the_loop_status_and_report_read():
     import doctest
 
-    import visplay.run.stages as plan_of_stages
-    from visplay.evolve.bodies import BODIES
+    import visplay.run.stages as run_stages
+    from visplay.evolve.bodies import BASELINE_STEP, STEPS
     from visplay.status import expected_stages
 
-    assert doctest.testmod(plan_of_stages).failed == 0
-    assert tuple(BODIES) == plan_of_stages.ITERATION_STAGES
+    assert doctest.testmod(run_stages).failed == 0
+    assert tuple(s.stage for s in STEPS) == run_stages.STAGES and BASELINE_STEP.stage == run_stages.BY_KIND["eval"]
     manifest = {"config": {"evolve": {"iterations": 2}}, "stages": {}}
-    assert expected_stages(manifest) == plan_of_stages.stage_names(2)
+    assert expected_stages(manifest) == run_stages.stage_names(2)
     run = RunDir("/r")
     assert run.output("iter2/labels") == Path("/r/iter2/labels.parquet")
     assert run.checkpoints("iter1/reasoner") == Path("/r/iter1/reasoner.ckpt")
     assert run.parts("iter1/questions") == Path("/r/iter1/questions.parts")
     with pytest.raises(ValueError, match="unknown stage"):
-        plan_of_stages.parse_stage("iter0/labels")
+        run_stages.parse_stage("iter0/labels")

@@ -1,6 +1,7 @@
-"""The body of each stage in `visplay.run.stages.STAGES`: ``run_<kind>(ctx) -> info``.
+"""The body of each stage in `visplay.run.stages.STAGES`: ``run_<kind>(ctx) -> info``; `STEPS` pairs
+each stage with its body.
 
-The loop (`visplay.evolve.loop`) calls ``BODIES[kind](ctx)`` for every stage in order and marks
+The loop (`visplay.evolve.loop`) calls ``step.body(ctx)`` for every step in order and marks
 the returned info done in the manifest; the launched workers (`visplay.evolve.worker`) call the
 same pieces -- `train_phase` for a GRPO stage on every rank, `chunk_fn` / `stage_items` for one
 shard of a chunked stage -- so each stage is written once. Everything a body needs comes from the
@@ -27,7 +28,7 @@ from visplay.dist import Ranks
 from visplay.eval.world import evaluate_world, level_groups, write_eval
 from visplay.evolve.chunks import run_chunked
 from visplay.evolve.launch import WorkerError, launch_phase, run_sharded_stage
-from visplay.run.stages import BASELINE, ITERATION_STAGES, stage_name
+from visplay.run.stages import BASELINE, BY_KIND, ITERATION_STAGES, Stage, stage_name
 from visplay.evolve.preflight import committee_members, member_sampler, open_images
 from visplay.run.rundir import RunDir
 from visplay.evolve.stages import (
@@ -47,6 +48,10 @@ from visplay.sampling.base import SamplingParams
 from visplay.sampling.factory import for_rank, open_sampler
 
 Say = Callable[[str], None]
+#: Seed offsets, primes so that the streams they start never line up: chunk i of a chunked stage
+#: samples with seed + CHUNK_SEED_STRIDE * i; rank r of a launched GRPO phase with + RANK_SEED_STRIDE * r.
+CHUNK_SEED_STRIDE = 7919
+RANK_SEED_STRIDE = 100003
 
 
 @dataclass
@@ -156,10 +161,10 @@ def chunk_fn(ctx: Context, kind: str, sampler):
     ev, sample = ctx.cfg.evolve, stage_params(ctx.cfg, ctx.t)
     if kind == "questions":
         return lambda chunk, i: generate_questions(sampler, chunk, ev.questions_per_image,
-                                                   replace(sample, seed=sample.seed + 7919 * i),
+                                                   replace(sample, seed=sample.seed + CHUNK_SEED_STRIDE * i),
                                                    lambda index: ctx.cfg.scene_world(ctx.t, index))
     return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples,
-                                            replace(sample, seed=sample.seed + 7919 * i), ctx.grader,
+                                            replace(sample, seed=sample.seed + CHUNK_SEED_STRIDE * i), ctx.grader,
                                             (ev.band_low, ev.band_high), ev.agreement)
 
 
@@ -189,7 +194,7 @@ def reward_fns(ctx: Context, role: str, frozen=None, rank: int = 0) -> list:
     ev = ctx.cfg.evolve
     # every sampling knob of the evolve section at once (temperature, top_k, top_p, max_new_tokens), so none is lost
     return build_rewards(getattr(ev, role).rewards, grader=ctx.grader, reasoner=frozen, m=ev.reward_samples,
-                         **{**ev.knobs(), "seed": ev.seed + ctx.t + 100003 * rank},
+                         **{**ev.knobs(), "seed": ev.seed + ctx.t + RANK_SEED_STRIDE * rank},
                          threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0)
 
 
@@ -234,13 +239,9 @@ def train_phase(ctx: Context, role: str, dataset=None) -> tuple[list[dict], str 
     return history, guard
 
 
-def _train(ctx: Context, role: str, dataset: Callable[[], object]) -> str | None:
-    """A GRPO stage here or through ``hardware.launcher``; its history goes to metrics.jsonl."""
-    stage = ctx.name(role)
-    if ctx.cfg.hardware.launcher:  # on the launcher's GPUs/nodes (visplay/evolve/worker.py)
-        history, guard = launch_phase(ctx.cfg, ctx.run, stage)
-    else:
-        history, guard = train_phase(ctx, role, dataset())
+def logged_phase(ctx: Context, role: str, phase: tuple[list[dict], str | None]) -> str | None:
+    """Record a finished GRPO phase (log history, guard verdict): history to metrics.jsonl; the verdict back."""
+    stage, (history, guard) = ctx.name(role), phase
     for h in history:
         ctx.run.log({"stage": stage, **h})
     if guard:
@@ -257,7 +258,9 @@ def run_questioner(ctx: Context) -> dict:
     if not ev.train_questioner:
         return {"model": str(ctx.model("questioner", ctx.t - 1)), "skipped": "frozen questioner (ablation)"}
     items, skipped = take_images(ctx, ev.questioner_images)
-    guard = _train(ctx, "questioner", lambda: questioner_dataset(items))
+    # here, or on the launcher's GPUs/nodes (visplay/evolve/worker.py), which fetch the images themselves
+    guard = logged_phase(ctx, "questioner", launch_phase(ctx.cfg, ctx.run, ctx.name("questioner")) if ctx.cfg.hardware.launcher
+                    else train_phase(ctx, "questioner", questioner_dataset(items)))
     return {"model": str(ctx.run.output(ctx.name("questioner"))), "images": len(items), "skipped_images": skipped,
             "guard": guard}
 
@@ -304,7 +307,8 @@ def run_reasoner(ctx: Context) -> dict:
     if ev.reasoner_objective == "sft":
         return run_reasoner_sft(ctx, rows)
     ds = reasoner_dataset(rows, "questioner_answer" if ev.labels == "questioner" else "label")
-    guard = _train(ctx, "reasoner", lambda: ds)
+    guard = logged_phase(ctx, "reasoner", launch_phase(ctx.cfg, ctx.run, stage) if ctx.cfg.hardware.launcher
+                    else train_phase(ctx, "reasoner", ds))
     return {"model": str(ctx.run.output(stage)), "train_rows": len(ds), "guard": guard}
 
 
@@ -371,11 +375,25 @@ def run_eval(ctx: Context) -> dict:
     return info
 
 
-BODIES: dict[str, Callable[[Context], dict]] = {
-    "questioner": run_questioner, "questions": run_questions, "labels": run_labels, "reasoner": run_reasoner,
-    "eval": run_eval,
-}
-assert tuple(BODIES) == ITERATION_STAGES, "every stage of run.stages.STAGES needs its body here, in order"
+@dataclass(frozen=True)
+class Step:
+    """A stage of the loop and the body that runs it."""
+
+    stage: Stage
+    body: Callable[[Context], dict]
+
+    @property
+    def kind(self) -> str:
+        return self.stage.kind
+
+
+#: One iteration of the loop, in `visplay.run.stages.STAGES` order, each stage with its body.
+STEPS: tuple[Step, ...] = tuple(Step(BY_KIND[kind], body) for kind, body in (
+    ("questioner", run_questioner), ("questions", run_questions), ("labels", run_labels),
+    ("reasoner", run_reasoner), ("eval", run_eval)))
+#: The step before the first iteration: the base model's held-out accuracy.
+BASELINE_STEP = Step(BY_KIND["eval"], run_eval)
+assert tuple(s.kind for s in STEPS) == ITERATION_STAGES, "every stage of run.stages.STAGES needs its body here, in order"
 
 
 def stop_signal(labels_info: dict, stop_agreement: float | None) -> str | None:

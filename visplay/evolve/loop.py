@@ -1,4 +1,5 @@
-"""The self-evolution loop: runs `visplay.run.stages.STAGES` in order, once per iteration.
+"""The self-evolution loop: runs `visplay.evolve.bodies.STEPS` (the stages of `visplay.run.stages.STAGES`,
+each with its body) in order, once per iteration.
 
     iter0/eval                               held-out accuracy of the base model
     for t in 1..N:
@@ -30,9 +31,9 @@ from visplay.answers import Grader, rate
 from visplay.run.cards import publish_stage
 from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
-from visplay.evolve.bodies import BODIES, Context, pct, stop_signal
+from visplay.evolve.bodies import BASELINE_STEP, STEPS, Context, Step, pct, stop_signal
 from visplay.run.tracker import log_loop_metrics
-from visplay.run.stages import BASELINE, STAGES, stage_name
+from visplay.run.stages import BASELINE, stage_name
 from visplay.evolve.preflight import preflight
 from visplay.run.rundir import RunDir, RunError, sigterm_as_interrupt
 
@@ -65,7 +66,27 @@ def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: 
                            f"visplay evolve --run {run.root} --resume") from e
 
 
-def _stage(run: RunDir, name: str, say: Say, fn: Callable[[], dict]) -> dict:
+def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
+    """Every stage of every iteration, in `STEPS` order; returns {iteration: eval info}."""
+    ev = cfg.evolve
+    with Grader(timeout=ev.grader_timeout, workers=ev.grader_workers) as grader:
+        results = {0: _run_step(BASELINE_STEP, Context(cfg, run, base, 0, grader, say))}
+        log_loop_metrics(run.root, ev.report_to, 0, run.manifest()["stages"])
+        for t in range(1, ev.iterations + 1):
+            ctx = Context(cfg, run, base, t, grader, say)
+            for step in STEPS:  # questioner GRPO, questions, silver labels, reasoner GRPO, eval
+                info = _run_step(step, ctx)
+                if info.get("stopped"):
+                    return results  # the label-free stop signal fired: the last trained reasoner is the result
+            results[t] = info
+            log_loop_metrics(run.root, ev.report_to, t, run.manifest()["stages"])
+            _refresh_report(run, say)
+    return results
+
+
+def _run_step(step: Step, ctx: Context) -> dict:
+    """One stage: skipped when done (resume), else its body, timed; its info marked done last."""
+    run, name, say = ctx.run, ctx.name(step.kind), ctx.say
     if run.is_done(name):
         say(f"{name}: done (resumed)")
         publish_stage(run.root, name)  # in case a kill came between the mark and the tidy-up
@@ -75,30 +96,12 @@ def _stage(run: RunDir, name: str, say: Say, fn: Callable[[], dict]) -> dict:
         say(f"{name}: marked done but {problem}; running it again")
     run.drop_metrics(name)  # records of an attempt that was killed: this attempt logs them again
     t0 = time.time()
-    info = fn()
+    info = step.body(ctx)
     info["seconds"] = round(time.time() - t0, 1)
     run.log({"stage": name, **{k: v for k, v in info.items() if isinstance(v, (int, float, str)) or v is None}})
     run.mark(name, "done", **info)  # last: the manifest is the record that the stage finished
     publish_stage(run.root, name)  # chunk parts merged into the stage's parquet go; the dataset card
     return info
-
-
-def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
-    """Every stage of every iteration, in `STAGES` order; returns {iteration: eval info}."""
-    ev = cfg.evolve
-    with Grader(timeout=ev.grader_timeout, workers=ev.grader_workers) as grader:
-        ctx = lambda t: Context(cfg, run, base, t, grader, say)  # noqa: E731
-        results = {0: _stage(run, BASELINE, say, lambda: BODIES["eval"](ctx(0)))}
-        log_loop_metrics(run.root, ev.report_to, 0, run.manifest()["stages"])
-        for t in range(1, ev.iterations + 1):
-            for s in STAGES:
-                info = _stage(run, stage_name(t, s.kind), say, lambda: BODIES[s.kind](ctx(t)))
-                if info.get("stopped"):
-                    return results  # the label-free stop signal fired: the last trained reasoner is the result
-            results[t] = info
-            log_loop_metrics(run.root, ev.report_to, t, run.manifest()["stages"])
-            _refresh_report(run, say)
-    return results
 
 
 def _refresh_report(run: RunDir, say: Say) -> None:
