@@ -20,9 +20,10 @@ tests/test_shards.py`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,6 +47,28 @@ def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: 
     """Run (or resume) the loop; returns {iteration: eval metrics}.
 
     Everything the run needs is checked first (`preflight`): bad input writes nothing."""
+    ev = cfg.evolve
+    with _opened(cfg, run_dir, resume, command) as (run, base), \
+            Grader(timeout=ev.grader_timeout, workers=ev.grader_workers) as grader:
+        results = {0: _run_step(BASELINE_STEP, Context(cfg, run, base, 0, grader, say))}
+        log_loop_metrics(run.root, ev.report_to, 0, run.manifest()["stages"])
+        for t in range(1, ev.iterations + 1):
+            ctx = Context(cfg, run, base, t, grader, say)
+            for step in STEPS:  # questioner GRPO, questions, silver labels, reasoner GRPO, eval
+                info = _run_step(step, ctx)
+                if info.get("stopped"):
+                    return results  # the label-free stop signal fired: the last trained reasoner is the result
+            results[t] = info
+            log_loop_metrics(run.root, ev.report_to, t, run.manifest()["stages"])
+            _refresh_report(run, say)
+    return results
+
+
+@contextlib.contextmanager
+def _opened(cfg: Config, run_dir: str | Path, resume: bool, command: list[str] | None) -> Iterator[tuple[RunDir, Path]]:
+    """The run directory, locked, created or checked for a resume, and the base model (preflight first).
+
+    Inside, a disk full or a permission error says which file, and that nothing finished is lost."""
     run = RunDir(run_dir)
     if resume and not run.exists():
         raise ValueError(f"nothing to resume at {run.root}: start the run without --resume")
@@ -60,28 +83,10 @@ def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: 
         if resume:
             run.clean_temps()
         try:
-            return _loop(cfg, run, base, say)
+            yield run, base
         except OSError as e:  # disk full, permissions: say which file, and that nothing finished is lost
             raise RunError(f"{e}; finished stages and written chunks are kept: fix the cause, then "
                            f"visplay evolve --run {run.root} --resume") from e
-
-
-def _loop(cfg: Config, run: RunDir, base: Path, say: Say) -> dict:
-    """Every stage of every iteration, in `STEPS` order; returns {iteration: eval info}."""
-    ev = cfg.evolve
-    with Grader(timeout=ev.grader_timeout, workers=ev.grader_workers) as grader:
-        results = {0: _run_step(BASELINE_STEP, Context(cfg, run, base, 0, grader, say))}
-        log_loop_metrics(run.root, ev.report_to, 0, run.manifest()["stages"])
-        for t in range(1, ev.iterations + 1):
-            ctx = Context(cfg, run, base, t, grader, say)
-            for step in STEPS:  # questioner GRPO, questions, silver labels, reasoner GRPO, eval
-                info = _run_step(step, ctx)
-                if info.get("stopped"):
-                    return results  # the label-free stop signal fired: the last trained reasoner is the result
-            results[t] = info
-            log_loop_metrics(run.root, ev.report_to, t, run.manifest()["stages"])
-            _refresh_report(run, say)
-    return results
 
 
 def _run_step(step: Step, ctx: Context) -> dict:
