@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 
@@ -106,3 +108,27 @@ def test_sampling_sections_share_knobs_and_checks():
     for key in ("eval.top_p=0", "bench.top_k=-1", "evolve.max_new_tokens=0"):
         with pytest.raises(ConfigError, match=key.split("=")[0].replace(".", r"\.") + " must be"):
             load_config("tiny", [key])
+
+
+def test_sections_live_beside_their_owners_and_declare_each_check_once():
+    """The tree assembles sections defined next to the code that reads them; a GRPO phase checks
+    its sampling knobs with the one rule every sampler uses (`Knobs`)."""
+    import doctest
+
+    import visplay.settings
+    from visplay.config import Config, ConfigError, GRPOPhase
+    from visplay.eval.world import EvalConfig
+    from visplay.evolve.config import EvolveConfig
+    from visplay.sampling.factory import SamplerConfig
+
+    assert doctest.testmod(visplay.settings).failed == 0
+    hints = {f.name: f.type for f in dataclasses.fields(Config)}
+    assert (hints["eval"], hints["evolve"], hints["sampler"]) == ("EvalConfig", "EvolveConfig", "SamplerConfig")
+    assert Config().eval.__class__ is EvalConfig and Config().sampler.__class__ is SamplerConfig
+    assert Config().evolve.__class__ is EvolveConfig
+    for bad, message in (({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"), ({"top_k": -1}, "top_k must be >= 0"),
+                         ({"seed": -1}, "seed must be in [0, 2**31)"), ({"temperature": 0.0}, "temperature must be > 0")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            GRPOPhase(**bad)
+    with pytest.raises(ConfigError, match=re.escape("evolve.questioner: top_p must be in (0, 1]")):
+        load_config("tiny", ["evolve.questioner.top_p=1.5"])

@@ -158,7 +158,7 @@ def test_stage_order_and_errors(tmp_path, crashed, capsys):
     assert visplay.status.expected_stages(m)[:6] == ["iter0/eval", "iter1/questioner", "iter1/questions",
                                                      "iter1/labels", "iter1/reasoner", "iter1/eval"]
     assert visplay.status.expected_stages(m) == stages_of(crashed)
-    assert visplay.status.next_stage(m) == "iter2/labels"
+    assert visplay.run.rundir.next_stage(m) == "iter2/labels"
     with pytest.raises(StatusError, match="not a run directory"):
         status_text(tmp_path / "empty")
     (tmp_path / "bad").mkdir()

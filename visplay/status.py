@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from visplay.run.rundir import RunDir, expected_stages, is_done, iterations, next_stage, output_problem
+from visplay.run.rundir import RunDir, expected_stages, is_done, iterations, output_problem
 from visplay.run.stages import BY_KIND, CHUNKED_STAGES, MODEL_STAGES, split_stage, stage_name
 
 #: Keys of a metrics line shown first by `status` (the rest are counted, not printed).

@@ -42,9 +42,59 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visplay.config import JudgeConfig
 from visplay.eval.store import AppendLog
 from visplay.sampling.openai import display_url
+from visplay.settings import REPO_ROOT, ConfigError, base_url
+
+
+DEFAULT_JUDGE_KEY_ENV = "VISPLAY_JUDGE_API_KEY"
+
+
+@dataclass
+class JudgeConfig:
+    """The LLM judge of judged benchmarks (`visplay.eval.judge`): off until ``url`` and ``model`` are
+    set. ``url`` is an OpenAI-compatible API base, e.g. ``http://host:8000/v1``; the key is read from
+    the environment variable ``api_key_env`` names, never from a config or the command line."""
+
+    url: str | None = None
+    model: str | None = None
+    api_key_env: str = DEFAULT_JUDGE_KEY_ENV
+    prompt: str = "prompts/judge.txt"  # template with {question}, {reference}, {candidate}; relative = to the repo
+    cache: str | None = None  # verdict cache (default: OUT/judge_cache.jsonl); share it across runs
+    timeout: float = 60.0  # seconds per request
+    max_retries: int = 5  # retries after the first attempt, for transient failures
+    backoff: float = 1.0  # first wait in seconds; doubles each retry
+    max_backoff: float = 30.0
+    max_tokens: int = 512
+    workers: int = 4  # concurrent requests
+
+    def __post_init__(self) -> None:
+        if (self.url is None) != (self.model is None) or self.model == "":
+            raise ConfigError("judge.url and judge.model go together (--judge-url with --judge-model: the model "
+                              "name the endpoint serves)")
+        if self.url is not None:
+            parts = base_url("judge.url", self.url)
+            if parts.username or parts.password:
+                raise ConfigError(f"judge.url must not carry credentials; put the API key in ${self.api_key_env}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.api_key_env or ""):
+            raise ConfigError(f"judge.api_key_env must be an environment variable name, got {self.api_key_env!r}")
+        if self.timeout <= 0 or self.max_retries < 0 or self.backoff < 0 or self.workers < 1 or self.max_tokens < 1:
+            raise ConfigError("judge timeout, backoff, max_tokens and workers must be positive, max_retries >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    @property
+    def prompt_path(self) -> Path:
+        path = Path(self.prompt).expanduser()
+        return path if path.is_absolute() else REPO_ROOT / path
+
+    @property
+    def base(self) -> str:
+        """The API base without a trailing slash or a pasted ``/chat/completions``."""
+        base = (self.url or "").rstrip("/")
+        return base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,46 @@ from pathlib import Path
 from typing import Any
 
 from visplay.answers import Grader, extract, rate
-from visplay.config import BenchConfig
+from visplay.data.images import ImageError, check_pixel_range, decode_image
 from visplay.eval.benchmarks import Benchmark, Item, Loaded, SkippedItem, registry
 from visplay.eval.judge import JudgeClient
 from visplay.eval.store import AppendLog
+from visplay.io import atomic_write_json, atomic_write_text
 from visplay.roles.prompts import REASONER_INSTRUCTION, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
+from visplay.settings import ConfigError, Sampling
+
+
+#: The reference evaluation's data.min_pixels / max_pixels (benchmark images are resized into it).
+PAPER_MIN_PIXELS = 262_144
+PAPER_MAX_PIXELS = 4_194_304
+
+
+@dataclass
+class BenchConfig(Sampling):
+    """Benchmark evaluation (`visplay eval --benchmarks`): greedy and seeded by default."""
+
+    SECTION = "bench"
+    temperature: float = 0.0
+    top_k: int = 0
+    max_new_tokens: int = 2048
+    batch_size: int = 16  # items per generate() call (one GPU batch); completions are saved after each
+    limit: int | None = None  # first N items of every benchmark (smoke runs)
+    min_pixels: int | None = PAPER_MIN_PIXELS
+    max_pixels: int | None = PAPER_MAX_PIXELS
+    grader_timeout: float = 10.0  # seconds per symbolic comparison before its worker is killed
+    grader_workers: int = 1  # 0 = compare in-process, no timeout
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise ConfigError(f"bench.batch_size and bench.limit must be >= 1, got {self.batch_size}, {self.limit}")
+        if self.grader_timeout <= 0 or self.grader_workers < 0:
+            raise ConfigError("bench.grader_timeout must be > 0 and bench.grader_workers >= 0")
+        try:
+            check_pixel_range(self.min_pixels, self.max_pixels)
+        except ValueError as e:
+            raise ConfigError(f"bench: {e}") from e
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +216,6 @@ def _judge_may_be_needed(benchmarks, loads, todo, store, judge: JudgeClient) -> 
 
 
 def _decode(item: Item, benchmark: Benchmark, settings: BenchConfig) -> tuple[Any, ...] | SkippedItem:
-    from visplay.data.images import ImageError, decode_image
-
     lo, hi = (settings.min_pixels, settings.max_pixels) if benchmark.resize_images else (None, None)
     try:
         return tuple(decode_image(img, where=f"{item.benchmark}/{item.id}", min_pixels=lo, max_pixels=hi)
@@ -367,8 +399,6 @@ def summary_markdown(summary: dict) -> str:
 
 def write_run(out: Path, rows: list[dict], summary: dict, markdown: str) -> None:
     """items.jsonl, summary.json, summary.md, each written atomically."""
-    from visplay.io import atomic_write_json, atomic_write_text
-
     atomic_write_text(out / "items.jsonl", "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", markdown)

@@ -16,12 +16,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visplay.answers import Ballot, Grader, grade, majority_vote_batch, rate, vote
-from visplay.config import EvalConfig
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import MARKED_FAMILIES, Question, listing_complete, make_question
-from visplay.worlds.scene import Scene, WorldConfig, make_scene
+from visplay.worlds.questions import FAMILIES, MARKED_FAMILIES, Question, check_families, listing_complete, make_question
+from visplay.worlds.scene import SPLITS, Scene, WorldConfig, make_scene
+from visplay.settings import ConfigError, Sampling
+
+
+@dataclass
+class EvalConfig(Sampling):
+    """World evaluation (`visplay eval` and the loop's eval stage): greedy, maj@k and pass@k on
+    scenes of ``split`` never used in training."""
+
+    SECTION = "eval"
+    split: str = "heldout"
+    n: int = 500
+    k: int = 10
+    families: tuple[str, ...] = tuple(FAMILIES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.split not in SPLITS or self.split == "train":
+            raise ConfigError(f"eval.split must be one of {[s for s in SPLITS if s != 'train']}, got {self.split!r}")
+        if self.n < 1 or self.k < 1:
+            raise ConfigError(f"eval.n and eval.k must be >= 1, got n={self.n}, k={self.k}")
+        check_families(self.families)
 
 BANDS = {"0.25-0.75": (0.25, 0.75), ">=0.5": (0.5, 1.0), ">=0.7": (0.7, 1.0)}
 

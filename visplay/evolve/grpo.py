@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from visplay.config import GRPOPhase
+from visplay.evolve.config import GRPOPhase
 from visplay.dist import Ranks
 from visplay.run.stages import stage_at
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args

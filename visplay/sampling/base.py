@@ -23,7 +23,7 @@ class Prompt:
 @dataclass
 class Knobs:
     """The sampling knobs, named and checked once: `SamplingParams` (one generate call) and the
-    config sections that sample (`visplay.config.Sampling`: eval, bench, evolve) are made of them."""
+    config sections that sample (`visplay.settings.Sampling`: eval, bench, evolve) are made of them."""
 
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 0  # 0 = off

@@ -27,10 +27,75 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from visplay.config import SamplerConfig
 from visplay.sampling.openai import OpenAISampler, SamplerError, display_url
+from visplay.settings import ConfigError, base_url, require
+
+
+#: How stages outside GRPO sample: in-process transformers, an OpenAI-compatible server (used as is
+#: or launched per stage with ``launch``), or a vLLM server launched per stage from its own env.
+SAMPLER_BACKENDS = ("transformers", "openai", "vllm")
+#: backend vllm, when ``launch``/``url`` are not given (`vllm` of requirements/serve-vllm.txt on PATH)
+VLLM_LAUNCH = "vllm serve {model} --host {host} --port {port}"
+VLLM_URL = "http://127.0.0.1:8000/v1"
+
+
+@dataclass
+class SamplerConfig:
+    """How every stage samples outside GRPO (questions, silver labels, the questioner reward, world
+    and benchmark eval); `visplay.sampling.factory.open_sampler` opens it.
+
+    ``backend``: ``transformers`` loads the stage's model in process (`TransformersSampler`).
+    ``openai``: any OpenAI-compatible chat-completions server at ``url`` (`vllm serve`, SGLang, TGI,
+    `visplay serve`); the loop's models change every stage, so ``launch`` (a command template with
+    ``{model}``, ``{port}``, ``{host}``, ``{python}``, ``{local_rank}``) starts one server per stage
+    on that stage's model and stops it afterwards; without ``launch`` the server at ``url`` is used as
+    is (it must serve the right model). ``vllm``: ``openai`` with ``launch`` defaulting to
+    ``vllm serve {model} --host {host} --port {port}`` and ``url`` to ``http://127.0.0.1:8000/v1``
+    (vLLM lives in its own env, requirements/serve-vllm.txt: docs/scaling.md §8).
+    """
+
+    backend: str = "transformers"  # transformers | openai | vllm
+    url: str | None = None  # openai/vllm: the API base, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # environment variable holding the server's bearer token (`visplay serve --api-key-env`)
+    launch: str | None = None  # openai/vllm: command that starts a server for one stage's {model}
+    concurrency: int = 8  # requests in flight (one prompt, n samples, per request)
+    timeout: float = 600.0  # seconds per request
+    retries: int = 3  # retries after the first attempt, on connection errors, 429 and 5xx
+    backoff: float = 1.0  # first wait in seconds; doubles each retry
+    startup_timeout: float = 900.0  # seconds a launched server may take to answer /v1/models
+    batch_rows: int = 256  # transformers backend: B·n rows decoded at once
+
+    def __post_init__(self) -> None:
+        if self.backend not in SAMPLER_BACKENDS:
+            raise ConfigError(f"sampler.backend must be one of {list(SAMPLER_BACKENDS)}, got {self.backend!r}")
+        if self.backend == "transformers" and (self.url is not None or self.launch is not None):
+            raise ConfigError("sampler.url and sampler.launch are for sampler.backend openai or vllm; "
+                              "set sampler.backend=openai (or pass --sampler-url) to sample through a server")
+        if self.backend == "vllm":
+            self.url = self.url or VLLM_URL
+            self.launch = self.launch or VLLM_LAUNCH
+        if self.backend == "openai" and self.url is None:
+            raise ConfigError("sampler.backend openai needs sampler.url (e.g. http://127.0.0.1:8000/v1)")
+        if self.url is not None:
+            parts = base_url("sampler.url", self.url)
+            if self.launch is not None and parts.port is None:
+                raise ConfigError(f"sampler.url {self.url!r} needs an explicit port when sampler.launch starts the server")
+        if self.launch is not None and "{model}" not in self.launch:
+            raise ConfigError("sampler.launch needs a {model} placeholder, e.g. 'vllm serve {model} --port {port}'")
+        require("sampler.", ("concurrency", self.concurrency, self.concurrency >= 1, ">= 1"),
+                ("timeout", self.timeout, self.timeout > 0, "> 0 seconds"),
+                ("retries", self.retries, self.retries >= 0, ">= 0"),
+                ("backoff", self.backoff, self.backoff >= 0, ">= 0 seconds"),
+                ("startup_timeout", self.startup_timeout, self.startup_timeout > 0, "> 0 seconds"),
+                ("batch_rows", self.batch_rows, self.batch_rows >= 1, ">= 1"))
+
+    @property
+    def in_process(self) -> bool:
+        """True when stages load their model here (backend transformers), not behind a server."""
+        return self.backend == "transformers"
 
 
 def _tail(path: Path, n: int = 20) -> str:

@@ -1,0 +1,256 @@
+"""The loop's config sections: `EvolveConfig` (``evolve``: the loop and its sampling), `GRPOPhase`
+(``evolve.questioner`` / ``evolve.reasoner``: one GRPO phase, read by `visplay.evolve.grpo`) and
+`HardwareConfig` (``hardware``: where the heavy parts run, what the plan assumes).
+Test: `pytest tests/test_config.py tests/test_scale.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from visplay.answers.committee import AGREEMENT_MODES
+from visplay.data.images import check_pixel_range
+from visplay.sampling.base import Knobs
+from visplay.settings import ConfigError, Sampling, base_url, require
+
+
+VLLM_MODES = ("colocate", "server")
+#: Each role's rewards and weights when its phase names none: the questioner's min(c, 1-c) minus the
+#: diversity penalty; the reasoner's 0.9 accuracy + 0.1 format (the reference's weights).
+ROLE_REWARDS = {"questioner": (("questioner",), (1.0,)), "reasoner": (("accuracy", "format"), (0.9, 0.1))}
+
+
+@dataclass
+class GRPOPhase:
+    """One GRPO phase (questioner or reasoner), in the reference's (EasyR1) units.
+
+    A *step* is one rollout batch: ``prompts_per_rollout`` prompts x ``num_generations`` samples,
+    consumed by ``prompts_per_rollout / prompts_per_step`` optimizer updates of
+    ``prompts_per_step`` prompts each (EasyR1 ``rollout_batch_size`` 512 / ``global_batch_size``
+    128 = 4 updates per step). ``per_device_batch`` completions go through one forward/backward on
+    one device; the rest is gradient accumulation (`visplay.evolve.grpo.grpo_args` does the arithmetic).
+    The KL term is TRL's k3 estimator, the same as EasyR1's ``low_var_kl``.
+    """
+
+    steps: int = 10
+    prompts_per_step: int = 8  # prompts per optimizer update, all devices together (EasyR1 global_batch_size)
+    num_generations: int = 8  # samples per prompt (EasyR1 rollout.n)
+    prompts_per_rollout: int | None = None  # prompts per rollout batch (EasyR1 rollout_batch_size); None = prompts_per_step
+    per_device_batch: int | None = None  # completions per forward/backward per device; None = a whole update at once
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    beta: float = 0.04  # KL to the phase's starting model; > 0 guards against reward hacking
+    temperature: float = 1.0
+    top_k: int = 40  # 0 = off
+    top_p: float = 1.0
+    max_prompt_length: int = 512  # tokens (image + text); only sizes vLLM's context and the dry-run plan
+    max_completion_length: int = 64
+    save_steps: int = 5  # in steps (rollout batches)
+    seed: int = 0
+    gradient_checkpointing: bool = False  # on for 3B/7B presets
+    freeze_vision: bool = True  # train the LM and the merger, as in pretraining (the reference trains all)
+    # TRL reward functions by name (visplay/rewards/registry.py) or import path pkg.module:fn, and
+    # TRL's reward_weights (one per function); None = the role's (ROLE_REWARDS)
+    rewards: tuple[str, ...] | None = None
+    reward_weights: tuple[float, ...] | None = None
+    max_kl: float = 10.0  # health guard: stop the phase when the logged KL exceeds this
+    min_entropy: float = 0.02  # health guard: stop the phase when sampling entropy collapses
+    # rollouts through vLLM inside TRL (optional extra `vllm`, docs/scaling.md); off = transformers generate
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"  # colocate: in the training processes; server: a `trl vllm-serve` process
+    vllm_server_url: str | None = None  # server mode, e.g. http://10.0.0.2:8000
+    vllm_gpu_memory_utilization: float = 0.3  # colocate mode
+    vllm_tensor_parallel_size: int = 1  # colocate mode
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ConfigError("GRPO needs num_generations >= 2 (advantages are relative within a group)")
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ConfigError("steps and prompts_per_step must be >= 1")
+        if self.beta < 0:
+            raise ConfigError(f"beta (KL coefficient) must be >= 0, got {self.beta}")
+        if self.prompts_per_rollout is not None and (
+                self.prompts_per_rollout < self.prompts_per_step or self.prompts_per_rollout % self.prompts_per_step):
+            raise ConfigError(f"prompts_per_rollout ({self.prompts_per_rollout}) must be a multiple of "
+                              f"prompts_per_step ({self.prompts_per_step})")
+        if self.per_device_batch is not None and self.per_device_batch < 1:
+            raise ConfigError(f"per_device_batch must be >= 1 or null, got {self.per_device_batch}")
+        if min(self.max_prompt_length, self.max_completion_length, self.save_steps) < 1:
+            raise ConfigError("max_prompt_length, max_completion_length and save_steps must be >= 1")
+        if self.rewards is not None and not self.rewards:
+            raise ConfigError("rewards must name at least one reward function, or be null for the role's")
+        if self.reward_weights is not None and (
+                any(not math.isfinite(w) for w in self.reward_weights)
+                or (self.rewards is not None and len(self.reward_weights) != len(self.rewards))):
+            raise ConfigError(f"reward_weights {list(self.reward_weights)} must be finite numbers, one per reward "
+                              f"in {list(self.rewards or [])}")
+        if self.vllm_mode not in VLLM_MODES:
+            raise ConfigError(f"vllm_mode must be one of {list(VLLM_MODES)}, got {self.vllm_mode!r}")
+        if self.vllm_server_url is not None and not self.vllm_server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"vllm_server_url must look like http://host:8000, got {self.vllm_server_url!r}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1 or self.vllm_tensor_parallel_size < 1:
+            raise ConfigError("need 0 < vllm_gpu_memory_utilization < 1 and vllm_tensor_parallel_size >= 1")
+        require("", ("lr", self.lr, self.lr > 0, "> 0"),
+                ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+                ("max_grad_norm", self.max_grad_norm, self.max_grad_norm > 0, "> 0"),
+                ("temperature", self.temperature, self.temperature > 0, "> 0 (GRPO samples)"))
+        try:  # the sampling knobs GRPO shares with every sampler, checked by the one rule (`Knobs`)
+            Knobs(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed).check_knobs()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @property
+    def rollout_prompts(self) -> int:
+        """Prompts per rollout batch (one step)."""
+        return self.prompts_per_rollout or self.prompts_per_step
+
+    @property
+    def updates_per_step(self) -> int:
+        """Optimizer updates per step (rollout batch)."""
+        return self.rollout_prompts // self.prompts_per_step
+
+
+
+@dataclass
+class EvolveConfig(Sampling):
+    """The self-evolution loop; its sampling knobs are those of the questions, labels and the
+    questioner reward (its eval stage uses the `eval` section). Ablations: the three switches at the end."""
+
+    SECTION = "evolve"
+
+    iterations: int = 3
+    source: str = "world:unlabeled"  # or folder:/path, parquet:/path (Vision-SR1 layout)
+    source_objects: tuple[int, ...] | None = None  # world sources: (min, max) objects per scene, the ladder's
+    #   unlabeled levels (e.g. [6, 8] above a base labelled on 1..5); None = the `world` section's range
+    ladder: bool = False  # world sources: iteration t draws only level min + t - 1 of source_objects (one
+    #   difficulty step per round, as in Lee et al. 2025); the level is the generator's knob, never an answer
+    questioner_images: int = 64  # images for the questioner's GRPO phase, per iteration
+    images_per_iteration: int = 128  # images the trained questioner writes questions for
+    questions_per_image: int = 1
+    reward_samples: int = 10  # m: frozen-reasoner answers per question in the questioner reward
+    label_samples: int = 9  # m: reasoner answers per question for the silver label
+    band_low: float = 0.25  # the reasoner trains on questions whose agreement c is in [band_low, band_high]
+    band_high: float = 0.75  #   (VisPlay's band; [0.7, 1] = an agreement threshold, the ladder's filter)
+    accumulate_labels: bool = False  # train each reasoner on the kept labels of every iteration so far
+    stop_agreement: float | None = None  # end the run when the labels' mean agreement reaches this (collapse guard)
+    diversity_threshold: float = 0.5
+    max_new_tokens: int = 64
+    min_pixels: int | None = None  # real images are resized into [min_pixels, max_pixels] (reference 512² .. 2048²)
+    max_pixels: int | None = None
+    image_column: str = "images"  # parquet sources: the column holding the images (Vision-SR1 layout)
+    allow_outside_source: bool = False  # parquet sources: read image path strings outside the parquet's folder
+    chunk_size: int = 32  # images (questions) per durable part of the generation and labeling stages
+    grader_timeout: float = 5.0
+    grader_workers: int = 1
+    report_to: tuple[str, ...] = ("tensorboard",)
+    questioner: GRPOPhase = field(default_factory=GRPOPhase)
+    reasoner: GRPOPhase = field(default_factory=GRPOPhase)
+    diversity_penalty: bool = True  # ablation: False drops the penalty
+    train_questioner: bool = True  # ablation: False keeps the base questioner frozen
+    labels: str = "majority"  # ablation: "questioner" trains on the questioner's own answers
+    committee: tuple[str, ...] = ()  # more labellers beside the reasoner: model dirs/names, or url=http://host:port/v1
+    agreement: str = "answer"  # answer: vote on final answers | trace: on the task's canonical trace key (world)
+    coevolve: bool = False  # reasoner_objective sft: local committee members train on their own agreeing chains too
+    reasoner_objective: str = "grpo"  # grpo: the reasoner's GRPO on the labels | sft: SFT on its own agreeing chains
+    sft_epochs: int = 3
+    sft_batch_size: int = 16
+    sft_lr: float = 1e-4
+    replay_images: int = 0  # world ladders: images per iteration from the levels below the current one,
+    #   questioned and labelled like the others (self-labelled replay; never the oracle)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.iterations < 1:
+            raise ConfigError(f"evolve.iterations must be >= 1, got {self.iterations}")
+        if not 0 <= self.band_low <= self.band_high <= 1:
+            raise ConfigError(f"need 0 <= evolve.band_low <= evolve.band_high <= 1, got {self.band_low}, {self.band_high}")
+        if self.source_objects is not None and (len(self.source_objects) != 2
+                                                or not 0 <= self.source_objects[0] <= self.source_objects[1]):
+            raise ConfigError(f"evolve.source_objects must be [min, max] with 0 <= min <= max, got {self.source_objects}")
+        if self.stop_agreement is not None and not 0 < self.stop_agreement <= 1:
+            raise ConfigError(f"evolve.stop_agreement must be in (0, 1] or null, got {self.stop_agreement}")
+        if self.agreement not in AGREEMENT_MODES:
+            raise ConfigError(f"evolve.agreement must be one of {list(AGREEMENT_MODES)}, got {self.agreement!r}")
+        if self.reasoner_objective not in ("grpo", "sft"):
+            raise ConfigError(f"evolve.reasoner_objective must be 'grpo' or 'sft', got {self.reasoner_objective!r}")
+        if self.coevolve and (self.reasoner_objective != "sft" or not self.committee):
+            raise ConfigError("evolve.coevolve trains the committee's members by SFT on their own chains: it needs "
+                              "evolve.reasoner_objective=sft and at least one evolve.committee member")
+        if self.coevolve and any(e.startswith("url=") for e in self.committee):
+            raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
+        if self.replay_images < 0:
+            raise ConfigError(f"evolve.replay_images must be >= 0, got {self.replay_images}")
+        if self.replay_images and not (self.ladder and self.source.startswith("world")):
+            raise ConfigError("evolve.replay_images draws world scenes below the ladder's level: it needs "
+                              "evolve.ladder=true and a world: source")
+        for key in ("sft_epochs", "sft_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
+        if not (isinstance(self.sft_lr, (int, float)) and 0 < self.sft_lr < 1):
+            raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.sft_lr}")
+        for entry in self.committee:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ConfigError(f"evolve.committee entries must be model paths/names or url=..., got {entry!r}")
+            if entry.startswith("url="):
+                base_url("evolve.committee", entry[4:])
+        if self.labels not in ("majority", "questioner"):
+            raise ConfigError(f"evolve.labels must be 'majority' or 'questioner', got {self.labels!r}")
+        for key in ("questioner_images", "images_per_iteration", "questions_per_image", "reward_samples",
+                    "label_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
+        require("evolve.", ("chunk_size", self.chunk_size, self.chunk_size >= 1, ">= 1"),
+                ("grader_timeout", self.grader_timeout, self.grader_timeout > 0, "> 0 seconds"),
+                ("grader_workers", self.grader_workers, self.grader_workers >= 0, ">= 0 (0 = grade in process)"),
+                ("temperature", self.temperature, self.temperature > 0, "> 0 (the loop samples)"),
+                ("diversity_threshold", self.diversity_threshold, 0 <= self.diversity_threshold <= 1, "in [0, 1]"))
+        try:
+            check_pixel_range(self.min_pixels, self.max_pixels)
+        except ValueError as e:
+            raise ConfigError(f"evolve: {e}") from e
+        for role, (names, weights) in ROLE_REWARDS.items():
+            phase = getattr(self, role)
+            rewards = names if phase.rewards is None else phase.rewards
+            default = weights if rewards == names else (1.0,) * len(rewards)
+            if len(phase.reward_weights or default) != len(rewards):
+                raise ConfigError(f"evolve.{role}.reward_weights needs one weight per reward in {list(rewards)}")
+            setattr(self, role, dataclasses.replace(phase, rewards=tuple(rewards),
+                                                    reward_weights=tuple(phase.reward_weights or default)))
+
+
+
+@dataclass
+class HardwareConfig:
+    """Where a run's processes go, and the GPU layout its dry-run plan assumes.
+
+    ``launcher`` and ``generation_shards`` decide where the loop's heavy parts run. The other
+    fields only size the plan's memory and token estimates (`visplay evolve --dry-run`,
+    docs/scaling.md): the processes and their sharding come from the launcher itself (its own
+    ``--config_file configs/accelerate/...``), which the plan also reads for the memory layout.
+    """
+
+    nodes: int = 1
+    gpus_per_node: int = 1
+    gpu_memory_gib: float = 80.0
+    peak_tflops: float = 989.0  # dense bf16 peak per GPU, for MFU (H100 SXM: 989)
+    # How the loop (one controller process) runs its heavy parts elsewhere (visplay/evolve/worker.py):
+    launcher: str | None = None  # GRPO phases run as `{launcher} -m visplay.evolve.worker grpo ...`, e.g.
+    #   "accelerate launch --config_file {repo}/configs/accelerate/zero3.yaml"; None = in process
+    generation_shards: int = 1  # questions/labels with the transformers sampler: this many local worker
+    #   processes, worker r on GPU r (CUDA_VISIBLE_DEVICES=r), each taking items r, r+shards, ...
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0 or self.peak_tflops <= 0:
+            raise ConfigError("hardware: nodes, gpus_per_node, gpu_memory_gib and peak_tflops must be positive")
+        if self.generation_shards < 1:
+            raise ConfigError(f"hardware.generation_shards must be >= 1, got {self.generation_shards}")
+        if self.launcher is not None and not self.launcher.strip():
+            raise ConfigError("hardware.launcher must be a command (e.g. 'accelerate launch --config_file ...') or null")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
