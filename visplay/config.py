@@ -28,6 +28,7 @@ from visplay.sampling.factory import SAMPLER_BACKENDS, VLLM_LAUNCH, VLLM_URL, Sa
 from visplay.settings import REPO_ROOT, ConfigError, Sampling, base_url, require
 from visplay.tiny.pretrain import PretrainConfig
 from visplay.worlds.scene import WorldConfig
+from visplay.run.cards import final_model
 
 #: The sections, each beside the code that reads it, re-exported so `visplay.config` names the whole tree.
 __all__ = [
@@ -124,8 +125,6 @@ def resolve_model(name_or_path: str) -> Path:
         return EMBEDDED_MODELS[name_or_path]
     path = Path(name_or_path).expanduser()
     if (path / "manifest.json").is_file() and not (path / "config.json").is_file():
-        from visplay.run.cards import final_model  # a run directory: its last trained reasoner
-
         return final_model(path) or path
     if path.exists() or name_or_path.count("/") != 1 or name_or_path.startswith((".", "/", "~")):
         return path

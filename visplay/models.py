@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from visplay.dist import Ranks, barrier
+from visplay.io import atomic_dir, atomic_write_json
 
 
 class ModelError(ValueError):
@@ -131,8 +132,6 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     card, `visplay.cards.dress_checkpoint`). With ``ranks`` (every rank of a launcher runs this),
     the weights are gathered by ``trainer.save_model`` (ZeRO-3/FSDP shards) and only the main rank
     writes."""
-    from visplay.io import atomic_dir, atomic_write_json
-
     ckpt = last_checkpoint(ckpt_dir) if resume else None
     if ckpt:
         restore_weights(trainer.model, ckpt)

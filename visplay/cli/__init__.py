@@ -29,6 +29,7 @@ from visplay.eval.judge import JudgeError
 from visplay.run.rundir import RunError
 from visplay.io import WriteError
 from visplay.sampling.openai import SamplerError
+from visplay.models import denormals_flushed
 
 #: The subcommands, in the order `visplay --help` lists them; each module has add_parser(sub) and run(args).
 SUBCOMMANDS = (pretrain, eval_cmd, self_train, evolve, serve, report, status)
@@ -47,8 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from visplay.models import denormals_flushed
-
     try:
         with denormals_flushed():
             return args.func(args)

@@ -15,6 +15,17 @@ from pathlib import Path
 from visplay.cli.common import add_common, add_sampler_url, config, server_sets, sets
 from visplay.config import Config, resolve_model, to_dict
 from visplay.eval.benchmarks import registry
+from visplay.eval.run import compare_runs
+from visplay.io import check_writable_dir
+from visplay.eval.world import evaluate_world, write_eval
+from visplay.sampling.factory import open_sampler
+from visplay.eval.world import questioner_validity
+from visplay.models import load_model
+from visplay.eval.benchmarks import resolve_benchmarks, with_options
+from visplay.eval.judge import JudgeClient
+from visplay.eval.run import EvalError, evaluate_benchmarks, model_identity
+from visplay.models import check_model_dir
+from visplay.sampling.openai import display_url
 
 #: flag -> the config key it sets for the world evaluation / for --benchmarks (a flag missing from a
 #: path's table does not apply there). With --benchmarks, the eval.* keys shape the `world` benchmark.
@@ -95,23 +106,16 @@ def run(args: argparse.Namespace) -> int:
     path = "compare" if args.compare else "bench" if args.benchmarks else "world"
     _check_flags(args, path)
     if path == "compare":
-        from visplay.eval.run import compare_runs
-
         print(compare_runs(args.compare, args.metric or "accuracy"), end="")
         return 0
     keys = sets((key, getattr(args, dest)) for dest, key in FLAG_KEYS[path].items())
     cfg = config(args, keys + server_sets(args.sampler_url))
     if args.out:
-        from visplay.io import check_writable_dir
-
         check_writable_dir(args.out)  # a read-only --out fails now, not after all the sampling
     return _world(args, cfg) if path == "world" else _benchmarks(args, cfg)
 
 
 def _world(args: argparse.Namespace, cfg: Config) -> int:
-    from visplay.eval.world import evaluate_world, write_eval
-    from visplay.sampling.factory import open_sampler
-
     model_path = resolve_model(args.model or cfg.model)
     e = cfg.eval
     log = Path(args.out) / "sampler.server.log" if args.out else None  # a launched server's output
@@ -129,9 +133,7 @@ def _world(args: argparse.Namespace, cfg: Config) -> int:
 
 def _probe(sampler, model_path: Path, cfg: Config) -> dict:
     """Questioner validity and the teacher-forced trace probe, printed and returned for the summary."""
-    from visplay.eval.probe import trace_probe
-    from visplay.eval.world import questioner_validity
-    from visplay.models import load_model
+    from visplay.eval.probe import trace_probe  # imports torch: only for --probe
 
     e = cfg.eval
     qv = questioner_validity(sampler, cfg.world, e.split, n=min(e.n, 200), seed=e.seed)
@@ -148,13 +150,6 @@ def _probe(sampler, model_path: Path, cfg: Config) -> dict:
 
 
 def _benchmarks(args: argparse.Namespace, cfg: Config) -> int:
-    from visplay.eval.benchmarks import resolve_benchmarks, with_options
-    from visplay.eval.judge import JudgeClient
-    from visplay.eval.run import EvalError, evaluate_benchmarks, model_identity
-    from visplay.models import check_model_dir
-    from visplay.sampling.factory import open_sampler
-    from visplay.sampling.openai import display_url
-
     benchmarks = resolve_benchmarks(args.benchmarks)
     if not args.out:
         raise EvalError("--out RUN_DIR is required with --benchmarks (items.jsonl and summary.md go there)")

@@ -7,7 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+from visplay import console
 from visplay.cli.common import add_common, add_sampler_url, config, server_sets, sets
+from visplay.config import config_from_manifest
+from visplay.evolve.plan import build_plan, format_plan
+from visplay.run.rundir import RunDir
 
 
 def add_parser(sub) -> None:
@@ -28,10 +32,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the self-evolution loop (questioner GRPO -> questions -> silver labels -> reasoner GRPO -> eval)."""
-    from visplay import console
-    from visplay.config import config_from_manifest
+    # the loop brings the reward stack (scipy) with it: loaded when it runs, so `visplay --help` starts at once
     from visplay.evolve.loop import run_evolve, summary_table
-    from visplay.run.rundir import RunDir
 
     console.set_level("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     extra = sets([("evolve.iterations", args.iterations), ("model", args.model)]) + server_sets(args.sampler_url)
@@ -44,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
         if not args.run:
             raise ValueError("--resume needs --run RUN_DIR")
     if args.dry_run:
-        from visplay.evolve.plan import build_plan, format_plan
-
         cfg = config(args, extra)
         print(format_plan(cfg, build_plan(cfg, args.preset)))
         return 0

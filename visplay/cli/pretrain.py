@@ -8,6 +8,8 @@ from pathlib import Path
 
 from visplay.cli.common import add_common, config, sets
 from visplay.config import REPO_ROOT, Config
+from visplay.tiny.pretrain import pretrain
+from visplay.cards import dress_checkpoint
 
 
 def add_parser(sub) -> None:
@@ -21,8 +23,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain the tiny model on world data (resumes from its checkpoints) and save it."""
-    from visplay.tiny.pretrain import pretrain
-
     cfg = config(args, sets([("pretrain.steps", args.steps)]))
     out = Path(args.out)
     t0 = time.time()
@@ -34,8 +34,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _card(out: Path, cfg: Config, preset: str) -> None:
     """Model card, chat template and generation defaults of a `visplay pretrain` output."""
-    from visplay.cards import dress_checkpoint
-
     p = cfg.pretrain
     dress_checkpoint(out, f"visplay tiny (pretrained, {out.name})", {
         "base model": "none: built from scratch (`visplay/tiny/build.py`, real Qwen2.5-VL architecture)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from visplay.cli.common import add_run_dir_parser
+from visplay.report import write_report
 
 
 def add_parser(sub) -> None:
@@ -14,7 +15,5 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write a self-contained HTML report of a run: accuracy, rewards, labels, sample questions, config."""
-    from visplay.report import write_report
-
     print(f"report: {write_report(args.run_dir, args.out)}")
     return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from visplay.cli.common import add_common, config, sets
 from visplay.config import resolve_model
+from visplay.eval.selftrain import run_self_train_probe
 
 
 def add_parser(sub) -> None:
@@ -23,8 +24,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Self-training probe: held-out greedy before/after one round of fine-tuning on majority labels."""
-    from visplay.eval.selftrain import run_self_train_probe
-
     cfg = config(args, sets((f"self_train.{k}", getattr(args, k)) for k in ("n", "k", "eval_n", "min_agreement")))
     probe = cfg.self_train
     r = run_self_train_probe(resolve_model(args.model or cfg.model), cfg, args.out)

@@ -7,6 +7,8 @@ import os
 
 from visplay.cli.common import add_common, config
 from visplay.config import resolve_model
+from visplay.models import check_model_dir
+from visplay.sampling.server import Limits, serve_model
 
 
 def add_parser(sub) -> None:
@@ -25,9 +27,6 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve a model over an OpenAI-compatible /v1/chat/completions (+ /v1/models) with the transformers sampler."""
-    from visplay.models import check_model_dir
-    from visplay.sampling.server import Limits, serve_model
-
     cfg = config(args)
     path = check_model_dir(resolve_model(args.model or cfg.model))
     limits = Limits(max_n=args.max_n, max_tokens=args.max_tokens, max_body_bytes=args.max_body_mb * 1024 * 1024)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from visplay.cli.common import add_run_dir_parser
+from visplay.status import status_text
 
 
 def add_parser(sub) -> None:
@@ -13,7 +14,5 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print where a run stands: stages done, the stage in progress, last metrics line, lock holder."""
-    from visplay.status import status_text
-
     print(status_text(args.run_dir))
     return 0

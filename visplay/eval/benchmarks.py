@@ -39,6 +39,10 @@ from typing import Any, ClassVar
 
 from visplay.answers import Grader
 from visplay.answers import ANSWER_TYPES, LETTERS, RuleVerdict, grade
+from visplay.eval.world import eval_items
+from visplay.worlds.questions import FAMILIES
+from visplay.worlds.questions import grade as world_grade
+from visplay.worlds.scene import WorldConfig
 
 REQUIRED_COLUMNS = ("problem", "answer")
 IMAGE_COLUMNS = ("images", "image")
@@ -202,10 +206,6 @@ class WorldBenchmark(Benchmark):
         return []
 
     def load(self, data_dir: str | Path | None, limit: int | None = None) -> Loaded:
-        from visplay.eval.world import eval_items
-        from visplay.worlds.questions import FAMILIES
-        from visplay.worlds.scene import WorldConfig
-
         n = self.n if limit is None else min(self.n, limit)
         if n < 1:
             raise BenchmarkError(f"benchmark world: n must be >= 1, got {n}")
@@ -218,9 +218,7 @@ class WorldBenchmark(Benchmark):
         return Loaded(items, [])
 
     def grade(self, item: Item, answer: str | None, grader: Grader | None = None) -> RuleVerdict:
-        from visplay.worlds.questions import grade
-
-        ok = grade(item.problem, answer, item.answer)
+        ok = world_grade(item.problem, answer, item.answer)
         return RuleVerdict(ok, "world_match" if ok else ("no_boxed_answer" if answer is None else "world_mismatch"))
 
 

@@ -17,6 +17,7 @@ import torch
 from visplay.roles.prompts import reasoner_messages
 from visplay.worlds.questions import MARKED_FAMILIES
 from visplay.worlds.scene import WorldConfig, make_scene
+from visplay.worlds.questions import make_question
 
 
 def _walk_spans(think: str) -> list[tuple[str, int, int]]:
@@ -45,8 +46,6 @@ def trace_probe(model, processor, world: WorldConfig, families=MARKED_FAMILIES, 
     must equal the truth. A vote cannot repair a step the model never learned, so both must be high
     on the labelled levels early in pretraining (docs/experiments.md, the gate)."""
     from collections import defaultdict
-
-    from visplay.worlds.questions import make_question
 
     families = [f for f in families if f in MARKED_FAMILIES]
     if not families:

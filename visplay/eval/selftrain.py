@@ -26,6 +26,10 @@ from visplay.sampling.base import Prompt
 from visplay.worlds.questions import grade
 from visplay.worlds.scene import WorldConfig
 from visplay.settings import ConfigError
+from visplay.models import freeze_vision_tower
+from visplay.tiny.pretrain import Collator
+from visplay.io import atomic_write_json
+from visplay.models import denormals_flushed, load_model
 
 if TYPE_CHECKING:  # the tree that holds this section, for annotations only
     from visplay.config import Config
@@ -79,9 +83,6 @@ def finetune(model, processor, rows: list[dict], probe: SelfTrainConfig, out_dir
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from visplay.models import freeze_vision_tower
-    from visplay.tiny.pretrain import Collator
-
     class Rows(torch.utils.data.Dataset):
         def __len__(self):
             return len(rows)
@@ -105,9 +106,7 @@ def finetune(model, processor, rows: list[dict], probe: SelfTrainConfig, out_dir
 def run_self_train_probe(model_path: str | Path, cfg: Config, out_dir: str | Path) -> dict:
     """Greedy held-out accuracy (``eval.split``) before and after one round of majority-label
     fine-tuning (the ``self_train`` section), on the ``world`` with ``eval``'s families and knobs."""
-    from visplay.io import atomic_write_json
-    from visplay.models import denormals_flushed, load_model
-    from visplay.sampling.hf import TransformersSampler
+    from visplay.sampling.hf import TransformersSampler  # imports torch: only where a model is loaded here
 
     out, probe = Path(out_dir), cfg.self_train
     held_out = dataclasses.replace(cfg.eval, n=probe.eval_n, seed=probe.seed + 1)

@@ -22,6 +22,11 @@ from visplay.sampling.base import Prompt, Sampler, SamplingParams
 from visplay.worlds.questions import FAMILIES, MARKED_FAMILIES, Question, check_families, listing_complete, make_question
 from visplay.worlds.scene import SPLITS, Scene, WorldConfig, make_scene
 from visplay.settings import ConfigError, Sampling
+from visplay.io import atomic_write_json, atomic_write_parquet, atomic_write_text
+from visplay.roles.parsing import parse_questioner
+from visplay.roles.prompts import questioner_messages
+from visplay.worlds.questions import grade as grade_question
+from visplay.worlds.questions import oracle
 
 
 @dataclass
@@ -166,8 +171,6 @@ def evaluate_world(sampler: Sampler, world: WorldConfig, settings: EvalConfig, g
 
 
 def write_eval(result: WorldEval, out_dir: str | Path, meta: dict) -> Path:
-    from visplay.io import atomic_write_json, atomic_write_parquet, atomic_write_text
-
     out = Path(out_dir)
     atomic_write_parquet(out / "items.parquet", result.rows)
     atomic_write_json(out / "summary.json", {**result.summary, "meta": meta})
@@ -179,11 +182,6 @@ def questioner_validity(sampler: Sampler, world: WorldConfig, split: str = "held
                         temperature: float = 1.0, top_k: int = 0, max_new_tokens: int = 64, seed: int = 0) -> dict:
     """Share of questioner outputs (sampled at ``temperature``) that parse, and that the world's
     oracle can answer (grammatical and answerable for that scene)."""
-    from visplay.roles.parsing import parse_questioner
-    from visplay.roles.prompts import questioner_messages
-    from visplay.worlds.questions import grade as grade_question
-    from visplay.worlds.questions import oracle
-
     scenes = [make_scene(split, seed * 10**6 + i, world) for i in range(n)]
     outs = sampler.generate([Prompt(questioner_messages(), (s.render(),)) for s in scenes],
                             SamplingParams(temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed))

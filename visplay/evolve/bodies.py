@@ -46,6 +46,8 @@ from visplay.io import atomic_write_parquet
 from visplay.rewards.registry import build_rewards
 from visplay.sampling.base import SamplingParams
 from visplay.sampling.factory import for_rank, open_sampler
+from visplay.models import load_model
+from visplay.evolve.grpo import train_grpo
 
 Say = Callable[[str], None]
 #: Seed offsets, primes so that the streams they start never line up: chunk i of a chunked stage
@@ -213,9 +215,6 @@ def train_phase(ctx: Context, role: str, dataset=None) -> tuple[list[dict], str 
     In the loop's process, or (``ctx.ranks`` set) on every rank of ``hardware.launcher``, where
     the frozen reasoner of the questioner's reward runs on the rank's own GPU."""
     import torch
-
-    from visplay.models import load_model
-    from visplay.evolve.grpo import train_grpo
 
     cfg, run, stage, ranks = ctx.cfg, ctx.run, ctx.name(role), ctx.ranks
     dataset = phase_dataset(ctx, role) if dataset is None else dataset

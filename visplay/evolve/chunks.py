@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from visplay.io import atomic_write_json, atomic_write_parquet
+from visplay.console import bar_disable
 
 PLAN = "plan.json"
 
@@ -57,8 +58,6 @@ def run_chunked(parts_dir: Path, items: Sequence, size: int, fn: Callable[[Seque
     came from, so a part can be checked against its chunk. Shows a progress bar (items done,
     rate, ETA) when ``desc`` is given."""
     from tqdm.auto import tqdm
-
-    from visplay.console import bar_disable
 
     keys = [str(key(it)) if key else str(i) for i, it in enumerate(items)]
     plan = _plan(keys, size)

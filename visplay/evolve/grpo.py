@@ -16,12 +16,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from visplay.evolve.config import GRPOPhase
 from visplay.dist import Ranks
 from visplay.run.stages import stage_at
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
+from visplay import console
+from visplay.console import quiet_library_warnings
+from visplay.dist import current as current_ranks
+from visplay.cards import dress_checkpoint
+from visplay.run.cards import phase_card_info
 
 
 class HealthGuard:
@@ -81,8 +84,6 @@ def phase_progress(label: str):
     hence metrics.jsonl, either way)."""
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
-
-    from visplay import console
 
     class PhaseProgress(TrainerCallback):
         def __init__(self):
@@ -212,11 +213,9 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
     ``bf16`` (GPU only): bf16 autocast over the policy's fp32 master weights -- at lr 1e-6 an update
     is far below bf16's resolution, so the weights must stay fp32 -- and a bf16 reference model.
     The console shows one bar named ``label`` (default: the stage checkpointing to ``ckpt_dir``, `visplay.run.stages.stage_at`)."""
+    import torch  # heavy: imported when a phase is built, so the loop's modules import without it
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer
-
-    from visplay.console import quiet_library_warnings
-    from visplay.dist import current as current_ranks
 
     quiet_library_warnings()
 
@@ -247,9 +246,6 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
 def dress_phase(folder: Path, out_dir: Path, role: str, phase: GRPOPhase, start, tokenizer) -> None:
     """Model card, chat template and generation defaults of a phase's model, written into ``folder``
     (the temp folder that becomes ``out_dir``)."""
-    from visplay.cards import dress_checkpoint
-    from visplay.run.cards import phase_card_info
-
     title, info = phase_card_info(out_dir, role, phase, start)
     dress_checkpoint(folder, title, info, max_new_tokens=phase.max_completion_length, tokenizer=tokenizer,
                      card_dir=out_dir, sampling=f"GRPO rollouts sampled at temperature {phase.temperature:g}, "

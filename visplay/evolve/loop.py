@@ -37,6 +37,7 @@ from visplay.run.tracker import log_loop_metrics
 from visplay.run.stages import BASELINE, stage_name
 from visplay.evolve.preflight import preflight
 from visplay.run.rundir import RunDir, RunError, sigterm_as_interrupt
+from visplay.report import write_report
 
 Say = Callable[[str], None]
 __all__ = ["run_evolve", "stop_signal", "summary_table"]
@@ -112,8 +113,6 @@ def _run_step(step: Step, ctx: Context) -> dict:
 def _refresh_report(run: RunDir, say: Say) -> None:
     """The HTML report is a view of the run: failing to draw it must never stop training."""
     try:
-        from visplay.report import write_report
-
         write_report(run.root)
     except Exception as e:  # noqa: BLE001
         say(f"report not refreshed: {type(e).__name__}: {e}")

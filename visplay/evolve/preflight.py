@@ -18,6 +18,9 @@ from visplay.config import Config, SamplerConfig, resolve_model
 from visplay.data.sources import ImageSource, open_source
 from visplay.models import ModelError, check_model_dir
 from visplay.rewards.registry import resolve_reward
+from visplay.evolve.grpo import check_vllm
+from visplay.evolve.launch import launcher_path
+from visplay.sampling.factory import client
 
 
 def _is_parquet(spec: str) -> bool:
@@ -90,8 +93,6 @@ def member_sampler(base: SamplerConfig, member: Path | str) -> tuple[SamplerConf
 
 def preflight(cfg: Config) -> Path:
     """Validate everything a run needs before it writes anything; returns the base model directory."""
-    from visplay.evolve.grpo import check_vllm
-
     base = model_dir(cfg)
     for member in committee_members(cfg):  # a member that does not load is an error before the run exists
         if isinstance(member, str):
@@ -111,16 +112,12 @@ def preflight(cfg: Config) -> Path:
             except ValueError as e:
                 raise ValueError(f"evolve.{role}.rewards: {e}") from e
     if cfg.hardware.launcher:
-        from visplay.evolve.launch import launcher_path
-
         _check_program("hardware.launcher", cfg.hardware.launcher, "install it, e.g. `pip install accelerate "
                        "deepspeed`, or set hardware.launcher=null to train in process", launcher_path())
     if cfg.sampler.launch is not None:
         _check_program("sampler.launch", cfg.sampler.launch, "vLLM lives in its own env (requirements/serve-vllm.txt): "
                        "put its bin/ on PATH or give sampler.launch the full path (docs/scaling.md §8)")
     if not cfg.sampler.in_process and cfg.sampler.launch is None:
-        from visplay.sampling.factory import client
-
         client(cfg.sampler, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     return base
 

@@ -19,6 +19,7 @@ from visplay.run.stages import stage_name
 from visplay.io import image_bytes
 from visplay.run.rundir import RunDir, expected_stages, is_done, iterations, next_stage
 from visplay.status import LockState, lock_state, read_manifest
+from visplay.worlds.scene import COLOURS
 
 #: Columns of questions.parquet / labels.parquet the report uses (samples and image bytes excluded).
 ROW_COLUMNS = ("image_id", "origin", "raw", "valid", "reason", "qtype", "question", "questioner_answer",
@@ -228,8 +229,6 @@ def degenerate(question: str | None) -> str | None:
     """
     if not question:
         return None
-    from visplay.worlds.scene import COLOURS
-
     parts = _OPTION.split(question)
     stem, options = parts[0], [o.strip().rstrip(".?").lower() for o in parts[2::2]]
     reasons = []

@@ -39,6 +39,7 @@ from visplay.run.stages import BASELINE, ITERATION_STAGES, iteration_folder, sta
 from visplay.report import plots
 from visplay.report.data import Run, degenerate, load_run, qtype_mix
 from visplay.status import duration, fmt, stage_summary
+from visplay.io import atomic_write_text, check_writable_dir
 
 QUESTIONER_PANELS = (("reward", "reward (total)"), ("questioner/uncertainty", "uncertainty"),
                      ("questioner/diversity_penalty", "diversity penalty"), ("questioner/valid", "format validity"),
@@ -663,8 +664,6 @@ def build_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of ``run_dir`` (default RUN/report.html) atomically; returns its path."""
-    from visplay.io import atomic_write_text, check_writable_dir
-
     out = Path(run_dir) / "report.html" if out is None else Path(out)
     if Path(run_dir, "manifest.json").is_file():  # a bad run dir is a StatusError from build_report
         check_writable_dir(out.parent)  # a WriteError naming the folder before the plots are drawn

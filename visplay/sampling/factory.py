@@ -32,6 +32,7 @@ from pathlib import Path
 
 from visplay.sampling.openai import OpenAISampler, SamplerError, display_url
 from visplay.settings import ConfigError, base_url, require
+from visplay.models import load_model
 
 
 #: How stages outside GRPO sample: in-process transformers, an OpenAI-compatible server (used as is
@@ -196,8 +197,7 @@ def open_sampler(cfg: SamplerConfig, model_dir: str | Path, dtype: str = "float3
     if cfg.in_process:
         import torch
 
-        from visplay.models import load_model
-        from visplay.sampling.hf import TransformersSampler
+        from visplay.sampling.hf import TransformersSampler  # imports torch: only for the in-process backend
 
         model, processor = load_model(model_dir, dtype=getattr(torch, dtype))
         device = device or ("cuda" if torch.cuda.is_available() else None)

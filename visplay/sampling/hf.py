@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from visplay.sampling.base import Prompt, SamplingParams
+from visplay.console import bar_disable
 
 
 def _chunks(seq: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
@@ -52,8 +53,6 @@ class TransformersSampler:
         it = batches
         if self.progress:
             from tqdm.auto import tqdm
-
-            from visplay.console import bar_disable
 
             it = tqdm(batches, desc="sampling", unit="batch", leave=False, disable=bar_disable())
         for start, batch in it:

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from visplay.sampling.base import Prompt, SamplingParams
+from visplay.console import bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,6 @@ class OpenAISampler:
             it = futures
             if self.progress:
                 from tqdm.auto import tqdm
-
-                from visplay.console import bar_disable
 
                 it = tqdm(futures, desc="sampling", unit="prompt", leave=False, disable=bar_disable())
             try:

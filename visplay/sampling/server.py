@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from visplay.sampling.base import Prompt, SamplingParams
+from visplay.data.images import ImageError, decode_image
+from visplay.models import load_model
 
 log = logging.getLogger(__name__)
 #: Pending connections the kernel queues while the server is busy (Python's default of 5 resets bursts).
@@ -79,8 +81,6 @@ def _number(body: dict, key: str, default, kind: type, lo, hi, aliases: tuple[st
 
 
 def _image(part: dict):
-    from visplay.data.images import ImageError, decode_image
-
     ref = part.get("image_url")
     url = ref.get("url") if isinstance(ref, dict) else ref
     if not isinstance(url, str) or not url.startswith("data:"):
@@ -293,8 +293,7 @@ def serve_model(model_path: str, host: str = "127.0.0.1", port: int = 8000, name
     """Load ``model_path`` (on the GPU when there is one) and serve it until interrupted."""
     import torch
 
-    from visplay.models import load_model
-    from visplay.sampling.hf import TransformersSampler
+    from visplay.sampling.hf import TransformersSampler  # imports torch: only where a model is loaded here
 
     model, processor = load_model(model_path, dtype=getattr(torch, dtype))
     if torch.cuda.is_available():

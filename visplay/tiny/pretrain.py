@@ -22,6 +22,7 @@ from visplay.arch import ArchConfig
 from visplay.tiny.build import build_model, build_processor, build_tokenizer, tiny_arch
 from visplay.worlds.questions import MARKED_FAMILIES, check_families, make_question
 from visplay.worlds.scene import WorldConfig, make_scene
+from visplay.models import freeze_vision_tower, load_model, train_resumable, training_args
 
 
 @dataclass
@@ -124,8 +125,6 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True, init
     ``init``: continue from this model instead of a fresh build -- the compute-matched supervised
     control of `scripts/evolve_study.py` (labelled levels only, no self-labels)."""
     from transformers import Trainer, TrainingArguments
-
-    from visplay.models import freeze_vision_tower, load_model, train_resumable, training_args
 
     out = Path(out_dir)
     ckpt_dir = out.with_name(out.name + ".ckpt")
