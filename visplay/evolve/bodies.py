@@ -48,6 +48,7 @@ from visplay.sampling.base import SamplingParams
 from visplay.sampling.factory import for_rank, open_sampler
 from visplay.models import load_model
 from visplay.evolve.grpo import train_grpo
+from visplay.evolve.sft import chain_rows, train_sft
 
 Say = Callable[[str], None]
 #: Seed offsets, primes so that the streams they start never line up: chunk i of a chunked stage
@@ -315,9 +316,6 @@ def run_reasoner_sft(ctx: Context, rows: list[dict]) -> dict:
     """R_t = SFT(R_{t-1}) on its own chains that agree with the committee (`visplay.evolve.sft`);
     with `evolve.coevolve`, every local committee member trains the same way on its own chains."""
     import torch
-
-    from visplay.evolve.sft import chain_rows, train_sft
-    from visplay.models import load_model
 
     ev, stage = ctx.cfg.evolve, ctx.name("reasoner")
     models = chunk_models(ctx, "labels")  # the committee that labelled these rows, reasoner first

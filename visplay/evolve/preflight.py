@@ -96,8 +96,6 @@ def preflight(cfg: Config) -> Path:
     base = model_dir(cfg)
     for member in committee_members(cfg):  # a member that does not load is an error before the run exists
         if isinstance(member, str):
-            from visplay.sampling.factory import client
-
             member_cfg, _ = member_sampler(cfg.sampler, member)
             client(member_cfg, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     check_images(open_images(cfg), cfg.evolve.source)  # ValueError naming the folder/file/column/rows when unusable

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
 from visplay.roles.prompts import reasoner_messages
+from visplay.evolve.stages import from_png
+from visplay.tiny.pretrain import Collator
 
 
 def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dict]:
@@ -48,9 +50,6 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
     ``out_dir.ckpt`` (a killed phase resumes there; a finished one is not rerun). Returns the model
     directory and the log history."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
-
-    from visplay.evolve.stages import from_png
-    from visplay.tiny.pretrain import Collator
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
