@@ -141,3 +141,28 @@ def test_the_stage_list_is_what_the_loop_status_and_report_read():
     assert run.parts("iter1/questions") == Path("/r/iter1/questions.parts")
     with pytest.raises(ValueError, match="unknown stage"):
         run_stages.parse_stage("iter0/labels")
+
+
+class _Reached(Exception):
+    """Raised where the GRPO trainer would start training, carrying the call stack that got there."""
+
+
+def test_cli_reaches_the_grpo_trainer_in_seven_calls(micro_model_dir, tmp_path, monkeypatch):
+    """`visplay evolve` -> trainer.train() reads as one short chain of named calls (docs/architecture.md)."""
+    import inspect
+
+    import visplay.evolve.grpo
+    from visplay.cli import main
+
+    def stop(*args, **kwargs):
+        raise _Reached([f.function for f in inspect.stack()])
+
+    monkeypatch.setattr(visplay.evolve.grpo, "train_resumable", stop)
+    sets = [a for s in SHORT + [f"model={micro_model_dir}", "evolve.max_new_tokens=8", "eval.max_new_tokens=8",
+                                "evolve.questioner.max_completion_length=8"] for a in ("--set", s)]
+    with pytest.raises(_Reached) as reached:
+        main(["evolve", "--run", str(tmp_path / "run"), "--quiet", *sets])
+    stack = reached.value.args[0]
+    chain = list(reversed(stack[1:stack.index("main") + 1]))
+    assert chain == ["main", "run", "run_evolve", "_run_step", "run_questioner", "train_phase", "train_grpo"]
+    assert len(chain) == 7  # calls from cli.main to train_resumable, which calls trainer.train()
