@@ -14,6 +14,7 @@ import random
 
 import torch
 
+from visplay.eval.world import SCENES_PER_SEED
 from visplay.roles.prompts import reasoner_messages
 from visplay.worlds.questions import MARKED_FAMILIES
 from visplay.worlds.scene import WorldConfig, make_scene
@@ -53,7 +54,7 @@ def trace_probe(model, processor, world: WorldConfig, families=MARKED_FAMILIES, 
     tok = processor.tokenizer
     items = []
     for i in range(n):
-        scene = make_scene(split, seed * 10**6 + i, world)
+        scene = make_scene(split, seed * SCENES_PER_SEED + i, world)
         q = make_question(scene, random.Random(f"trace-probe:{seed}:{i}"), families)
         if not scene.objects:
             continue

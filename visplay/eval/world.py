@@ -48,6 +48,9 @@ class EvalConfig(Sampling):
             raise ConfigError(f"eval.n and eval.k must be >= 1, got n={self.n}, k={self.k}")
         check_families(self.families)
 
+
+#: Scene indices per evaluation seed: seed s draws scenes s * SCENES_PER_SEED + i (disjoint across seeds).
+SCENES_PER_SEED = 10**6
 BANDS = {"0.25-0.75": (0.25, 0.75), ">=0.5": (0.5, 1.0), ">=0.7": (0.7, 1.0)}
 
 
@@ -57,7 +60,7 @@ def eval_items(split: str, n: int, world: WorldConfig, families, seed: int) -> l
     Different seeds draw disjoint scenes (indices ``seed·10⁶ + i``)."""
     items = []
     for i in range(n):
-        scene = make_scene(split, seed * 10**6 + i, world)
+        scene = make_scene(split, seed * SCENES_PER_SEED + i, world)
         items.append((scene, make_question(scene, random.Random(f"eval:{seed}:{split}:{i}"), families)))
     return items
 
@@ -182,7 +185,7 @@ def questioner_validity(sampler: Sampler, world: WorldConfig, split: str = "held
                         temperature: float = 1.0, top_k: int = 0, max_new_tokens: int = 64, seed: int = 0) -> dict:
     """Share of questioner outputs (sampled at ``temperature``) that parse, and that the world's
     oracle can answer (grammatical and answerable for that scene)."""
-    scenes = [make_scene(split, seed * 10**6 + i, world) for i in range(n)]
+    scenes = [make_scene(split, seed * SCENES_PER_SEED + i, world) for i in range(n)]
     outs = sampler.generate([Prompt(questioner_messages(), (s.render(),)) for s in scenes],
                             SamplingParams(temperature=temperature, top_k=top_k, max_new_tokens=max_new_tokens, seed=seed))
     parsed = [parse_questioner(o[0]) for o in outs]
