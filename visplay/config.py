@@ -78,7 +78,6 @@ class Config:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
 
-
     @property
     def source_world(self) -> WorldConfig:
         """The world the loop's unlabeled images come from: `world`, with `evolve.source_objects`."""

@@ -60,7 +60,6 @@ class Sampling(Knobs):
         return SamplingParams(n=n, **{**self.knobs(), **changes})
 
 
-
 def base_url(key: str, url: str) -> urllib.parse.SplitResult:
     """``url`` split, if it is an http(s) API base; else a ConfigError naming ``key`` (credentials
     in the URL are never echoed)."""
@@ -68,4 +67,3 @@ def base_url(key: str, url: str) -> urllib.parse.SplitResult:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{key} must be an http(s) base URL like http://127.0.0.1:8000/v1, got {display_url(url)!r}")
     return parts
-

@@ -96,6 +96,7 @@ class JudgeConfig:
         base = (self.url or "").rstrip("/")
         return base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
 
+
 log = logging.getLogger(__name__)
 
 _FIELDS = re.compile(r"\{(question|reference|candidate)\}")

@@ -73,6 +73,7 @@ class BenchConfig(Sampling):
         except ValueError as e:
             raise ConfigError(f"bench: {e}") from e
 
+
 log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "rule")

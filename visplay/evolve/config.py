@@ -113,7 +113,6 @@ class GRPOPhase:
         return self.rollout_prompts // self.prompts_per_step
 
 
-
 @dataclass
 class EvolveConfig(Sampling):
     """The self-evolution loop; its sampling knobs are those of the questions, labels and the
@@ -221,7 +220,6 @@ class EvolveConfig(Sampling):
                                                     reward_weights=tuple(phase.reward_weights or default)))
 
 
-
 @dataclass
 class HardwareConfig:
     """Where a run's processes go, and the GPU layout its dry-run plan assumes.
@@ -253,4 +251,3 @@ class HardwareConfig:
     @property
     def world_size(self) -> int:
         return self.nodes * self.gpus_per_node
-
