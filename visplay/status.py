@@ -6,7 +6,8 @@ how far that stage has got (parts written, last GRPO checkpoint), the last line 
 and whether RUN/lock is held by a live `visplay evolve` process. The lock is probed with a
 non-blocking shared `flock` on a read-only descriptor and released at once; nothing in the run
 directory is created or written. Stage order and "done" come from the run floor (`visplay.run`);
-the helpers here (lock probe, number format) are shared with the HTML report (`visplay/report/`), so both say the same thing in the same format.
+the helpers here (lock probe, number format) are shared with the HTML report (`visplay/report/`),
+so both say the same thing in the same format.
 
 Run: `visplay status runs/tiny-20250101-120000`; test: `pytest -q tests/test_status.py`.
 """
@@ -190,7 +191,8 @@ def stage_progress(run_dir: str | Path, manifest: dict, stage: str) -> str | Non
         if kind == "labels":  # one label per question row
             n = manifest["stages"].get(stage_name(t, "questions"), {}).get("rows")
         total = math.ceil(n / size) if isinstance(n, int) and isinstance(size, int) and size > 0 else None
-        return f"{parts}" + (f"/{total}" if total else "") + f" chunks written to {run.parts(stage).relative_to(run.root)}"
+        where = run.parts(stage).relative_to(run.root)
+        return f"{parts}" + (f"/{total}" if total else "") + f" chunks written to {where}"
     return None
 
 

@@ -1,9 +1,11 @@
 """The vote: sample m answers per prompt, extract each, majority-vote them, measure agreement -- one
-recipe (`vote`), used by the labels stage, the questioner reward, the world evaluation and self-training.
+recipe (`vote`), used by the questioner reward, the world evaluation and self-training; the labels
+stage's committee (`visplay.answers.committee`) shares its first half, `sample_answers`.
 
 `vote(sampler, prompts, m, params, grader)` gives one `Ballot` per prompt: the samples, their
 extracted answers (`visplay.answers.extract`: the last ``\\boxed{}``), the `Vote` and its
-``agreement`` (`visplay.answers.agreement`). The grouping below is pure Python, no torch. Semantics (those of ``tests/reference.py`` ``reference_majority_vote``):
+``agreement`` (`visplay.answers.agreement`). The grouping below is pure Python, no torch.
+Semantics (those of ``tests/reference.py`` ``reference_majority_vote``):
 
 * Answers that are None or empty after ``strip()`` are dropped; ``total`` counts the kept ones.
   Other non-strings are converted with ``str()``.
@@ -187,7 +189,8 @@ def sample_answers(sampler: Sampler, prompts: Sequence[Prompt], m: int, params: 
     prompts), each mapped by ``clean``, and the answer extracted from each."""
     if not prompts:
         return [], []
-    samples = [[clean(s) for s in row] if clean else list(row) for row in sampler.generate(prompts, replace(params, n=m))]
+    outs = sampler.generate(prompts, replace(params, n=m))
+    samples = [[clean(s) for s in row] if clean else list(row) for row in outs]
     return samples, [[extract(s).answer for s in row] for row in samples]
 
 

@@ -19,7 +19,8 @@ from visplay.answers import Ballot, Grader, grade, majority_vote_batch, rate, vo
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import FAMILIES, MARKED_FAMILIES, Question, check_families, listing_complete, make_question
+from visplay.worlds.questions import (FAMILIES, MARKED_FAMILIES, Question, check_families, listing_complete,
+                                      make_question)
 from visplay.worlds.scene import SPLITS, Scene, WorldConfig, make_scene
 from visplay.settings import ConfigError, Sampling
 from visplay.io import atomic_write_json, atomic_write_parquet, atomic_write_text

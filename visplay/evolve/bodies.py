@@ -259,9 +259,10 @@ def run_questioner(ctx: Context) -> dict:
         return {"model": str(ctx.model("questioner", ctx.t - 1)), "skipped": "frozen questioner (ablation)"}
     items, skipped = take_images(ctx, ev.questioner_images)
     # here, or on the launcher's GPUs/nodes (visplay/evolve/worker.py), which fetch the images themselves
-    guard = logged_phase(ctx, "questioner", launch_phase(ctx.cfg, ctx.run, ctx.name("questioner")) if ctx.cfg.hardware.launcher
-                    else train_phase(ctx, "questioner", questioner_dataset(items)))
-    return {"model": str(ctx.run.output(ctx.name("questioner"))), "images": len(items), "skipped_images": skipped,
+    stage = ctx.name("questioner")
+    guard = logged_phase(ctx, "questioner", launch_phase(ctx.cfg, ctx.run, stage) if ctx.cfg.hardware.launcher
+                         else train_phase(ctx, "questioner", questioner_dataset(items)))
+    return {"model": str(ctx.run.output(stage)), "images": len(items), "skipped_images": skipped,
             "guard": guard}
 
 
@@ -308,7 +309,7 @@ def run_reasoner(ctx: Context) -> dict:
         return run_reasoner_sft(ctx, rows)
     ds = reasoner_dataset(rows, "questioner_answer" if ev.labels == "questioner" else "label")
     guard = logged_phase(ctx, "reasoner", launch_phase(ctx.cfg, ctx.run, stage) if ctx.cfg.hardware.launcher
-                    else train_phase(ctx, "reasoner", ds))
+                         else train_phase(ctx, "reasoner", ds))
     return {"model": str(ctx.run.output(stage)), "train_rows": len(ds), "guard": guard}
 
 
@@ -390,7 +391,7 @@ STEPS: tuple[Step, ...] = tuple(Step(BY_KIND[kind], body) for kind, body in (
     ("reasoner", run_reasoner), ("eval", run_eval)))
 #: The step before the first iteration: the base model's held-out accuracy.
 BASELINE_STEP = Step(BY_KIND["eval"], run_eval)
-assert tuple(s.kind for s in STEPS) == ITERATION_STAGES, "every stage of run.stages.STAGES needs its body here, in order"
+assert tuple(s.kind for s in STEPS) == ITERATION_STAGES, "each stage of run.stages.STAGES needs its body here, in order"
 
 
 def stop_signal(labels_info: dict, stop_agreement: float | None) -> str | None:

@@ -212,7 +212,8 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
 
     ``bf16`` (GPU only): bf16 autocast over the policy's fp32 master weights -- at lr 1e-6 an update
     is far below bf16's resolution, so the weights must stay fp32 -- and a bf16 reference model.
-    The console shows one bar named ``label`` (default: the stage checkpointing to ``ckpt_dir``, `visplay.run.stages.stage_at`)."""
+    The console shows one bar named ``label`` (default: the stage checkpointing to ``ckpt_dir``,
+    `visplay.run.stages.stage_at`)."""
     import torch  # heavy: imported when a phase is built, so the loop's modules import without it
     from transformers import PrinterCallback, ProgressCallback
     from trl import GRPOConfig, GRPOTrainer

@@ -117,8 +117,10 @@ def label_questions(
     members = list(reasoner) if isinstance(reasoner, (list, tuple)) else [reasoner]
     todo = [r for r in rows if r["valid"]]
     prompts = [Prompt(reasoner_messages(r["question"]), (from_png(r["image_png"]),)) for r in todo]
-    per_member = [sample_answers(sampler, prompts, m, replace(params, seed=(params.seed + MEMBER_SEED_STRIDE * i) % 2**31),
-                                 clean=storable) for i, sampler in enumerate(members)]  # [member]: (samples, answers)
+    per_member = []  # [member]: (samples, answers)
+    for i, sampler in enumerate(members):
+        p = replace(params, seed=(params.seed + MEMBER_SEED_STRIDE * i) % 2**31)
+        per_member.append(sample_answers(sampler, prompts, m, p, clean=storable))
     samples = [[member[0][q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
     answers = [[member[1][q] for member in per_member] for q in range(len(todo))]
     keys = [[[trace_key(s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
