@@ -129,7 +129,7 @@ def test_the_stage_list_is_what_the_loop_status_and_report_read():
 
     import visplay.run.stages as run_stages
     from visplay.evolve.bodies import BASELINE_STEP, STEPS
-    from visplay.status import expected_stages
+    from visplay.run.rundir import expected_stages
 
     assert doctest.testmod(run_stages).failed == 0
     assert tuple(s.stage for s in STEPS) == run_stages.STAGES and BASELINE_STEP.stage == run_stages.BY_KIND["eval"]
