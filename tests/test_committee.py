@@ -182,3 +182,28 @@ def test_a_round_the_committee_agrees_on_nothing_ends_the_run(micro_model_dir, t
     assert stages["iter1/reasoner"]["stopped"] and "agreed on no question" in stages["iter1/reasoner"]["skipped"]
     assert "iter1/eval" not in stages and "iter2/questioner" not in stages and set(results) == {0}
     assert any("stopped: the committee agreed on no question" in s for s in said)
+
+
+def test_the_ladder_repeats_a_level_until_enough_of_it_is_kept(tmp_path) -> None:
+    """`evolve.advance_kept_share`: iteration t climbs only if iteration t-1 kept at least that share
+    of its own level's questions (replay levels do not count)."""
+    from visplay.answers import Grader
+    from visplay.config import to_dict
+    from visplay.evolve.bodies import Context
+    from visplay.run.rundir import RunDir
+
+    cfg = load_config("tiny", ["evolve.advance_kept_share=0.3", "evolve.iterations=4"])
+    run = RunDir(tmp_path / "run")
+    with run:
+        run.create(to_dict(cfg), [])
+        kept = {1: {"6": {"valid": 10, "kept": 5}, "1": {"valid": 4, "kept": 0}},  # 50 % of level 6: climb
+                2: {"7": {"valid": 10, "kept": 1}, "5": {"valid": 9, "kept": 9}},  # 10 % of level 7: repeat
+                3: {"7": {"valid": 10, "kept": 3}}}  # 30 %: climb
+        for t, mix in kept.items():
+            run.mark(f"iter{t}/labels", "done", by_level=mix)
+        with Grader(workers=0) as g:
+            rungs = [Context(cfg, run, tmp_path, t, g).rung() for t in (1, 2, 3, 4)]
+    assert rungs == [1, 2, 2, 3]
+    assert [cfg.source_world_at(r).min_objects for r in rungs] == [6, 7, 7, 8]
+    with pytest.raises(ConfigError, match="advance_kept_share"):
+        load_config("tiny", ["evolve.advance_kept_share=0.3", "evolve.ladder=false"])

@@ -87,8 +87,9 @@ class Config:
         return dataclasses.replace(self.world, min_objects=lo_hi[0], max_objects=lo_hi[1])
 
     def source_world_at(self, t: int) -> WorldConfig:
-        """Iteration ``t``'s source world: with `evolve.ladder`, the one level ``min + t - 1``
-        (capped at max) of `source_objects`; otherwise the whole range."""
+        """Ladder step ``t``'s source world (step = iteration, unless `evolve.advance_kept_share`
+        holds the ladder: `visplay.evolve.bodies.Context.rung`): with `evolve.ladder`, the one level
+        ``min + t - 1`` (capped at max) of `source_objects`; otherwise the whole range."""
         w = self.source_world
         if not self.evolve.ladder:
             return w
@@ -96,7 +97,7 @@ class Config:
         return dataclasses.replace(w, min_objects=level, max_objects=level)
 
     def replay_world_at(self, t: int) -> WorldConfig | None:
-        """Iteration ``t``'s replay world (`evolve.replay_images`): the levels below its ladder level,
+        """Ladder step ``t``'s replay world (`evolve.replay_images`): the levels below its level,
         down to the `world` section's minimum; None when there is none."""
         level = self.source_world_at(t).min_objects
         if not (self.evolve.replay_images and self.evolve.ladder) or level <= self.world.min_objects:
@@ -104,7 +105,7 @@ class Config:
         return dataclasses.replace(self.world, min_objects=self.world.min_objects, max_objects=level - 1)
 
     def scene_world(self, t: int, index: int) -> WorldConfig:
-        """The world config that drew scene ``index`` of iteration ``t``'s images (replay scenes live
+        """The world config that drew scene ``index`` of ladder step ``t``'s images (replay scenes live
         at indices from `REPLAY_START` on, so an image id alone says which)."""
         replay = self.replay_world_at(t) if index >= REPLAY_START else None
         return replay or self.source_world_at(t)

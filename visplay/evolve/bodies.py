@@ -72,6 +72,19 @@ class Context:
     def name(self, kind: str) -> str:
         return BASELINE if self.t == 0 else stage_name(self.t, kind)
 
+    def rung(self) -> int:
+        """The ladder step iteration t stands on: t, or with `evolve.advance_kept_share` one more
+        than the climbs so far -- an iteration climbs only when the labels stage kept at least that
+        share of its own level's questions (label-free evidence that the level is learnt)."""
+        share, rung = self.cfg.evolve.advance_kept_share, 1
+        if share is None:
+            return self.t
+        for s in range(1, self.t):
+            level = self.cfg.source_world_at(rung).min_objects
+            mix = self.run.stage_info(stage_name(s, "labels")).get("by_level", {}).get(str(level), {})
+            rung += bool(mix.get("valid")) and mix["kept"] / mix["valid"] >= share
+        return rung
+
     def model(self, role: str, t: int) -> Path:
         """The ``role`` model (questioner | reasoner) after iteration ``t`` (0: the base model)."""
         if t == 0:
@@ -97,12 +110,12 @@ def seen_ids(run: RunDir, upto: int) -> set[str]:
 def take_images(ctx: Context, n: int, replay: bool = False):
     """The next ``n`` images of the source that no earlier iteration used, and the skip counts;
     with ``replay``, then `evolve.replay_images` more from the levels below the ladder's level."""
-    source = open_images(ctx.cfg, ctx.t)
+    source = open_images(ctx.cfg, ctx.rung())
     seen = seen_ids(ctx.run, ctx.t)
     items = list(itertools.islice(skip_seen(source, seen), n))
     if not items:
         raise ValueError(f"image source {ctx.cfg.evolve.source} has no unseen images left for iteration {ctx.t}")
-    below = ctx.cfg.replay_world_at(ctx.t) if replay else None
+    below = ctx.cfg.replay_world_at(ctx.rung()) if replay else None
     if below is not None:
         split = ctx.cfg.evolve.source.partition(":")[2] or "unlabeled"
         older = WorldSource(below, split, start=REPLAY_START)
@@ -165,7 +178,7 @@ def chunk_fn(ctx: Context, kind: str, sampler):
     if kind == "questions":
         return lambda chunk, i: generate_questions(sampler, chunk, ev.questions_per_image,
                                                    replace(sample, seed=sample.seed + CHUNK_SEED_STRIDE * i),
-                                                   lambda index: ctx.cfg.scene_world(ctx.t, index))
+                                                   lambda index, rung=ctx.rung(): ctx.cfg.scene_world(rung, index))
     return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples,
                                             replace(sample, seed=sample.seed + CHUNK_SEED_STRIDE * i), ctx.grader,
                                             (ev.band_low, ev.band_high), ev.agreement)
@@ -272,9 +285,12 @@ def run_questions(ctx: Context) -> dict:
     rows = _chunked(ctx, "questions", items)
     atomic_write_parquet(ctx.run.output(ctx.name("questions")), rows)
     valid = sum(r["valid"] for r in rows)
-    ctx.say(f"{ctx.name('questions')}: {len(rows)} questions for {len(items)} images, {valid / len(rows):.0%} valid")
+    held = ctx.cfg.evolve.advance_kept_share is not None
+    level = ctx.cfg.source_world_at(ctx.rung()).min_objects if held else None
+    ctx.say(f"{ctx.name('questions')}: {len(rows)} questions for {len(items)} images, {valid / len(rows):.0%} valid"
+            + (f" (ladder level {level})" if held else ""))
     return {"rows": len(rows), "valid": valid, "image_ids": sorted({r["image_id"] for r in rows}),
-            "skipped_images": skipped}
+            "skipped_images": skipped, **({"ladder_level": level} if held else {})}
 
 
 def run_labels(ctx: Context) -> dict:

@@ -135,6 +135,8 @@ class EvolveConfig(Sampling):
     band_high: float = 0.75  #   (VisPlay's band; [0.7, 1] = an agreement threshold, the ladder's filter)
     accumulate_labels: bool = False  # train each reasoner on the kept labels of every iteration so far
     stop_agreement: float | None = None  # end the run when the labels' mean agreement reaches this (collapse guard)
+    advance_kept_share: float | None = None  # ladder: climb after an iteration only if the share of its level's
+    #   questions kept reached this (label-free); else repeat the level. None = one level per iteration
     diversity_threshold: float = 0.5
     max_new_tokens: int = 64
     min_pixels: int | None = None  # real images are resized into [min_pixels, max_pixels] (reference 512² .. 2048²)
@@ -169,6 +171,9 @@ class EvolveConfig(Sampling):
         if self.source_objects is not None and (len(self.source_objects) != 2
                                                 or not 0 <= self.source_objects[0] <= self.source_objects[1]):
             raise ConfigError(f"evolve.source_objects must be [min, max] with 0 <= min <= max, got {self.source_objects}")
+        if self.advance_kept_share is not None and not (0 < self.advance_kept_share <= 1 and self.ladder):
+            raise ConfigError(f"evolve.advance_kept_share must be in (0, 1] with evolve.ladder=true, or null; "
+                              f"got {self.advance_kept_share} (ladder {self.ladder})")
         if self.stop_agreement is not None and not 0 < self.stop_agreement <= 1:
             raise ConfigError(f"evolve.stop_agreement must be in (0, 1] or null, got {self.stop_agreement}")
         if self.agreement not in AGREEMENT_MODES:
