@@ -158,12 +158,15 @@ def test_tiny_loop_with_a_lora_reasoner_runs_to_the_end(tmp_path, capsys):
 def test_killed_in_the_middle_of_a_lora_phase_resumes_to_the_same_weights_and_rows(tmp_path):
     """SIGKILL once the LoRA reasoner phase wrote checkpoint-1 (an adapter), then `--resume`: the run
     ends with the reference's rows, GRPO steps logged once each, and the same merged weights."""
+    import json
+
     import faults
     from faults import KillPoint
     from safetensors.torch import load_file
 
     overrides = faults.fast_overrides() + ["evolve.reasoner.lora_rank=8", "evolve.reasoner.lr=1e-2",
-                                           "evolve.questioner.lora_rank=4"]
+                                           "evolve.questioner.lora_rank=4", "evolve.ladder=false",
+                                           "evolve.source_objects=[2,4]"]  # short traces: labels kept, reasoner trains
     reference = tmp_path / "reference"
     timeline = faults.reference_run(reference, overrides, tmp_path / "reference.log")
     run = tmp_path / "run"
@@ -174,6 +177,7 @@ def test_killed_in_the_middle_of_a_lora_phase_resumes_to_the_same_weights_and_ro
     assert kill.landed == "iter1/reasoner" and kill.exit_code == -signal.SIGKILL, log
     assert kill.problems == [] and chain.finished, (kill.problems, log)
     assert chain.comparison.ok, (chain.comparison, log)
+    assert json.loads((run / "manifest.json").read_text())["stages"]["iter1/reasoner"]["train_rows"] > 0
     for role in ("questioner", "reasoner"):
         want = load_file(reference / f"iter1/{role}/model.safetensors")
         got = load_file(run / f"iter1/{role}/model.safetensors")
