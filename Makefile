@@ -37,9 +37,16 @@ model: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_sampling.py
 
-# one questioner + one reasoner GRPO step on a random-init Qwen2.5-VL-3B (needs a GPU; docs/scaling.md)
-bench-gpu: setup
-	$(BIN)/python benchmarks/bench_gpu_step.py --preset qwen2_5_vl_3b --per-device-batch 8 --out bench-3b.json
+# The GPU check (docs/scaling.md section 11): one questioner + one reasoner GRPO step on a random-init
+# Qwen2.5-VL-3B, vLLM colocate rollouts, in its own venv with the [vllm] extra (CUDA wheels from PyPI);
+# no GPU is one line before anything is installed. JSON: bench-3b.json.
+GPU_VENV ?= .venv-gpu
+bench-gpu:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make bench-gpu: no NVIDIA GPU here (nvidia-smi -L finds none); run it on a GPU machine (docs/scaling.md section 11)" >&2; exit 1; }
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install -q --upgrade pip
+	$(GPU_VENV)/bin/pip install -q -e ".[vllm]" || $(GPU_VENV)/bin/pip install -q -e .   # plain generate without vllm
+	$(GPU_VENV)/bin/python benchmarks/bench_gpu_step.py --preset qwen2_5_vl_3b --per-device-batch 8 --out bench-3b.json
 
 # kill `visplay evolve` at 34 points, resume after each, compare with an uncrashed run (docs/reliability.md)
 kill-sweep: setup
