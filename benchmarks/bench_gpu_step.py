@@ -1,6 +1,6 @@
 """One questioner and one reasoner GRPO step on a randomly initialised model of a preset's shape.
 
-The GPU check of docs/scaling.md section 11 (`make bench-gpu`: installs `.[vllm]` into its own venv,
+The GPU check of docs/scaling.md section 12 (`make bench-gpu`: installs `.[vllm]` into its own venv,
 then runs this at Qwen2.5-VL-3B on one GPU; no GPU is one clear line, before anything is installed).
 Rollouts go through TRL's vLLM colocate when vllm is importable (``--rollouts auto``), else
 transformers generate. Printed per phase, and as JSON (``--out`` writes the same object):
@@ -74,11 +74,11 @@ class StepTimer:
         self.callback = _Callback()
 
 
-#: What the numbers are compared with: EasyR1 on Qwen2.5-VL-3B, 8xH100 (docs/scaling.md section 11).
+#: What the numbers are compared with: EasyR1 on Qwen2.5-VL-3B, 8xH100 (docs/scaling.md section 12).
 ANCHORS = {"source": "EasyR1, Qwen2.5-VL-3B on 8xH100", "rollout_tokens_per_s_per_gpu": 1200, "actor_mfu": 0.063,
            "seconds_per_step": 180}
 NO_GPU = ("bench_gpu_step: no CUDA GPU is visible (torch.cuda.is_available() is False); run it on a GPU machine "
-          "(docs/scaling.md section 11), or pass --scale tiny for the CPU smoke run")
+          "(docs/scaling.md section 12), or pass --scale tiny for the CPU smoke run")
 
 
 class Stopwatch:

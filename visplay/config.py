@@ -244,7 +244,7 @@ class GRPOPhase:
     reward_weights: tuple[float, ...] | None = None
     max_kl: float = 10.0  # health guard: stop the phase when the logged KL exceeds this
     min_entropy: float = 0.02  # health guard: stop the phase when sampling entropy collapses
-    # rollouts through vLLM inside TRL (optional extra `vllm`, docs/scaling.md); off = transformers generate
+    # rollouts through vLLM inside TRL (the `[vllm]` extra, docs/scaling.md §9); off = transformers generate
     use_vllm: bool = False
     vllm_mode: str = "colocate"  # colocate: in the training processes; server: a `trl vllm-serve` process
     vllm_server_url: str | None = None  # server mode, e.g. http://10.0.0.2:8000
@@ -459,7 +459,7 @@ class SamplerConfig:
     on that stage's model and stops it afterwards; without ``launch`` the server at ``url`` is used as
     is (it must serve the right model). ``vllm``: ``openai`` with ``launch`` defaulting to
     ``vllm serve {model} --host {host} --port {port}`` and ``url`` to ``http://127.0.0.1:8000/v1``
-    (vLLM lives in its own env, requirements/serve-vllm.txt: docs/scaling.md §8).
+    (`vllm` from the ``[vllm]`` extra, or a separate env, requirements/serve-vllm.txt: docs/scaling.md §8).
     """
 
     backend: str = "transformers"  # transformers | openai | vllm

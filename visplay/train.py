@@ -15,6 +15,7 @@ Test: `pytest tests/test_evolve.py tests/test_scale.py tests/test_lora.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -142,6 +143,16 @@ def check_vllm(phase: GRPOPhase, name: str = "phase") -> None:
             "generate: fine for small rollout batches; docs/scaling.md section 9)")
 
 
+def checkpointing_arg() -> str:
+    """The `TrainingArguments` name of gradient checkpointing: transformers 5.23 renamed it
+    ``activation_checkpointing`` (the old name a deprecated alias); 5.20-5.22 know only
+    ``gradient_checkpointing``."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, use_cpu: bool = True,
               bf16: bool = False, suppress_tokens: list[int] | None = None,
               report_to: list[str] | None = None) -> dict:
@@ -180,9 +191,8 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
         use_cpu=use_cpu,
         bf16=bf16,
         # TRL turns this on by default; it disables the KV cache during rollouts (10x slower on
-        # the tiny model) and only pays off for models that do not fit in memory. (transformers 5's
-        # name; `gradient_checkpointing` is its deprecated alias.)
-        activation_checkpointing=phase.gradient_checkpointing,
+        # the tiny model) and only pays off for models that do not fit in memory.
+        **{checkpointing_arg(): phase.gradient_checkpointing},
         logging_steps=1,
         disable_tqdm=False,  # its bar is replaced by `PhaseProgress` in `build_trainer`
     )

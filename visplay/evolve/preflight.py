@@ -120,8 +120,9 @@ def preflight(cfg: Config) -> Path:
         _check_program("hardware.launcher", cfg.hardware.launcher, "install it, e.g. `pip install accelerate "
                        "deepspeed`, or set hardware.launcher=null to train in process", launcher_path())
     if cfg.sampler.launch is not None:
-        _check_program("sampler.launch", cfg.sampler.launch, "vLLM lives in its own env (requirements/serve-vllm.txt): "
-                       "put its bin/ on PATH or give sampler.launch the full path (docs/scaling.md §8)")
+        _check_program("sampler.launch", cfg.sampler.launch, "pip install 'visplay[vllm]' puts vllm on this "
+                       "environment's PATH; a separate one (requirements/serve-vllm.txt): put its bin/ on PATH or give "
+                       "sampler.launch the full path (docs/scaling.md §8)")
     if not cfg.sampler.in_process and cfg.sampler.launch is None:
         from visplay.sampling.factory import client
 
