@@ -34,12 +34,15 @@ from visplay.lora import lora_params, peft_config, target_pattern
     ("evolve.questioner.lora_alpha=-16", "lora_alpha must be in (0, 65536]"),
     ("evolve.reasoner.lora_dropout=1.0", "lora_dropout must be in [0, 1), got 1.0"),
     ("evolve.reasoner.lora_target_modules=[qkv]", "lora_target_modules must name some of the language model's"),
+    ("evolve.reasoner.lora_rank=8 evolve.reasoner_objective=sft", "evolve.reasoner.lora_rank=8 is for the reasoner's "
+                                                                   "GRPO phase; evolve.reasoner_objective=sft"),
 ])
 def test_bad_lora_settings_are_one_line_before_anything_is_written(override, message, tmp_path, capsys):
+    overrides = override.split()
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config("tiny", [override])
+        load_config("tiny", overrides)
     run = tmp_path / "run"
-    assert main(["evolve", "--run", str(run), "--set", override]) == 2
+    assert main(["evolve", "--run", str(run)] + [a for o in overrides for a in ("--set", o)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and not run.exists()
 

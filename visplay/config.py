@@ -394,6 +394,10 @@ class EvolveConfig(Sampling):
         if self.coevolve and (self.reasoner_objective != "sft" or not self.committee):
             raise ConfigError("evolve.coevolve trains the committee's members by SFT on their own chains: it needs "
                               "evolve.reasoner_objective=sft and at least one evolve.committee member")
+        if self.reasoner_objective == "sft" and self.reasoner.lora:
+            raise ConfigError(f"evolve.reasoner.lora_rank={self.reasoner.lora_rank} is for the reasoner's GRPO phase; "
+                              "evolve.reasoner_objective=sft fine-tunes every parameter: set one of them back "
+                              "(lora_rank=0 or reasoner_objective=grpo)")
         if self.coevolve and any(e.startswith("url=") for e in self.committee):
             raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
         if self.replay_images < 0:
