@@ -156,6 +156,28 @@ def test_tiny_loop_with_a_lora_reasoner_runs_to_the_end(tmp_path, capsys):
     assert "lora rank 8" in (run / "iter1/reasoner/README.md").read_text()
 
 
+def test_lora_phase_on_two_ranks_saves_the_merged_model(micro_model_dir, tmp_path):
+    """The launched path (torchrun, 2 processes, gloo/DDP): rank 0 merges the adapters and saves a plain
+    checkpoint with its record; the other rank writes nothing."""
+    from test_shards import reasoner_run
+    from transformers import AutoModelForImageTextToText
+
+    from visplay.evolve.launch import launch_phase
+
+    cfg, run = reasoner_run(tmp_path, micro_model_dir, "{python} -m torch.distributed.run --nproc_per_node 2",
+                            ["evolve.reasoner.lora_rank=4"])
+    history, guard = launch_phase(cfg, run, "iter1/reasoner")
+    log = (run.root / "iter1/reasoner.worker.log").read_text()
+    assert "iter1/reasoner: rank 0 of 2" in log and "iter1/reasoner: rank 1 of 2" in log
+    assert [h["step"] for h in history if "loss" in h] == [1, 2] and guard is None
+    out = run.root / "iter1/reasoner"
+    assert not any(p.name.startswith("adapter_") for p in out.iterdir()) and (out / "train_result.json").is_file()
+    merged = AutoModelForImageTextToText.from_pretrained(out)
+    base = AutoModelForImageTextToText.from_pretrained(micro_model_dir)
+    assert merged.state_dict().keys() == base.state_dict().keys()
+    assert not (run.root / "iter1/reasoner.ckpt").exists() and not (run.root / "iter1/reasoner.tmp").exists()
+
+
 @pytest.mark.faults
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 def test_killed_in_the_middle_of_a_lora_phase_resumes_to_the_same_weights_and_rows(tmp_path):
