@@ -590,7 +590,8 @@ def test_accuracy_error_bars_and_prior_line(finished, drawn):
         assert math.isclose((seg[1][1] + seg[0][1]) / 2, info["greedy"], rel_tol=1e-9, abs_tol=1e-12)
     flat = [ln for ln in ax.lines if len(set(ln.get_ydata())) == 1 and math.isclose(ln.get_ydata()[0], prior)]
     assert flat and "prior" in flat[0].get_label()
-    (fam,) = axes_with(drawn.figs, lambda a: a.get_ylabel().startswith("greedy accuracy"))
+    (fam,) = axes_with(drawn.figs, lambda a: a.get_ylabel().startswith("greedy accuracy")  # by family, not by level
+                       and not any(t.get_text().startswith("level ") for t in a.get_xticklabels()))
     assert [c for c in fam.containers if isinstance(c, BarContainer)] and \
         len([c for c in fam.containers if isinstance(c, ErrorbarContainer)]) == n + 1  # one per iteration
     assert any("prior" in str(c.get_label()) for c in fam.collections)
