@@ -45,7 +45,8 @@ def test_presets_carry_the_reference_recipe(preset):
     for ph in (ev.questioner, ev.reasoner):
         assert (ph.steps, ph.rollout_prompts, ph.prompts_per_step, ph.num_generations) == (steps, 512, 128, 8)
         assert (ph.lr, ph.beta, ph.temperature, ph.weight_decay) == (1e-6, 1e-2, 1.0, 1e-2)
-        assert not ph.use_vllm and ph.gradient_checkpointing and not ph.freeze_vision  # vllm can't install beside us
+        assert ph.gradient_checkpointing and not ph.freeze_vision and not ph.lora
+        assert ph.use_vllm and ph.vllm_mode == "colocate" and ph.vllm_gpu_memory_utilization == 0.4  # the [vllm] extra
     assert (ev.questioner.max_completion_length, ev.reasoner.max_completion_length) == (2048, 4096)
 
 
@@ -150,7 +151,7 @@ def test_trl_accepts_the_arguments(tmp_path):
 def test_vllm_missing_is_a_clear_error():
     check_vllm(GRPOPhase(use_vllm=False))  # off: nothing to check
     with pytest.raises(VLLMUnavailable, match=r"evolve.reasoner.use_vllm is on but vLLM is not installed.*"
-                                               r"torch==2.14.0.*use_vllm=false.*requirements/serve-vllm.txt"):
+                                               r"pip install 'visplay\[vllm\]'.*--set evolve.reasoner.use_vllm=false"):
         check_vllm(GRPOPhase(use_vllm=True), "evolve.reasoner")
 
 
@@ -159,12 +160,18 @@ def test_vllm_missing_is_a_clear_error():
 
 @pytest.mark.parametrize("preset", ["tiny"] + PRESETS)
 def test_dry_run_prints_the_plan_without_loading(preset, capsys, monkeypatch, tmp_path):
+    import sys
+
+    import visplay.evolve.loop  # noqa: F401 -- every module that could load a model, imported first
     import visplay.models
 
     def no_loading(*a, **k):
         raise AssertionError("the dry run loaded a model")
 
-    monkeypatch.setattr(visplay.models, "load_model", no_loading)
+    real = visplay.models.load_model
+    for name, module in list(sys.modules.items()):  # the module and every module that imported the name
+        if name.startswith("visplay") and getattr(module, "load_model", None) is real:
+            monkeypatch.setattr(module, "load_model", no_loading)
     monkeypatch.chdir(tmp_path)
     assert main(["evolve", "--preset", preset, "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -175,7 +182,9 @@ def test_dry_run_prints_the_plan_without_loading(preset, capsys, monkeypatch, tm
     if preset == "tiny":
         assert "4.15M total" in out and "(found)" in out
     else:
-        assert "NOT on disk here" in out and "transformers generate" in out
+        assert "NOT on disk here" in out and "(vLLM colocate)" in out and "transformers generate" not in out
+        assert f"reasoner   0.4 x 80 GiB = 32.0 GiB: bf16 weights" in out and "full-length sequences" in out
+        assert "+  32.0 =" in out and "reasoner rank 8 if set" in out
         assert "accelerate launch --config_file {repo}/configs/accelerate/" in out and "8 shard workers" in out
         assert f"{load_config(preset).evolve.questioner.steps} steps x 512 prompts x 8 samples" in out
     if preset == "qwen2_5_vl_3b":
@@ -212,6 +221,25 @@ def test_plan_numbers(tmp_path):
     assert z2["weights"] == 2 * p and z2["optimizer"] == pytest.approx(12 * p / 8) and z2["reference"] == 2 * p
     ddp = memory_per_gpu(plan["params"], p, 8, "ddp", kl=False)
     assert ddp["total"] == 16 * p and ddp["reference"] == 0
+    # with LoRA: frozen base weights as the layout keeps them, gradients + optimizer for the adapters only,
+    # no reference copy (TRL switches the adapters off); the layouts that shard the weights are not offered
+    from visplay.lora import lora_params
+
+    adapters = plan["lora"]["reasoner"]["params"]
+    assert adapters == lora_params(cfg.arch, cfg.evolve.reasoner, 8) and plan["lora"]["reasoner"]["on"] is False
+    lora = plan["memory_lora"]["reasoner"]
+    assert set(lora) == {"ddp", "zero2", "zero2_offload"}
+    assert lora["zero2"]["weights"] == 2 * p and lora["zero2"]["reference"] == 0
+    assert lora["zero2"]["optimizer"] == pytest.approx(12 * adapters / 8) and lora["ddp"]["gradients"] == 4 * adapters
+    # vLLM colocate: 0.4 of an 80 GiB card, its bf16 weights, the rest KV cache (28 layers x 4 KV heads x 128 x K,V x bf16)
+    v = plan["vllm"]["reasoner"]
+    assert v["bytes"] == 0.4 * 80 * 2**30 and v["weights"] == 2 * p
+    assert v["kv_tokens"] == int((0.4 * 80 * 2**30 - 2 * p) // (2 * 28 * 4 * 128 * 2))
+    assert v["sequences"] == v["kv_tokens"] // (12288 + 4096)
+    off = build_plan(load_config("qwen2_5_vl_7b", ["evolve.reasoner.use_vllm=false"]))
+    assert off["vllm"]["reasoner"] is None
+    tp = build_plan(load_config("qwen2_5_vl_7b", ["evolve.reasoner.vllm_tensor_parallel_size=2"]))["vllm"]["reasoner"]
+    assert tp["weights"] == p and tp["kv_tokens"] > 2 * v["kv_tokens"]
     sampled = load_config("tiny", ["sampler.backend=openai", "sampler.url=http://127.0.0.1:9/v1"])
     assert "OpenAI-compatible server http://127.0.0.1:9/v1 (already running)" in \
         __import__("visplay.evolve.plan", fromlist=["format_plan"]).format_plan(sampled, build_plan(sampled))

@@ -111,7 +111,7 @@ def test_loop_with_shard_workers_and_a_launched_grpo_worker(micro_model_dir, tmp
     assert any("questioner/valid" in x for x in logged if x["stage"] == "iter1/questioner")
 
 
-def reasoner_run(tmp_path, model_dir, launcher):
+def reasoner_run(tmp_path, model_dir, launcher, overrides=()):
     """A run directory whose iteration 1 stands just before its reasoner phase (8 kept silver labels)."""
     from test_evolve import SHORT
 
@@ -124,7 +124,7 @@ def reasoner_run(tmp_path, model_dir, launcher):
     # weight decay moves the weights even when the random model earns no reward (zero advantages)
     cfg = load_config("tiny", SHORT + [f"model={model_dir}", "evolve.reasoner.max_completion_length=6",
                                        "evolve.reasoner.weight_decay=0.5", "evolve.reasoner.lr=0.01",
-                                       f'hardware.launcher="{launcher}"'])
+                                       f'hardware.launcher="{launcher}"', *overrides])
     run = RunDir(tmp_path / "run")
     run.create(to_dict(cfg), [])
     run.mark("iter1/questioner", "done", model=str(model_dir))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from visplay.dist import Ranks, barrier
 from visplay.io import atomic_dir, atomic_write_json
+from visplay.lora import is_adapter_checkpoint, merged_model
 
 
 class ModelError(ValueError):
@@ -131,13 +132,14 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     exactly when the model does; ``dress(folder)`` adds files to it before the rename (the model
     card, `visplay.cards.dress_checkpoint`). With ``ranks`` (every rank of a launcher runs this),
     the weights are gathered by ``trainer.save_model`` (ZeRO-3/FSDP shards) and only the main rank
-    writes."""
+    writes. A LoRA phase (a peft model) resumes from its adapter checkpoint and is saved merged."""
     ckpt = last_checkpoint(ckpt_dir) if resume else None
-    if ckpt:
+    if ckpt and not is_adapter_checkpoint(ckpt):  # a LoRA phase's checkpoint is its adapter: the Trainer loads it
         restore_weights(trainer.model, ckpt)
     with denormals_flushed():
         trainer.train(resume_from_checkpoint=ckpt)
-    model = trainer.model
+    model = merged_model(trainer.model)  # a LoRA phase's PeftModel is saved as the plain model, adapters merged
+    lora = model is not trainer.model
     model.model.rope_deltas = None
 
     def finish(tmp: Path) -> None:
@@ -155,11 +157,15 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     if ranks.main:
         with atomic_dir(out_dir) as tmp:
             barrier(ranks)  # tmp exists: every rank may take part in the (ZeRO-3/FSDP) gather
-            trainer.save_model(str(tmp))  # gathers sharded weights; only the main process writes
+            if lora:  # whole weights on every rank (LoRA refuses ZeRO-3/FSDP, visplay.lora.check_lora_layout)
+                model.save_pretrained(tmp)
+            else:
+                trainer.save_model(str(tmp))  # gathers sharded weights; only the main process writes
             finish(tmp)
     else:
         barrier(ranks)
-        trainer.save_model(str(out_dir.with_name(out_dir.name + ".tmp")))  # the folder atomic_dir fills on the main rank
+        if not lora:
+            trainer.save_model(str(out_dir.with_name(out_dir.name + ".tmp")))  # the folder atomic_dir fills on the main rank
     barrier(ranks)
     return out_dir
 

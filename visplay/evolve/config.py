@@ -17,6 +17,11 @@ from visplay.settings import ConfigError, Sampling, base_url, require
 
 
 VLLM_MODES = ("colocate", "server")
+#: The language model's linear layers in every Qwen2.5-VL decoder layer (attention, then SwiGLU MLP):
+#: LoRA's default targets, as in the Qwen2.5-VL LoRA recipes (all linear layers of the LM).
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MAX_LORA_RANK = 1024  # above this an adapter is as big as the layers of a 3B model: train them fully
+MAX_LORA_ALPHA = 65536.0
 #: Each role's rewards and weights when its phase names none: the questioner's min(c, 1-c) minus the
 #: diversity penalty; the reasoner's 0.9 accuracy + 0.1 format (the reference's weights).
 ROLE_REWARDS = {"questioner": (("questioner",), (1.0,)), "reasoner": (("accuracy", "format"), (0.9, 0.1))}
@@ -58,12 +63,18 @@ class GRPOPhase:
     reward_weights: tuple[float, ...] | None = None
     max_kl: float = 10.0  # health guard: stop the phase when the logged KL exceeds this
     min_entropy: float = 0.02  # health guard: stop the phase when sampling entropy collapses
-    # rollouts through vLLM inside TRL (optional extra `vllm`, docs/scaling.md); off = transformers generate
+    # rollouts through vLLM inside TRL (the `[vllm]` extra, docs/scaling.md §9); off = transformers generate
     use_vllm: bool = False
     vllm_mode: str = "colocate"  # colocate: in the training processes; server: a `trl vllm-serve` process
     vllm_server_url: str | None = None  # server mode, e.g. http://10.0.0.2:8000
     vllm_gpu_memory_utilization: float = 0.3  # colocate mode
     vllm_tensor_parallel_size: int = 1  # colocate mode
+    # LoRA (TRL's peft_config; visplay/lora.py): adapters on the language model's `lora_target_modules`
+    # and the merger (+ the vision blocks when freeze_vision is false); the phase's model is saved merged
+    lora_rank: int = 0  # 0 = off: every parameter trains
+    lora_alpha: float | None = None  # None = 2 x lora_rank
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = LORA_MODULES
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -93,6 +104,7 @@ class GRPOPhase:
             raise ConfigError(f"vllm_server_url must look like http://host:8000, got {self.vllm_server_url!r}")
         if not 0 < self.vllm_gpu_memory_utilization < 1 or self.vllm_tensor_parallel_size < 1:
             raise ConfigError("need 0 < vllm_gpu_memory_utilization < 1 and vllm_tensor_parallel_size >= 1")
+        self._check_lora()
         require("", ("lr", self.lr, self.lr > 0, "> 0"),
                 ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
                 ("max_grad_norm", self.max_grad_norm, self.max_grad_norm > 0, "> 0"),
@@ -101,6 +113,28 @@ class GRPOPhase:
             Knobs(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed).check_knobs()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+    def _check_lora(self) -> None:
+        if not 0 <= self.lora_rank <= MAX_LORA_RANK:
+            raise ConfigError(f"lora_rank must be 0 (off) .. {MAX_LORA_RANK}, got {self.lora_rank}")
+        if self.lora_alpha is not None and not 0 < self.lora_alpha <= MAX_LORA_ALPHA:
+            raise ConfigError(f"lora_alpha must be in (0, {MAX_LORA_ALPHA:g}] or null (2 x lora_rank), got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:  # NaN fails too
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        unknown = [m for m in self.lora_target_modules if m not in LORA_MODULES]
+        if unknown or not self.lora_target_modules:
+            raise ConfigError(f"lora_target_modules must name some of the language model's linear layers "
+                              f"{list(LORA_MODULES)}, got {list(self.lora_target_modules)}")
+
+    @property
+    def lora(self) -> bool:
+        """True when the phase trains LoRA adapters instead of every parameter."""
+        return self.lora_rank > 0
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        """``lora_alpha``, defaulting to 2 x rank (the adapter's update is scaled by alpha / rank)."""
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
 
     @property
     def rollout_prompts(self) -> int:
@@ -183,6 +217,10 @@ class EvolveConfig(Sampling):
         if self.coevolve and (self.reasoner_objective != "sft" or not self.committee):
             raise ConfigError("evolve.coevolve trains the committee's members by SFT on their own chains: it needs "
                               "evolve.reasoner_objective=sft and at least one evolve.committee member")
+        if self.reasoner_objective == "sft" and self.reasoner.lora:
+            raise ConfigError(f"evolve.reasoner.lora_rank={self.reasoner.lora_rank} is for the reasoner's GRPO phase; "
+                              "evolve.reasoner_objective=sft fine-tunes every parameter: set one of them back "
+                              "(lora_rank=0 or reasoner_objective=grpo)")
         if self.coevolve and any(e.startswith("url=") for e in self.committee):
             raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
         if self.replay_images < 0:

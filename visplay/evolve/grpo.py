@@ -7,17 +7,21 @@ callables and their weights come from the phase config (`visplay.rewards.registr
 to the phase's starting model (beta > 0) and a bounded number of steps guard against reward
 hacking. Checkpoints are HF `save_pretrained` directories; a phase resumes from its last one.
 `grpo_args` maps a `GRPOPhase` (EasyR1 units: rollout batches, global batch) onto `GRPOConfig`,
-including TRL's own vLLM rollouts (colocate or server), which are optional: vllm is never imported
-here, only looked up. Test: `pytest tests/test_evolve.py tests/test_scale.py`.
+including TRL's own vLLM rollouts (colocate or server), which are optional (the `[vllm]` extra):
+vllm is never imported here, only looked up. ``lora_rank > 0`` hands TRL a LoRA ``peft_config``
+(`visplay.lora`); the phase's model is still saved whole, adapters merged.
+Test: `pytest tests/test_evolve.py tests/test_scale.py tests/test_lora.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 from visplay.evolve.config import GRPOPhase
 from visplay.dist import Ranks
+from visplay.lora import peft_config
 from visplay.run.stages import stage_at
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
 from visplay import console
@@ -135,12 +139,20 @@ def check_vllm(phase: GRPOPhase, name: str = "phase") -> None:
 
     if phase.use_vllm and importlib.util.find_spec("vllm") is None:
         raise VLLMUnavailable(
-            f"{name}.use_vllm is on but vLLM is not installed in this environment. TRL's vLLM rollouts (colocate "
-            "and server mode alike) import vllm in the training processes, and no vllm release installs beside "
-            "visplay's torch 2.14.1 + transformers 5.23 (vllm 0.33.0 pins torch==2.14.0 and transformers<5.21). "
-            f"Turn vLLM rollouts off with --set {name}.use_vllm=false (transformers generate: fine for small "
-            "rollout batches) and put vLLM where it fits: a separate serving environment "
-            "(requirements/serve-vllm.txt) used through --sampler-url or sampler.launch (docs/scaling.md)")
+            f"{name}.use_vllm is on but vLLM is not installed in this environment: install the extra with "
+            "`pip install 'visplay[vllm]'` (TRL's vLLM rollouts, colocate and server mode alike, import vllm in the "
+            f"training processes), or turn vLLM rollouts off with --set {name}.use_vllm=false (transformers "
+            "generate: fine for small rollout batches; docs/scaling.md section 9)")
+
+
+def checkpointing_arg() -> str:
+    """The `TrainingArguments` name of gradient checkpointing: transformers 5.23 renamed it
+    ``activation_checkpointing`` (the old name a deprecated alias); 5.20-5.22 know only
+    ``gradient_checkpointing``."""
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, use_cpu: bool = True,
@@ -181,9 +193,8 @@ def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, 
         use_cpu=use_cpu,
         bf16=bf16,
         # TRL turns this on by default; it disables the KV cache during rollouts (10x slower on
-        # the tiny model) and only pays off for models that do not fit in memory. (transformers 5's
-        # name; `gradient_checkpointing` is its deprecated alias.)
-        activation_checkpointing=phase.gradient_checkpointing,
+        # the tiny model) and only pays off for models that do not fit in memory.
+        **{checkpointing_arg(): phase.gradient_checkpointing},
         logging_steps=1,
         disable_tqdm=False,  # its bar is replaced by `PhaseProgress` in `build_trainer`
     )
@@ -221,7 +232,7 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
     quiet_library_warnings()
 
     check_vllm(phase)
-    if phase.freeze_vision:
+    if phase.freeze_vision and not phase.lora:  # LoRA freezes every base weight itself
         freeze_vision_tower(model)
     bf16 = bf16 and torch.cuda.is_available()
     kw = grpo_args(phase, ckpt_dir, current_ranks().world, use_cpu=not torch.cuda.is_available(), bf16=bf16,
@@ -237,7 +248,7 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
 
         callbacks.append(TensorBoardCallback(SummaryWriter(str(log_dir))))
     trainer = GRPOTrainer(model=model, args=args, reward_funcs=_as_list(reward_fns), train_dataset=dataset,
-                          processing_class=processor, callbacks=callbacks)
+                          processing_class=processor, callbacks=callbacks, peft_config=peft_config(phase))
     for printer in (ProgressCallback, PrinterCallback):  # both print every step's log dict
         trainer.remove_callback(printer)
     trainer.add_callback(phase_progress(label or stage_at(ckpt_dir)))

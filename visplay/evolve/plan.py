@@ -33,11 +33,14 @@ import yaml
 
 from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
 from visplay.config import REPO_ROOT, ArchConfig, Config, ConfigError, GRPOPhase, resolve_model
+from visplay.lora import SHARDED_WEIGHTS, lora_params
 from visplay.run.stages import BASELINE, STAGES, stage_name
 
 GIB = 1024 ** 3
 #: Prompt text around the image (instruction, chat template, question), tokens; generous.
 PROMPT_TEXT_TOKENS = 128
+#: LoRA rank the plan sizes the "with LoRA" rows at when a phase trains every parameter.
+PLAN_LORA_RANK = 8
 #: Model FLOPs utilisation assumed for the wall-clock guess (labelled as an assumption in the output).
 ASSUMED_MFU = 0.3
 
@@ -135,6 +138,26 @@ def memory_per_gpu(counts: ParamCounts, trainable: int, n: int, strategy: str, k
     return out
 
 
+def kv_bytes_per_token(arch: ArchConfig) -> int:
+    """vLLM's KV cache per token in bf16: keys and values of every layer's KV heads."""
+    t = arch.text
+    return 2 * t.num_hidden_layers * t.num_key_value_heads * (t.hidden_size // t.num_attention_heads) * 2
+
+
+def vllm_share(counts: ParamCounts, arch: ArchConfig, phase: GRPOPhase, gpu_gib: float) -> dict | None:
+    """What TRL's colocated vLLM takes on each GPU (``vllm_gpu_memory_utilization`` of the card) and
+    what is left of it for the KV cache after its bf16 copy of the weights (split over tensor
+    parallelism), in tokens and in full-length sequences; None without colocated vLLM."""
+    if not (phase.use_vllm and phase.vllm_mode == "colocate"):
+        return None
+    share = phase.vllm_gpu_memory_utilization * gpu_gib * GIB
+    weights = 2 * counts.total / phase.vllm_tensor_parallel_size
+    per_token = kv_bytes_per_token(arch) / phase.vllm_tensor_parallel_size
+    tokens = max(0, int((share - weights) // per_token))
+    return {"bytes": share, "weights": weights, "kv_cache": share - weights, "kv_tokens": tokens,
+            "sequences": tokens // (phase.max_prompt_length + phase.max_completion_length)}
+
+
 def activations(cfg: Config, arch: ArchConfig, phase: PhasePlan, checkpointing: bool) -> float:
     """Rough activation bytes per GPU for one micro-batch (bf16 hidden states, fp32 logits)."""
     t = arch.text
@@ -182,7 +205,8 @@ def build_plan(cfg: Config, preset: str = "") -> dict:
         "preset": preset, "model": cfg.model, "model_path": str(model_path),
         "model_found": (model_path / "config.json").is_file(), "dtype": cfg.dtype,
         "arch_source": arch_source, "params": counts, "hardware": hw, "world_size": n,
-        "image_tokens_max": img, "phases": phases, "memory": {}, "activations": {},
+        "image_tokens_max": img, "phases": phases, "memory": {}, "memory_lora": {}, "lora": {}, "activations": {},
+        "vllm": {},
     }
     if counts is not None:
         for ph, phase in ((p, getattr(ev, p.name)) for p in phases):
@@ -190,7 +214,15 @@ def build_plan(cfg: Config, preset: str = "") -> dict:
             reward = ph.name == "questioner" and cfg.sampler.in_process
             plan["memory"][ph.name] = {s: memory_per_gpu(counts, trainable, n, s, phase.beta > 0, reward)
                                        for s in STRATEGIES}
+            # LoRA: the base weights stay (frozen) in the layout's weight format; gradients and optimizer
+            # state are the adapters' only, and the KL reference is the model with its adapters off (no copy)
+            rank = phase.lora_rank or PLAN_LORA_RANK
+            adapters = lora_params(arch, phase, rank)
+            plan["lora"][ph.name] = {"rank": rank, "params": adapters, "on": phase.lora}
+            plan["memory_lora"][ph.name] = {s: memory_per_gpu(counts, adapters, n, s, False, reward)
+                                            for s in STRATEGIES if s not in SHARDED_WEIGHTS}
             plan["activations"][ph.name] = activations(cfg, arch, ph, phase.gradient_checkpointing)
+            plan["vllm"][ph.name] = vllm_share(counts, arch, phase, hw.gpu_memory_gib)
     return plan
 
 
@@ -225,6 +257,7 @@ def _stage_lines(cfg: Config, plan: dict) -> list[str]:
 
 def _phase_text(p: PhasePlan, ph: GRPOPhase) -> str:
     roll = "vLLM " + ph.vllm_mode if ph.use_vllm else "transformers generate"
+    roll += f", LoRA rank {ph.lora_rank}" if ph.lora else ""
     return (f"{p.steps} steps x {ph.rollout_prompts} prompts x {ph.num_generations} samples = {_n(p.rollouts)} rollouts "
             f"({roll}); {p.updates} updates of {ph.prompts_per_step} prompts, per GPU {p.micro_batch} completions x "
             f"{p.accumulation} accumulation; lr {ph.lr:g}, KL beta {ph.beta:g}, T {ph.temperature:g}, "
@@ -281,15 +314,39 @@ def format_plan(cfg: Config, plan: dict) -> str:
         out.append(f"  {'phase':<10} {'strategy':<13} {'weights':>7} {'grads':>7} {'optim':>7} {'ref':>7} {'reward':>7} "
                    f"{'total':>7}  + activations (rough)  + vLLM colocate")
         launched = launcher_strategy(hw.launcher)
-        for name, by_strategy in plan["memory"].items():
+
+        def rows(memory: dict, lora: bool) -> None:
+            for name, by_strategy in memory.items():
+                ph = getattr(ev, name)
+                share = plan["vllm"][name]
+                vllm = share["bytes"] / GIB if share else 0.0
+                for strategy, m in by_strategy.items():
+                    mark = " <- the launcher's" if strategy == launched and ph.lora == lora else ""
+                    total = m["total"] / GIB + plan["activations"][name] / GIB + vllm
+                    fits = "fits" if total <= hw.gpu_memory_gib else "DOES NOT FIT"
+                    out.append(f"  {name:<10} {strategy:<13} {_gib(m['weights']):>7} {_gib(m['gradients']):>7} "
+                               f"{_gib(m['optimizer']):>7} {_gib(m['reference']):>7} {_gib(m['reward']):>7} "
+                               f"{_gib(m['total']):>7}  + {_gib(plan['activations'][name]):>5}  + {vllm:5.1f} = "
+                               f"{total:6.1f} {fits}{mark}")
+
+        rows(plan["memory"], lora=False)
+        lora = plan["lora"]
+        out.append("  with LoRA (" + "; ".join(
+            f"{name} rank {v['rank']}{'' if v['on'] else ' if set'}: {_n(v['params'])} adapter params"
+            for name, v in lora.items()) + "; only the adapters have gradients and optimizer state, the KL reference"
+            " is the model with its adapters off; ZeRO-3/FSDP refused: the saved model is merged on one rank):")
+        rows(plan["memory_lora"], lora=True)
+        shares = [(name, v) for name, v in plan["vllm"].items() if v]
+        if shares:
+            out += ["", "vLLM colocate, per GPU (TRL's rollouts; vllm_gpu_memory_utilization of the card, in the "
+                        "column above):"]
+        for name, v in shares:
             ph = getattr(ev, name)
-            vllm = ph.vllm_gpu_memory_utilization * hw.gpu_memory_gib if ph.use_vllm and ph.vllm_mode == "colocate" else 0
-            for strategy, m in by_strategy.items():
-                mark = " <- the launcher's" if strategy == launched else ""
-                total = m["total"] / GIB + plan["activations"][name] / GIB + vllm
-                fits = "fits" if total <= hw.gpu_memory_gib else "DOES NOT FIT"
-                out.append(f"  {name:<10} {strategy:<13} {_gib(m['weights']):>7} {_gib(m['gradients']):>7} "
-                           f"{_gib(m['optimizer']):>7} {_gib(m['reference']):>7} {_gib(m['reward']):>7} "
-                           f"{_gib(m['total']):>7}  + {_gib(plan['activations'][name]):>5}  + {vllm:5.1f} = "
-                           f"{total:6.1f} {fits}{mark}")
+            room = v["kv_cache"] > 0
+            out.append(f"  {name:<10} {ph.vllm_gpu_memory_utilization:g} x {hw.gpu_memory_gib:g} GiB = "
+                       f"{_gib(v['bytes'])} GiB: bf16 weights {_gib(v['weights'])} (TP {ph.vllm_tensor_parallel_size}) "
+                       + (f"+ KV cache {_gib(v['kv_cache'])} GiB = {_n(v['kv_tokens'])} tokens = {v['sequences']:,} "
+                          f"full-length sequences ({ph.max_prompt_length + ph.max_completion_length:,} tokens) at once"
+                          if room else "leaves no KV cache: DOES NOT FIT (raise vllm_gpu_memory_utilization or "
+                          "vllm_tensor_parallel_size)"))
     return "\n".join(out)

@@ -2,7 +2,8 @@
 
 `preflight(cfg)` runs before the run directory is created (and again on resume), so bad input
 -- a preset naming a model that is not on disk, a parquet folder without the image column, a
-folder without images, vLLM asked for but not installed, a launcher that is not on PATH, a
+folder without images, vLLM asked for but not installed, LoRA under a launcher that shards the
+weights (ZeRO-3, FSDP), a launcher that is not on PATH, a
 sampling server that does not answer, a parquet or folder whose every row or file is unusable
 -- is one clear error naming the thing, never a half-written stage. `open_images` is the one
 place that turns ``evolve.source`` + pixel range + image column into an image source.
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from visplay.config import Config, SamplerConfig, resolve_model
 from visplay.data.sources import ImageSource, open_source
+from visplay.lora import check_lora_layout
 from visplay.models import ModelError, check_model_dir
+from visplay.plan import launcher_strategy
 from visplay.rewards.registry import resolve_reward
 from visplay.evolve.grpo import check_vllm
 from visplay.evolve.launch import launcher_path
@@ -100,9 +103,10 @@ def preflight(cfg: Config) -> Path:
             client(member_cfg, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     check_images(open_images(cfg), cfg.evolve.source)  # ValueError naming the folder/file/column/rows when unusable
     ev = cfg.evolve
-    if ev.train_questioner:
-        check_vllm(ev.questioner, "evolve.questioner")
-    check_vllm(ev.reasoner, "evolve.reasoner")
+    strategy = launcher_strategy(cfg.hardware.launcher)
+    for role in ("questioner", "reasoner") if ev.train_questioner else ("reasoner",):
+        check_vllm(getattr(ev, role), f"evolve.{role}")
+        check_lora_layout(getattr(ev, role), f"evolve.{role}", strategy)
     for role in ("questioner", "reasoner"):
         for name in getattr(ev, role).rewards:
             try:
@@ -113,8 +117,9 @@ def preflight(cfg: Config) -> Path:
         _check_program("hardware.launcher", cfg.hardware.launcher, "install it, e.g. `pip install accelerate "
                        "deepspeed`, or set hardware.launcher=null to train in process", launcher_path())
     if cfg.sampler.launch is not None:
-        _check_program("sampler.launch", cfg.sampler.launch, "vLLM lives in its own env (requirements/serve-vllm.txt): "
-                       "put its bin/ on PATH or give sampler.launch the full path (docs/scaling.md §8)")
+        _check_program("sampler.launch", cfg.sampler.launch, "pip install 'visplay[vllm]' puts vllm on this "
+                       "environment's PATH; a separate one (requirements/serve-vllm.txt): put its bin/ on PATH or give "
+                       "sampler.launch the full path (docs/scaling.md §8)")
     if not cfg.sampler.in_process and cfg.sampler.launch is None:
         client(cfg.sampler, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     return base

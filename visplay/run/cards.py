@@ -44,7 +44,9 @@ def phase_card_info(out_dir: Path, role: str, phase, start: str | Path | None) -
         "started from": str(start) if start else None,
         "trained": (f"GRPO (TRL GRPOTrainer): {phase.steps} steps of {phase.prompts_per_step} prompts x "
                     f"{phase.num_generations} samples, lr {phase.lr:g}, KL beta {phase.beta:g}, "
-                    f"T={phase.temperature:g}, top_k {phase.top_k}"),
+                    f"T={phase.temperature:g}, top_k {phase.top_k}"
+                    + (f"; LoRA (lora rank {phase.lora_rank}, alpha {phase.lora_scale_alpha:g}, dropout "
+                       f"{phase.lora_dropout:g}), saved merged into the weights" if phase.lora else "")),
         "reward": reward,
         "measured": f"`{run_root / out_dir.parent.name / 'eval' / 'summary.json'}` (held-out greedy, maj@k) "
                     f"and `{run_root / 'report.html'}`" if role == "reasoner" else f"`{run_root / 'report.html'}`",

@@ -55,7 +55,7 @@ class SamplerConfig:
     on that stage's model and stops it afterwards; without ``launch`` the server at ``url`` is used as
     is (it must serve the right model). ``vllm``: ``openai`` with ``launch`` defaulting to
     ``vllm serve {model} --host {host} --port {port}`` and ``url`` to ``http://127.0.0.1:8000/v1``
-    (vLLM lives in its own env, requirements/serve-vllm.txt: docs/scaling.md §8).
+    (`vllm` from the ``[vllm]`` extra, or a separate env, requirements/serve-vllm.txt: docs/scaling.md §8).
     """
 
     backend: str = "transformers"  # transformers | openai | vllm
