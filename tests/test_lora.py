@@ -101,7 +101,7 @@ def test_lora_reasoner_phase_changes_the_weights_and_saves_a_plain_merged_model(
     from visplay.answers import Grader
     from visplay.models import load_model
     from visplay.rewards.registry import build_rewards
-    from visplay.train import train_grpo
+    from visplay.evolve.grpo import train_grpo
 
     model, processor = load_model(EMBEDDED_MODELS["tiny"])
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -68,7 +68,7 @@ def lora_params(arch: ArchConfig, phase: GRPOPhase, rank: int | None = None) -> 
     return r * total
 
 
-#: Memory layouts (`visplay.plan.LAYOUTS`) that shard the weights themselves: the merge needs them whole.
+#: Memory layouts (`visplay.evolve.plan.LAYOUTS`) that shard the weights themselves: the merge needs them whole.
 SHARDED_WEIGHTS = ("zero3", "fsdp")
 
 

@@ -19,7 +19,7 @@ from visplay.config import Config, SamplerConfig, resolve_model
 from visplay.data.sources import ImageSource, open_source
 from visplay.lora import check_lora_layout
 from visplay.models import ModelError, check_model_dir
-from visplay.plan import launcher_strategy
+from visplay.evolve.plan import launcher_strategy
 from visplay.rewards.registry import resolve_reward
 from visplay.evolve.grpo import check_vllm
 from visplay.evolve.launch import launcher_path
