@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from visplay.run.rundir import library_versions
+
 
 class StepTimer:
     """Wall time of every optimizer step (a TrainerCallback built lazily, so importing is cheap)."""
@@ -255,7 +257,7 @@ def measure(args, phases: list[str], vllm: bool) -> dict:
     results = {"preset": args.preset, "scale": args.scale, "params": n_params, "device": torch.cuda.get_device_name()
                if cuda else "cpu", "gpus": gpus, "peak_tflops": cfg.hardware.peak_tflops, "build_seconds": build_s,
                "rollouts": "vllm colocate" if vllm else "transformers generate", "anchors": ANCHORS,
-               "versions": versions(), "args": vars(args), "main": ranks.main, "phases": []}
+               "versions": library_versions(), "args": vars(args), "main": ranks.main, "phases": []}
     # vLLM samples from the full (random) vocabulary otherwise; transformers gets suppress_tokens from build_trainer
     extra = {"generation_kwargs": {"allowed_token_ids": list(range(len(tok)))}} if vllm else {}
     with tempfile.TemporaryDirectory() as tmp, Grader(workers=0) as grader:
@@ -290,18 +292,6 @@ def measure(args, phases: list[str], vllm: bool) -> dict:
     if args.out and ranks.main:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results
-
-
-def versions() -> dict:
-    import importlib.metadata
-
-    out = {}
-    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "vllm"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def report(results: dict, args) -> None:

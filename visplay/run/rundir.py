@@ -44,17 +44,28 @@ class RunError(RuntimeError):
     pass
 
 
-def software() -> dict:
-    """Library versions and the repository's git commit, recorded in the manifest of a new run."""
+#: The libraries whose versions a run (and the GPU benchmark) records: what decides its numbers.
+LIBRARIES = ("visplay", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "vllm")
+
+
+def library_versions(packages=LIBRARIES) -> dict[str, str | None]:
+    """{package: installed version, or None}."""
     import importlib.metadata
-    import subprocess
 
     versions = {}
-    for pkg in ("visplay", "torch", "transformers", "trl", "accelerate", "datasets"):
+    for pkg in packages:
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
+    return versions
+
+
+def software() -> dict:
+    """Library versions and the repository's git commit, recorded in the manifest of a new run."""
+    import subprocess
+
+    versions = library_versions()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
                                 text=True, timeout=10).stdout.strip() or None
