@@ -57,56 +57,39 @@ class CommitteeVote:
     answered: int = 0  # samples (all members) with an answer
 
 
-def _answer_choices(answers: Sequence[Sequence[Sequence[str | None]]], grader: Grader | None):
-    """Per question, per member: (majority answer, share, answered count, count) by equivalence."""
-    flat = [member for question in answers for member in question]
-    votes = iter(majority_vote_batch(flat, grader))
-    return [[next(votes) for _ in question] for question in answers]
-
-
 def committee_votes(answers: Sequence[Sequence[Sequence[str | None]]],
                     keys: Sequence[Sequence[Sequence[str | None]] | None] | None = None,
                     mode: str = "answer", grader: Grader | None = None) -> list[CommitteeVote]:
     """One `CommitteeVote` per question. ``answers[q][i]``: member i's parsed answers to question q;
     ``keys[q][i]`` the matching trace keys (``mode`` trace; a question whose ``keys[q]`` is None
-    falls back to the answer vote)."""
+    falls back to the answer vote). Every equivalence verdict goes through one batched vote call per
+    step (members' majorities, their agreement, the chains), so the grader resolves them together."""
     if mode not in AGREEMENT_MODES:
         raise ValueError(f"agreement mode must be one of {list(AGREEMENT_MODES)}, got {mode!r}")
-    member_votes = _answer_choices(answers, grader)
+    traced = {q: keys[q] for q in range(len(answers)) if mode == "trace" and keys is not None and keys[q] is not None}
+    by_answer = [q for q in range(len(answers)) if q not in traced]
+    flat = iter(majority_vote_batch([member for q in by_answer for member in answers[q]], grader))
+    votes = {q: [next(flat) for _ in answers[q]] for q in by_answer}
     # do the members' majority answers agree? the same equivalence rule, over one answer per member
-    labels = [[v.label for v in votes] for votes in member_votes]
-    across = majority_vote_batch(labels, grader)
+    across = dict(zip(by_answer, majority_vote_batch([[v.label for v in votes[q]] for q in by_answer], grader)))
+    agreed = [q for q in by_answer if all(v.label is not None for v in votes[q]) and across[q].count == len(votes[q])]
+    agreed_set = set(agreed)
+    # each sample against the label: a two-answer vote of count 2 is the pair verdict of the same rule
+    pairs = iter(majority_vote_batch([[votes[q][0].label, a] for q in agreed for m in answers[q] for a in m], grader))
     out = []
-    for q, (votes, joint) in enumerate(zip(member_votes, across)):
-        qkeys = keys[q] if keys is not None and mode == "trace" else None
-        if qkeys is not None:
-            out.append(_trace_vote(answers[q], qkeys))
+    for q in range(len(answers)):
+        if q in traced:
+            out.append(_trace_vote(answers[q], traced[q]))
             continue
-        shares = [agreement(v) for v in votes]
-        member_labels = [v.label for v in votes]
-        if any(label is None for label in member_labels):
-            out.append(CommitteeVote(None, 0.0, member_labels, shares, reason="no boxed answer in any sample",
-                                     answered=sum(v.total for v in votes)))
+        shares, member_labels = [agreement(v) for v in votes[q]], [v.label for v in votes[q]]
+        answered = sum(v.total for v in votes[q])
+        if q not in agreed_set:
+            why = "no boxed answer in any sample" if None in member_labels else "committee members disagree"
+            out.append(CommitteeVote(None, 0.0, member_labels, shares, reason=why, answered=answered))
             continue
-        if joint.count != len(votes):
-            out.append(CommitteeVote(None, 0.0, member_labels, shares, reason="committee members disagree",
-                                     answered=sum(v.total for v in votes)))
-            continue
-        label = member_labels[0]
-        chains = _equivalent_indices(answers[q], label, grader)
-        out.append(CommitteeVote(label, min(shares), member_labels, shares, chains,
-                                 count=sum(v.count for v in votes), answered=sum(v.total for v in votes)))
-    return out
-
-
-def _equivalent_indices(member_answers, label: str, grader: Grader | None) -> list[list[int]]:
-    """Each member's sample indices whose answer is equivalent to ``label`` (one vote per answer)."""
-    out = []
-    for answers in member_answers:
-        # a two-answer vote is a pair verdict through the same rule: count 2 = equivalent
-        pairs = [[label, a] for a in answers]
-        verdicts = majority_vote_batch(pairs, grader) if pairs else []
-        out.append([j for j, (a, v) in enumerate(zip(answers, verdicts)) if a is not None and v.count == 2])
+        chains = [[j for j, a in enumerate(m) if next(pairs).count == 2 and a is not None] for m in answers[q]]
+        out.append(CommitteeVote(member_labels[0], min(shares), member_labels, shares, chains,
+                                 count=sum(v.count for v in votes[q]), answered=answered))
     return out
 
 

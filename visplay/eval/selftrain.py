@@ -26,8 +26,7 @@ from visplay.sampling.base import Prompt
 from visplay.worlds.questions import grade
 from visplay.worlds.scene import WorldConfig
 from visplay.settings import ConfigError
-from visplay.models import freeze_vision_tower
-from visplay.tiny.pretrain import Collator
+from visplay.evolve.sft import train_sft
 from visplay.io import atomic_write_json
 from visplay.models import denormals_flushed, load_model
 
@@ -79,27 +78,10 @@ def majority_chains(sampler, world: WorldConfig, probe: SelfTrainConfig, setting
 
 
 def finetune(model, processor, rows: list[dict], probe: SelfTrainConfig, out_dir: Path):
-    """Supervised fine-tuning on ``rows`` (loss on the completion only), saved to ``out_dir``."""
-    import torch
-    from transformers import Trainer, TrainingArguments
-
-    class Rows(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(rows)
-
-        def __getitem__(self, i):
-            return rows[i]
-
-    freeze_vision_tower(model)
-    model.train()
-    args = TrainingArguments(output_dir=str(out_dir / "ckpt"), num_train_epochs=probe.epochs,
-                             per_device_train_batch_size=probe.batch_size, learning_rate=probe.lr,
-                             lr_scheduler_type="constant", use_cpu=True, report_to=[], save_strategy="no",
-                             remove_unused_columns=False, logging_steps=10, seed=probe.seed, max_grad_norm=1.0)
-    Trainer(model=model, args=args, train_dataset=Rows(), data_collator=Collator(processor)).train()
-    model.eval()
-    model.save_pretrained(out_dir / "model")
-    processor.save_pretrained(out_dir / "model")
+    """Supervised fine-tuning on ``rows`` (loss on the completion only), saved to ``out_dir/model``:
+    the loop's SFT phase (`visplay.evolve.sft.train_sft`) with the probe's settings."""
+    train_sft(model, processor, rows, Path(out_dir) / "model", epochs=probe.epochs, batch_size=probe.batch_size,
+              lr=probe.lr, seed=probe.seed)
     return model
 
 

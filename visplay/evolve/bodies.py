@@ -110,12 +110,13 @@ def seen_ids(run: RunDir, upto: int) -> set[str]:
 def take_images(ctx: Context, n: int, replay: bool = False):
     """The next ``n`` images of the source that no earlier iteration used, and the skip counts;
     with ``replay``, then `evolve.replay_images` more from the levels below the ladder's level."""
-    source = open_images(ctx.cfg, ctx.rung())
+    rung = ctx.rung()
+    source = open_images(ctx.cfg, rung)
     seen = seen_ids(ctx.run, ctx.t)
     items = list(itertools.islice(skip_seen(source, seen), n))
     if not items:
         raise ValueError(f"image source {ctx.cfg.evolve.source} has no unseen images left for iteration {ctx.t}")
-    below = ctx.cfg.replay_world_at(ctx.rung()) if replay else None
+    below = ctx.cfg.replay_world_at(rung) if replay else None
     if below is not None:
         split = ctx.cfg.evolve.source.partition(":")[2] or "unlabeled"
         older = WorldSource(below, split, start=REPLAY_START)
@@ -308,12 +309,12 @@ def run_labels(ctx: Context) -> dict:
 def run_reasoner(ctx: Context) -> dict:
     """R_t = GRPO(R_{t-1}) on the kept silver labels (unless the stop signal fired or nothing was kept)."""
     ev, stage, prev = ctx.cfg.evolve, ctx.name("reasoner"), ctx.model("reasoner", ctx.t - 1)
-    stop = stop_signal(ctx.run.stage_info(ctx.name("labels")), ev.stop_agreement)
+    labels = ctx.run.stage_info(ctx.name("labels"))
+    stop = stop_signal(labels, ev.stop_agreement)
     if stop:
         ctx.say(f"{stage}: stopped before training: {stop}; the reasoner is carried over unchanged")
         return {"model": str(prev), "skipped": stop, "train_rows": 0, "stopped": True}
-    kept_now = ctx.run.stage_info(ctx.name("labels")).get("n_kept")
-    if ev.committee and kept_now == 0:  # nothing at this level reached agreement: the ladder ends here
+    if ev.committee and labels.get("n_kept") == 0:  # nothing at this level reached agreement: the ladder ends here
         why = f"the committee agreed on no question of iteration {ctx.t}"
         ctx.say(f"{stage}: stopped: {why}; the run ends with the reasoner of iteration {ctx.t - 1}")
         return {"model": str(prev), "skipped": why, "train_rows": 0, "stopped": True}
@@ -336,10 +337,8 @@ def run_reasoner_sft(ctx: Context, rows: list[dict]) -> dict:
 
     ev, stage = ctx.cfg.evolve, ctx.name("reasoner")
     models = chunk_models(ctx, "labels")  # the committee that labelled these rows, reasoner first
-    learners = range(len(models)) if ev.coevolve else range(1)
-    info: dict = {"model": str(ctx.run.output(stage)), "objective": "sft"}
-    trained = []
-    for i in learners:
+    trained, train_rows = [], 0
+    for i in range(len(models) if ev.coevolve else 1):
         data = chain_rows(rows, i, seed=ev.seed + ctx.t)
         out = ctx.run.output(stage) if i == 0 else ctx.run.output(stage).with_name(f"committee{i}")
         if not data:
@@ -358,13 +357,9 @@ def run_reasoner_sft(ctx: Context, rows: list[dict]) -> dict:
         for h in history:
             ctx.run.log({"stage": stage, "member": i, **h})
         trained.append(str(out))
-        if i == 0:
-            info["train_rows"] = len(data)
-    if ev.coevolve:
-        info["committee"] = trained[1:]
-    info["model"] = trained[0]
-    info.setdefault("train_rows", 0)
-    return info
+        train_rows = len(data) if i == 0 else train_rows  # the reasoner's (member 0's) rows
+    return {"model": trained[0], "objective": "sft", "train_rows": train_rows,
+            **({"committee": trained[1:]} if ev.coevolve else {})}
 
 
 def run_eval(ctx: Context) -> dict:

@@ -24,10 +24,12 @@ from visplay.tiny.pretrain import Collator
 
 
 def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dict]:
-    """One SFT row (messages, target, image PNG) per kept question that has an agreeing chain of
+    """One SFT row (messages, target, image) per kept question that has an agreeing chain of
     committee member ``member``; the chain is picked by a per-question rng, so it is reproducible.
 
-    >>> r = {"kept": True, "question": "q?", "image_id": "x", "sample": 0, "image_png": b"",
+    >>> from visplay.evolve.stages import png_bytes
+    >>> from PIL import Image
+    >>> r = {"kept": True, "question": "q?", "image_id": "x", "sample": 0, "image_png": png_bytes(Image.new("RGB", (2, 2))),
     ...      "chains": [["<think>a</think>\\\\boxed{1}"], []]}
     >>> [len(chain_rows([r], m)) for m in (0, 1)]
     [1, 0]
@@ -40,13 +42,14 @@ def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dic
             continue
         rng = random.Random(f"chain:{seed}:{r['image_id']}#{r['sample']}")
         out.append({"messages": reasoner_messages(r["question"]), "target": rng.choice(mine),
-                    "image_png": r["image_png"]})
+                    "image": from_png(r["image_png"])})
     return out
 
 
 def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int, batch_size: int, lr: float,
               seed: int, dress=None) -> tuple[Path, list[dict]]:
-    """Fine-tune on ``rows`` (from `chain_rows`) and save to ``out_dir`` atomically; checkpoints in
+    """Fine-tune on ``rows`` (messages, target, image; e.g. from `chain_rows`), loss on the target
+    only, and save to ``out_dir`` atomically; checkpoints in
     ``out_dir.ckpt`` (a killed phase resumes there; a finished one is not rerun). Returns the model
     directory and the log history."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
@@ -57,8 +60,7 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
     if done is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return out_dir, list(done.get("log_history", []))
-    data = [{**r, "image": from_png(r["image_png"])} for r in rows]
-    steps = max(1, math.ceil(len(data) / batch_size) * epochs)
+    steps = max(1, math.ceil(len(rows) / batch_size) * epochs)
     freeze_vision_tower(model)
     model.train()
     args = TrainingArguments(
@@ -66,7 +68,7 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
                         save_steps=max(1, steps // 4), save_total_limit=2, seed=seed, report_to=[]),
         per_device_train_batch_size=batch_size, lr_scheduler_type="constant", logging_steps=10,
         remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=_Rows(data), data_collator=Collator(processor))
+    trainer = Trainer(model=model, args=args, train_dataset=list(rows), data_collator=Collator(processor))
     trainer.remove_callback(PrinterCallback)  # the loop's console stays quiet; the history goes to metrics.jsonl
     history = lambda: [dict(h) for h in trainer.state.log_history]  # noqa: E731
     train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history()}, dress=dress)
@@ -74,15 +76,3 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir, history()
 
-
-class _Rows:
-    """A map-style dataset over a list (the Trainer samples indices from its length)."""
-
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.rows[i]
