@@ -23,18 +23,25 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+#: Each variant's overrides; its base is its own `model`, and its control fine-tunes that base with the
+#: `pretrain` recipe, so a row-walk base gets a row-walk control (pretrain.walk).
+VISPLAY = ["model=tiny", "evolve.committee=[]", "evolve.agreement=answer", "evolve.band_low=0.7",
+           "evolve.reasoner_objective=grpo", "evolve.coevolve=false", "evolve.images_per_iteration=128",
+           "evolve.replay_images=0", "evolve.label_samples=9", "evolve.max_new_tokens=64"]
 VARIANTS: dict[str, list[str]] = {
-    "default": [],
-    "no diversity penalty": ["evolve.diversity_penalty=false"],
-    "frozen questioner": ["evolve.train_questioner=false"],
-    "questioner's answers as labels": ["evolve.labels=questioner"],
-    # session 8: models/tiny + models/walk-random agree on the whole trace; each trains (SFT) on its own
-    # agreeing chains (docs/experiments.md); its control is matched to the SFT steps the run took
-    "committee": ["evolve.committee=[walk-random]", "evolve.agreement=trace", "evolve.band_low=0.0",
-                  "evolve.reasoner_objective=sft", "evolve.coevolve=true"],
+    # the preset (session 9): models/tiny-rows + tiny-rows-reversed agree on the whole trace, each
+    # trains (SFT) on its own agreeing chains
+    "default": ["pretrain.walk=rows"],
+    # sessions 6-7's default: VisPlay's own recipe (one model, answer vote at c >= 0.7, reasoner GRPO)
+    "visplay grpo": VISPLAY,
+    "no diversity penalty": VISPLAY + ["evolve.diversity_penalty=false"],
+    "frozen questioner": VISPLAY + ["evolve.train_questioner=false"],
+    "questioner's answers as labels": VISPLAY + ["evolve.labels=questioner"],
+    # session 8: models/tiny + models/walk-random, reading-order walks
+    "reading committee": ["model=tiny", "evolve.committee=[walk-random]"],
 }
 #: variants that get a compute-matched supervised control (each its own, matched to its own steps)
-CONTROLLED = ("default", "committee")
+CONTROLLED = ("default", "visplay grpo", "reading committee")
 
 
 def slug(name: str) -> str:
@@ -169,17 +176,17 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     args = ap.parse_args()
     root = Path(args.root)
-    cfg = load_config(args.preset, args.overrides)
-    base = resolve_model(cfg.model)
-    held = lambda name: root / "heldout" / f"{name}.parquet"  # noqa: E731
-    labelled = set(cfg.labelled_levels)
     tables = []
     for name in args.variants:
+        cfg = load_config(args.preset, VARIANTS[name] + args.overrides)
+        base = resolve_model(cfg.model)
+        held = lambda kind: root / "heldout" / f"{kind}.parquet"  # noqa: E731
+        labelled = set(cfg.labelled_levels)
         scores: dict[str, dict[int, list[dict]]] = {"base": {}}
         for seed in args.seeds:
             run = root / f"{slug(name)}-s{seed}"
             manifest = run_one(run, VARIANTS[name] + [f"evolve.seed={seed}"] + args.overrides, args.preset)
-            scores["base"][seed] = score(base, held("base"), cfg, args.eval_n, args.eval_seed)
+            scores["base"][seed] = score(base, held(f"base-{base.name}"), cfg, args.eval_n, args.eval_seed)
             for t, model in models_of(run, manifest).items():
                 scores.setdefault(t, {})[seed] = score(model, held(f"{run.name}-{t}"), cfg, args.eval_n, args.eval_seed)
                 scores.setdefault("final", {})[seed] = scores[t][seed]  # the run's last evaluated reasoner

@@ -9,7 +9,9 @@ Fine-tunes `models/tiny` for ``--steps`` on its own labelled levels (presets/tin
 levels 1-5), with the counting families' marked walk in a random order per example (tallies
 recomputed, answer unchanged) or in reading order, then scores the model with `visplay eval` on two
 disjoint held-out sets (world seeds 0 and 1): greedy, maj@k and label accuracy at c >= 0.7 by level.
-Nothing here is product code: the walk order is changed by wrapping `visplay.tiny.pretrain.example`.
+The random order is this script's (it wraps `visplay.tiny.pretrain.example`); the row walks are the
+product's `pretrain.walk` (session 8-9: `--order rows` built models/tiny-rows, `--order rows-reversed`
+models/tiny-rows-reversed).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from visplay.worlds.questions import WALKS
 
 REPO = Path(__file__).resolve().parents[1]
 WALK = re.compile(r"<think>(.*)</think>(\\boxed\{.*\})", re.S)
@@ -46,25 +50,6 @@ def shuffled_walk(target: str, rng: random.Random) -> str:
     return f"<think>{'. '.join(out)}</think>{m.group(2)}"
 
 
-def row_walk(target: str, rows: str = "abcde") -> str:
-    """The marked walk of ``target`` grouped by grid row, every row named (``none`` when empty):
-    the trace ends after the last row, not after a learnt number of objects (session 8: the
-    shipped base lists 6 of 7 objects at level 7, dropping one to keep its length).
-
-    >>> row_walk("<think>a1 red 1. c3 blue -. c4 red 2</think>\\\\boxed{2}")
-    '<think>a: a1 red 1. b: none. c: c3 blue -. c4 red 2. d: none. e: none</think>\\\\boxed{2}'
-    """
-    m = WALK.fullmatch(target)
-    if not m:
-        return target
-    parts = [] if m.group(1) == "none" else m.group(1).split(". ")
-    out = []
-    for r in rows:
-        mine = [x for x in parts if x[0] == r]
-        out.append(f"{r}: " + (". ".join(mine) if mine else "none"))
-    return f"<think>{'. '.join(out)}</think>{m.group(2)}"
-
-
 def finetune(order: str, out: Path, steps: int, lr: float, seed: int, init: Path) -> None:
     import visplay.tiny.pretrain as pretrain_module
     from visplay.config import load_config
@@ -75,19 +60,18 @@ def finetune(order: str, out: Path, steps: int, lr: float, seed: int, init: Path
         ex = plain(i, cfg)
         if order == "random" and ex["target"].startswith("<think>"):
             ex = {**ex, "target": shuffled_walk(ex["target"], random.Random(f"order:{cfg.seed}:{i}"))}
-        if order == "rows" and ex["target"].startswith("<think>"):
-            ex = {**ex, "target": row_walk(ex["target"])}
         return ex
 
     pretrain_module.example = example  # WorldDataset looks it up at call time
-    cfg = load_config("tiny", [f"pretrain.steps={steps}", f"pretrain.lr={lr}", "pretrain.warmup_steps=50",
+    walk = order if order in WALKS else "reading"  # the row walks are the product's (pretrain.walk)
+    cfg = load_config("tiny", [f"pretrain.walk={walk}", f"pretrain.steps={steps}", f"pretrain.lr={lr}", "pretrain.warmup_steps=50",
                                f"pretrain.seed={seed}", f"pretrain.save_steps={max(steps // 4, 1)}"]).pretrain
     pretrain_module.pretrain(out, cfg, resume=True, init=init)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--order", choices=("random", "reading", "rows"), required=True)
+    ap.add_argument("--order", choices=("random", *WALKS), required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--lr", type=float, default=3e-4)

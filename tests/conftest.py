@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from faults import VISPLAY_LOOP
 from visplay.arch import ArchConfig
 from visplay.tiny.build import build, tiny_arch
 
@@ -39,7 +40,7 @@ def micro(micro_model_dir):
 #: iterations and sized so the run has what the report shows: valid and invalid questions (T = 1.5),
 #: labels kept and outside the band (m = 4, band [0.75, 1]), reasoner training, several chunk
 #: parts per stage (chunk_size 3), three GRPO steps per phase, two families in the eval.
-REAL_RUN_OVERRIDES = [
+REAL_RUN_OVERRIDES = VISPLAY_LOOP + [
     "model=tiny", "evolve.iterations=2", "evolve.source_objects=[3,8]", "evolve.ladder=false",
     "evolve.questioner_images=2", "evolve.images_per_iteration=6", "evolve.questions_per_image=2",
     "evolve.chunk_size=3", "evolve.reward_samples=2", "evolve.label_samples=4", "evolve.band_low=0.75",

@@ -50,11 +50,20 @@ POLL = 0.01  # seconds between looks at the run directory
 CLEAN_STOP_CODES = (130, -signal.SIGINT)  # exit statuses of a Ctrl-C'd run that stopped cleanly
 
 
+#: The default preset turned back into VisPlay's own loop: one model, answer vote, reasoner GRPO (put
+#: it first; the model is the caller's). The machinery tests (faults, report, status, sources, LoRA,
+#: shards) run it; the preset's committee ladder has its own tests (tests/test_committee.py).
+VISPLAY_LOOP = [
+    "evolve.committee=[]", "evolve.agreement=answer", "evolve.reasoner_objective=grpo",
+    "evolve.coevolve=false", "evolve.replay_images=0", "evolve.max_new_tokens=64", "eval.max_new_tokens=64",
+]
+
+
 def fast_overrides(model: str = "tiny") -> list[str]:
     """A full loop in ~30 s on 2 CPU cores that still exercises everything a crash can hit:
     valid questions (the shipped tiny model writes them), several chunk parts per stage, a
     checkpoint after every GRPO step, reasoner training on kept labels, two evaluations."""
-    return [
+    return VISPLAY_LOOP + [
         f"model={model}", "evolve.iterations=1", "evolve.questioner_images=2", "evolve.images_per_iteration=6",
         "evolve.chunk_size=2", "evolve.reward_samples=2", "evolve.label_samples=3", "evolve.band_low=0",
         "evolve.band_high=1", "evolve.questioner.steps=2", "evolve.questioner.save_steps=1",

@@ -1,7 +1,7 @@
 """Committee labels: the vote rule, the labels stage with several samplers, trace keys, config and
 preflight errors, and one micro committee loop on the shipped models (co-evolving, SFT on chains).
 
-In-memory except the last test, which runs `visplay evolve` on models/tiny + models/walk-random
+In-memory except the loop tests; one runs `visplay evolve` on the default preset (models/tiny-rows + tiny-rows-reversed)
 (~1-2 min on one thread). Run: ``pytest -q tests/test_committee.py``.
 """
 
@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from faults import VISPLAY_LOOP
 from visplay.answers import Grader, agreement
 from visplay.answers.committee import committee_votes
 from visplay.config import ConfigError, config_from_manifest, load_config
@@ -20,7 +21,7 @@ from visplay.evolve.stages import label_questions, png_bytes
 from visplay.answers.voting import majority_vote_batch
 from visplay.io import image_bytes
 from visplay.sampling.base import SamplingParams
-from visplay.worlds.questions import listing_complete, trace_key
+from visplay.worlds.questions import follows_from_listing, listing_complete, trace_key
 from visplay.worlds.scene import WorldConfig, make_scene
 
 
@@ -43,15 +44,42 @@ def test_trace_agreement_rejects_a_right_answer_over_a_different_listing() -> No
     good = "<think>a1 red 1. b2 blue -</think>\\boxed{1}"
     reordered = "<think>b2 blue -. a1 red 1</think>\\boxed{1}"  # same objects, other order: same key
     dropped = "<think>a1 red 1</think>\\boxed{1}"  # the same answer, one object not listed
-    assert trace_key(good, "1") == trace_key(reordered, "1") != trace_key(dropped, "1")
+    q = "How many red objects are there?"
+    assert trace_key(q, good, "1") == trace_key(q, reordered, "1") != trace_key(q, dropped, "1")
     members = [[good, good, reordered], [dropped, dropped, good]]
     answers = [[["1"] * 3, ["1"] * 3]]
-    keys = [[[trace_key(s, "1") for s in m] for m in members]]
+    keys = [[[trace_key(q, s, "1") for s in m] for m in members]]
     (by_answer,) = committee_votes(answers, keys, mode="answer")
     (by_trace,) = committee_votes(answers, keys, mode="trace")
     assert by_answer.label == "1" and by_trace.label is None
     (no_key,) = committee_votes(answers, [None], mode="trace")  # a task without a key: voted on answers
     assert no_key.label == "1"
+
+
+def test_a_chain_whose_answer_does_not_follow_from_its_own_listing_has_no_key() -> None:
+    # session 9: above the labelled levels a walk and its reverse list the same objects and both
+    # mark the last one as a hit; the key checks the marks against the trace's own listing
+    q = "How many objects are red or blue?"
+    right = "<think>a: a1 red 1. b: b2 green -. c: c3 blue 2</think>\\boxed{2}"
+    last_marked = "<think>a: a1 red 1. b: b2 green -. c: c3 blue 2. d: d4 yellow 3</think>\\boxed{3}"
+    bad_tally = "<think>a1 red 1. b2 green -. c3 blue 3</think>\\boxed{3}"
+    unmarked = "<think>a1 red 1. b2 green. c3 blue 2</think>\\boxed{2}"
+    wrong_box = "<think>a1 red 1. b2 green -. c3 blue 2</think>\\boxed{3}"
+    assert follows_from_listing(q, right, "2") and trace_key(q, right, "2") == "a1 red. b2 green. c3 blue => 2"
+    for chain, answer in ((last_marked, "3"), (bad_tally, "3"), (unmarked, "2"), (wrong_box, "3")):
+        assert not follows_from_listing(q, chain, answer) and trace_key(q, chain, answer) is None, chain
+    assert follows_from_listing("How many objects are red or blue?", "<think>none</think>\\boxed{0}", "0")
+    other = "What colour is the object in a1? A. red B. blue"  # not a colour count: nothing to check
+    assert follows_from_listing(other, "<think>a1 red</think>\\boxed{A}", "A")
+    # the labels stage keys through it: a member whose chains contradict themselves agrees on nothing
+    rows = [{**_row("world/unlabeled/1"), "question": q, "true_answer": "2"}]
+    with Grader(workers=0) as g:
+        (split,) = label_questions([_Says([right] * 2), _Says([last_marked] * 2)], rows, 2, SamplingParams(), g,
+                                   (0.0, 1.0), mode="trace")
+        (agreed,) = label_questions([_Says([right] * 2), _Says([right, last_marked])], rows, 2, SamplingParams(), g,
+                                    (0.0, 1.0), mode="trace")
+    assert split["label"] is None and not split["kept"]
+    assert agreed["label"] == "2" and agreed["agreement"] == 0.5 and agreed["chains"] == [[right] * 2, [right]]
 
 
 def test_listing_complete_is_exact() -> None:
@@ -110,7 +138,7 @@ def test_the_labels_stage_samples_every_member_and_records_them() -> None:
 ])
 def test_bad_committee_config_is_one_clear_error(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_config("tiny", overrides)
+        load_config("tiny", VISPLAY_LOOP + overrides)
 
 
 def test_a_member_that_does_not_load_fails_before_the_run_exists(tmp_path, capsys) -> None:
@@ -123,17 +151,16 @@ def test_a_member_that_does_not_load_fails_before_the_run_exists(tmp_path, capsy
 
 
 def test_micro_committee_loop_coevolves_and_its_models_load(tmp_path) -> None:
-    """Two iterations, committee models/tiny + models/walk-random, trace agreement, SFT on each
-    member's own agreeing chains: labels record both members, both members train, the second
-    round's committee is the first round's trained members, and every saved model loads."""
+    """The default preset, shrunk: two iterations of models/tiny-rows + models/tiny-rows-reversed,
+    trace agreement, SFT on each member's own agreeing chains, replay: labels record both members,
+    both members train, the second round's committee is the first round's trained members, and
+    every saved model loads."""
     from transformers import AutoModelForImageTextToText
 
     from visplay.cli import main
 
     run = tmp_path / "run"
     code = main(["evolve", "--run", str(run), "--quiet", "--set", "evolve.iterations=2",
-                 "--set", "evolve.committee=[walk-random]", "--set", "evolve.agreement=trace",
-                 "--set", "evolve.band_low=0.0", "--set", "evolve.reasoner_objective=sft", "--set", "evolve.coevolve=true",
                  "--set", "evolve.images_per_iteration=16", "--set", "evolve.replay_images=8",
                  "--set", "evolve.questioner_images=4",
                  "--set", "evolve.questioner.steps=1", "--set", "evolve.label_samples=4", "--set", "evolve.sft_epochs=1",
@@ -207,3 +234,11 @@ def test_the_ladder_repeats_a_level_until_enough_of_it_is_kept(tmp_path) -> None
     assert [cfg.source_world_at(r).min_objects for r in rungs] == [6, 7, 7, 8]
     with pytest.raises(ConfigError, match="advance_kept_share"):
         load_config("tiny", ["evolve.advance_kept_share=0.3", "evolve.ladder=false"])
+
+
+def test_replay_draws_world_scenes_only_for_a_world_ladder() -> None:
+    world = load_config("tiny")  # the preset: a world ladder with replay
+    assert world.evolve.replay_images and world.replay_world_at(2).max_objects == 6
+    assert world.replay_world_at(1).max_objects == 5  # level 6's replay: the labelled levels
+    folder = load_config("tiny", ["evolve.source=folder:/data/images"])  # real images: no world scenes mixed in
+    assert folder.replay_world_at(2) is None

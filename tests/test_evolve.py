@@ -12,13 +12,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from faults import VISPLAY_LOOP
 from visplay.config import EMBEDDED_MODELS, load_config
 from visplay.evolve.loop import run_evolve
 from visplay.run.rundir import RunDir, RunError
 from visplay.models import load_model
 
-SHORT = [
-    "evolve.iterations=1", "evolve.questioner.steps=2", "evolve.questioner.prompts_per_step=2",
+SHORT = VISPLAY_LOOP + [
+    "model=tiny", "evolve.iterations=1", "evolve.questioner.steps=2", "evolve.questioner.prompts_per_step=2",
     "evolve.questioner.num_generations=2", "evolve.questioner_images=4", "evolve.images_per_iteration=12",
     "evolve.reward_samples=3", "evolve.label_samples=4", "evolve.band_low=0", "evolve.band_high=1",
     "evolve.reasoner.steps=2", "evolve.reasoner.prompts_per_step=2", "evolve.reasoner.num_generations=2",

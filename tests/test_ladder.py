@@ -129,7 +129,7 @@ def test_stop_signal_fires_only_at_the_threshold():
 
 
 def test_source_objects_config():
-    cfg = load_config("tiny", ["evolve.source_objects=[6, 8]", "evolve.ladder=false"])
+    cfg = load_config("tiny", ["evolve.source_objects=[6, 8]", "evolve.ladder=false", "evolve.replay_images=0"])
     assert (cfg.source_world.min_objects, cfg.source_world.max_objects) == (6, 8)
     assert cfg.world.min_objects == 1  # evaluation still spans every level
     assert cfg.labelled_levels == tuple(range(cfg.pretrain.world.min_objects, cfg.pretrain.world.max_objects + 1))
@@ -161,3 +161,34 @@ def test_tracker_writes_one_loop_run_with_the_iteration_as_step(tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("labels/n_kept")] == [(1, 40)]
     assert [round(e.value, 3) for e in acc.Scalars("eval/greedy_level6")] == [0.7, 0.8]
     assert len(list((tmp_path / "tb").iterdir())) == 1  # one run
+
+
+def test_pretrain_walk_orders_list_the_same_objects_and_answer() -> None:
+    """`pretrain.walk` (models/tiny-rows and -reversed): the same scene, objects and answer, in row
+    order and backwards, every row named, and each chain agrees with itself (its key exists)."""
+    from visplay.roles.prompts import REASONER_INSTRUCTION
+    from visplay.tiny.pretrain import PretrainConfig, example
+    from visplay.worlds.questions import listed_objects, trace_key
+
+    walks = {w: PretrainConfig(walk=w) for w in ("reading", "rows", "rows-reversed")}
+    checked = 0
+    for i in range(200):
+        ex = {w: example(i, c) for w, c in walks.items()}
+        if not ex["reading"]["target"].startswith("<think>"):
+            assert ex["rows"]["target"] == ex["reading"]["target"]  # questioner rows are unchanged
+            continue
+        question = ex["reading"]["messages"][0]["content"][0]["text"].replace(REASONER_INSTRUCTION, "").strip()
+        answer = ex["reading"]["target"].rsplit("boxed{", 1)[1][:-1]
+        keys = set()
+        for w, e in ex.items():
+            assert e["target"].endswith(f"\\boxed{{{answer}}}")
+            assert sorted(listed_objects(e["target"])) == sorted(listed_objects(ex["reading"]["target"]))
+            keys.add(trace_key(question, e["target"], answer))
+        assert len(keys) == 1 and None not in keys
+        rows = ex["rows"]["target"][len("<think>"):]
+        assert rows.startswith("a: ") and ". e: " in rows
+        assert ex["rows-reversed"]["target"].startswith("<think>e: ")
+        checked += 1
+    assert checked > 150
+    with pytest.raises(ValueError, match="pretrain.walk must be one of"):
+        PretrainConfig(walk="spiral")

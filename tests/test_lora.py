@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from visplay.arch import arch_from_hf, downscaled, random_model
+from faults import VISPLAY_LOOP
 from visplay.cli import main
 from visplay.config import EMBEDDED_MODELS, ConfigError, GRPOPhase, load_config
 from visplay.lora import lora_params, peft_config, target_pattern
@@ -51,8 +52,8 @@ def test_bad_lora_settings_are_one_line_before_anything_is_written(override, mes
 def test_lora_with_sharded_weights_is_refused_before_anything_is_written(launcher, strategy, micro_model_dir,
                                                                           tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["evolve", "--run", str(run), "--model", str(micro_model_dir), "--set", "evolve.reasoner.lora_rank=8",
-            "--set", f"hardware.launcher='accelerate launch --config_file {{repo}}/configs/accelerate/{launcher}'"]
+    argv = ["evolve", "--run", str(run), "--model", str(micro_model_dir), *[a for o in VISPLAY_LOOP for a in ("--set", o)],
+            "--set", "evolve.reasoner.lora_rank=8", "--set", f"hardware.launcher='accelerate launch --config_file {{repo}}/configs/accelerate/{launcher}'"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert f"evolve.reasoner.lora_rank=8 needs whole weights on every GPU" in err and f"is {strategy}" in err, err

@@ -18,13 +18,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from faults import VISPLAY_LOOP
 from visplay.cli import main
 from visplay.evolve.chunks import run_chunked
 from visplay.run.rundir import RunDir, RunError, sigterm_as_interrupt
 from visplay.io import WriteError, atomic_dir, atomic_write_bytes, atomic_write_parquet, stale_temps
 from visplay.models import PHASE_RECORD, finished_phase, last_checkpoint
 
-MICRO_RUN = [
+MICRO_RUN = VISPLAY_LOOP + [
     "evolve.iterations=1", "evolve.questioner.steps=1", "evolve.questioner.prompts_per_step=2",
     "evolve.questioner.num_generations=2", "evolve.questioner_images=2", "evolve.images_per_iteration=6",
     "evolve.chunk_size=2", "evolve.reward_samples=2", "evolve.label_samples=2", "evolve.reasoner.steps=1",

@@ -23,6 +23,7 @@ from PIL import Image
 
 from visplay.tiny.build import tiny_arch
 from visplay.arch import analytic_counts, arch_from_hf, downscaled, hf_config, image_tokens, param_counts
+from faults import VISPLAY_LOOP
 from visplay.cli import main
 from visplay.config import EMBEDDED_MODELS, ConfigError, GRPOPhase, load_config
 from visplay.evolve.plan import build_plan, memory_per_gpu
@@ -300,7 +301,8 @@ def test_bad_input_fails_before_the_run_directory_exists(micro_model_dir, tmp_pa
         (["--preset", "qwen2_5_vl_3b", "--model", str(micro_model_dir)], "parquet path /path/to/Vision-SR1-47K does not exist"),
         (["--preset", "qwen2_5_vl_3b", "--model", str(micro_model_dir), "--set", f"evolve.source=folder:{photos}",
           "--set", "evolve.questioner.use_vllm=true"], "evolve.questioner.use_vllm is on but vLLM is not installed"),
-        (["--model", str(micro_model_dir), "--set", "hardware.launcher='no-such-launcher --gpus 8'"],
+        (["--model", str(micro_model_dir), *[a for o in VISPLAY_LOOP for a in ("--set", o)],  # launchers: GRPO
+          "--set", "hardware.launcher='no-such-launcher --gpus 8'"],
          "hardware.launcher runs 'no-such-launcher', which is not on PATH"),
         (["--model", str(micro_model_dir), "--set", "sampler.backend=vllm"] if shutil.which("vllm") is None else
          ["--model", str(micro_model_dir), "--set", "sampler.backend=vllm", "--set", "sampler.launch='no-vllm {model}'"],

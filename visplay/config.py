@@ -42,7 +42,7 @@ __all__ = [
 
 PRESETS_DIR = REPO_ROOT / "presets"
 #: Names that resolve to models shipped in this repository.
-EMBEDDED_MODELS = {"tiny": REPO_ROOT / "models" / "tiny", "walk-random": REPO_ROOT / "models" / "walk-random"}
+EMBEDDED_MODELS = {name: REPO_ROOT / "models" / name for name in ("tiny", "walk-random", "tiny-rows", "tiny-rows-reversed")}
 #: world scene indices from here on are replay scenes (`Config.scene_world`), far above any run's draws
 REPLAY_START = 10**9
 
@@ -98,9 +98,10 @@ class Config:
 
     def replay_world_at(self, t: int) -> WorldConfig | None:
         """Ladder step ``t``'s replay world (`evolve.replay_images`): the levels below its level,
-        down to the `world` section's minimum; None when there is none."""
+        down to the `world` section's minimum; None when there is none (or the source is not the world)."""
         level = self.source_world_at(t).min_objects
-        if not (self.evolve.replay_images and self.evolve.ladder) or level <= self.world.min_objects:
+        if not (self.evolve.replay_images and self.evolve.ladder and self.evolve.source.startswith("world")) \
+                or level <= self.world.min_objects:
             return None
         return dataclasses.replace(self.world, min_objects=self.world.min_objects, max_objects=level - 1)
 

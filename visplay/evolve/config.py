@@ -194,7 +194,7 @@ class EvolveConfig(Sampling):
     sft_batch_size: int = 16
     sft_lr: float = 1e-4
     replay_images: int = 0  # world ladders: images per iteration from the levels below the current one,
-    #   questioned and labelled like the others (self-labelled replay; never the oracle)
+    #   questioned and labelled like the others (self-labelled replay; never the oracle); other sources: ignored
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -225,9 +225,9 @@ class EvolveConfig(Sampling):
             raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
         if self.replay_images < 0:
             raise ConfigError(f"evolve.replay_images must be >= 0, got {self.replay_images}")
-        if self.replay_images and not (self.ladder and self.source.startswith("world")):
+        if self.replay_images and not self.ladder:
             raise ConfigError("evolve.replay_images draws world scenes below the ladder's level: it needs "
-                              "evolve.ladder=true and a world: source")
+                              "evolve.ladder=true (or replay_images=0)")
         for key in ("sft_epochs", "sft_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")

@@ -123,7 +123,7 @@ def label_questions(
         per_member.append(sample_answers(sampler, prompts, m, p, clean=storable))
     samples = [[member[0][q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
     answers = [[member[1][q] for member in per_member] for q in range(len(todo))]
-    keys = [[[trace_key(s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
+    keys = [[[trace_key(r["question"], s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
             if mode == "trace" and _WORLD_ID.fullmatch(r["image_id"]) else None
             for r, qs, qa in zip(todo, samples, answers)]  # only world images have a trace key
     votes = iter(zip(samples, answers, committee_votes(answers, keys, mode, grader)))

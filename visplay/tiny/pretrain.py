@@ -20,8 +20,8 @@ from pathlib import Path
 from visplay.roles.prompts import questioner_messages, questioner_target, reasoner_messages
 from visplay.arch import ArchConfig
 from visplay.tiny.build import build_model, build_processor, build_tokenizer, tiny_arch
-from visplay.worlds.questions import MARKED_FAMILIES, check_families, make_question
-from visplay.worlds.scene import WorldConfig, make_scene
+from visplay.worlds.questions import MARKED_FAMILIES, WALKS, check_families, in_walk_order, make_question
+from visplay.worlds.scene import ROWS, WorldConfig, make_scene
 from visplay.models import freeze_vision_tower, load_model, train_resumable, training_args
 
 
@@ -40,6 +40,7 @@ class PretrainConfig:
     logging_steps: int = 50
     world: WorldConfig = field(default_factory=lambda: WorldConfig(min_objects=1, max_objects=5))  # labelled levels
     families: tuple[str, ...] = MARKED_FAMILIES
+    walk: str = "reading"  # order of the marked walk (visplay.worlds.questions.WALKS): rows moves the length wall
     model: ArchConfig = field(default_factory=tiny_arch)  # the shape (a full arch: text + vision)
 
     def __post_init__(self) -> None:
@@ -49,6 +50,8 @@ class PretrainConfig:
                              f"({self.describe_share}) must be >= 0 and sum to at most 1")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("pretrain.steps and pretrain.batch_size must be >= 1")
+        if self.walk not in WALKS:
+            raise ValueError(f"pretrain.walk must be one of {', '.join(WALKS)}, got {self.walk!r}")
 
 
 DESCRIBE = "Describe the objects row by row."
@@ -70,7 +73,8 @@ def example(i: int, cfg: PretrainConfig) -> dict:
         return {"messages": questioner_messages(), "target": questioner_target(q.qtype, q.text, q.answer), "image": scene.render()}
     if role < cfg.questioner_share + cfg.describe_share:
         return {"messages": reasoner_messages(DESCRIBE), "target": describe_target(scene), "image": scene.render()}
-    return {"messages": reasoner_messages(q.text), "target": q.target, "image": scene.render()}
+    return {"messages": reasoner_messages(q.text), "image": scene.render(),
+            "target": in_walk_order(q.target, cfg.walk, ROWS[:cfg.world.grid])}
 
 
 class WorldDataset:
