@@ -176,11 +176,11 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     args = ap.parse_args()
     root = Path(args.root)
+    held = lambda kind: root / "heldout" / f"{kind}.parquet"  # noqa: E731
     tables = []
     for name in args.variants:
         cfg = load_config(args.preset, VARIANTS[name] + args.overrides)
         base = resolve_model(cfg.model)
-        held = lambda kind: root / "heldout" / f"{kind}.parquet"  # noqa: E731
         labelled = set(cfg.labelled_levels)
         scores: dict[str, dict[int, list[dict]]] = {"base": {}}
         for seed in args.seeds:

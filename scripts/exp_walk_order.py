@@ -64,8 +64,9 @@ def finetune(order: str, out: Path, steps: int, lr: float, seed: int, init: Path
 
     pretrain_module.example = example  # WorldDataset looks it up at call time
     walk = order if order in WALKS else "reading"  # the row walks are the product's (pretrain.walk)
-    cfg = load_config("tiny", [f"pretrain.walk={walk}", f"pretrain.steps={steps}", f"pretrain.lr={lr}", "pretrain.warmup_steps=50",
-                               f"pretrain.seed={seed}", f"pretrain.save_steps={max(steps // 4, 1)}"]).pretrain
+    cfg = load_config("tiny", [f"pretrain.walk={walk}", f"pretrain.steps={steps}", f"pretrain.lr={lr}",
+                               "pretrain.warmup_steps=50", f"pretrain.seed={seed}",
+                               f"pretrain.save_steps={max(steps // 4, 1)}"]).pretrain
     pretrain_module.pretrain(out, cfg, resume=True, init=init)
 
 

@@ -407,16 +407,21 @@ def oracle(scene: Scene, text: str) -> str | None:
 _LISTED = re.compile(rf"\b([a-h][1-8]) ({_C})\b")
 
 
+def _think(completion: str | None) -> str | None:
+    """The text between ``<think>`` and ``</think>`` of a completion, or None without both tags."""
+    if not isinstance(completion, str) or "<think>" not in completion or "</think>" not in completion:
+        return None
+    return completion.split("<think>", 1)[1].split("</think>", 1)[0]
+
+
 def listed_objects(completion: str | None) -> tuple[str, ...] | None:
     """The ``cell colour`` entries a reasoner completion's trace lists, in order (None: no trace).
 
     >>> listed_objects("<think>b2 red 1. a1 blue -</think>\\\\boxed{1}")
     ('b2 red', 'a1 blue')
     """
-    if not isinstance(completion, str) or "<think>" not in completion or "</think>" not in completion:
-        return None
-    think = completion.split("<think>", 1)[1].split("</think>", 1)[0]
-    return tuple(f"{cell} {colour}" for cell, colour in _LISTED.findall(think))
+    think = _think(completion)
+    return None if think is None else tuple(f"{cell} {colour}" for cell, colour in _LISTED.findall(think))
 
 
 _ENTRY = re.compile(rf"\b([a-h][1-8]) ({_C}) (\d+|-)(?=\.|$)")
@@ -451,9 +456,9 @@ def follows_from_listing(question: str, completion: str | None, answer: str | No
     colours = _counted_colours(question)
     if colours is None:
         return True
-    if not isinstance(completion, str) or "<think>" not in completion or "</think>" not in completion or answer is None:
+    think = _think(completion)
+    if think is None or answer is None:
         return False
-    think = completion.split("<think>", 1)[1].split("</think>", 1)[0]
     entries = _ENTRY.findall(think)
     if len(entries) != len(_LISTED.findall(think)):
         return False  # an object listed without its mark
