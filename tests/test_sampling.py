@@ -39,6 +39,26 @@ def test_n_samples_and_seeds(micro):
     assert a == b and a != c
 
 
+def test_concurrent_batches_give_what_one_thread_gives(micro):
+    """On a CPU the batches run on one-thread workers, each on a copy of the model: each batch's
+    samples depend on its seed alone, so the rows (in prompt order) match one worker's, and torch's
+    thread count is restored."""
+    model, processor = micro
+    threads = torch.get_num_threads()
+    prompts = _prompts(5)  # batch_rows 4, n 2: three batches of up to 2 prompts
+    params = SamplingParams(n=2, temperature=1.0, top_k=5, max_new_tokens=8, seed=3)
+    torch.set_num_threads(1)  # the same one-thread kernels both ways, so the floats agree bit for bit
+    try:
+        one = TransformersSampler(model, processor, batch_rows=4, threads=1).generate(prompts, params)
+    finally:
+        torch.set_num_threads(threads)
+    two = TransformersSampler(model, processor, batch_rows=4, threads=2)
+    assert two.generate(prompts, params) == one and [len(r) for r in one] == [2] * 5
+    assert torch.get_num_threads() == threads
+    greedy = SamplingParams(n=1, temperature=0, max_new_tokens=8)
+    assert two.generate(prompts, greedy) == TransformersSampler(model, processor, threads=1).generate(prompts, greedy)
+
+
 def test_special_tokens_never_sampled(micro):
     model, processor = micro
     tok = processor.tokenizer
