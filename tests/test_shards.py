@@ -8,6 +8,7 @@ of another stage is a clear error; a worker behind a launcher exits when the loo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -203,3 +204,68 @@ def test_workers_exit_when_the_loop_is_killed(mode):
         if _alive(worker):
             os.kill(worker, signal.SIGKILL)
         controller.wait()
+
+
+def sft_run(tmp_path, model_dir, shards: int):
+    """A run directory whose iteration 1 stands just before its reasoner phase: a two-member committee
+    (the micro model twice), co-evolving with SFT, 6 kept labels, member 1 agreeing on 4 of them."""
+    from test_evolve import SHORT
+
+    from visplay.config import load_config, to_dict
+    from visplay.evolve.stages import png_bytes
+    from visplay.io import atomic_write_parquet
+    from visplay.run.rundir import RunDir
+    from visplay.worlds.scene import make_scene
+
+    cfg = load_config("tiny", SHORT + [f"model={model_dir}", f"evolve.committee=[{model_dir}]", "evolve.agreement=trace",
+                                       "evolve.reasoner_objective=sft", "evolve.coevolve=true", "evolve.sft_epochs=1",
+                                       "evolve.sft_batch_size=2", f"hardware.generation_shards={shards}"])
+    run = RunDir(tmp_path / "run")
+    run.create(to_dict(cfg), [])
+    chain = "<think>a1 red 1</think>\\boxed{1}"
+    rows = [{"image_id": f"world/unlabeled/{i}", "sample": 0, "kept": True, "question": "How many red objects are there?",
+             "label": "1", "chains": [[chain], [chain] if i < 4 else []],
+             "image_png": png_bytes(make_scene("unlabeled", i).render())} for i in range(6)]
+    atomic_write_parquet(run.root / "iter1/labels.parquet", rows)
+    run.mark("iter1/labels", "done", n_kept=6)
+    return cfg, run
+
+
+def test_coevolving_members_train_at_once_in_worker_processes(micro_model_dir, tmp_path):
+    """With ``hardware.generation_shards`` 2, the reasoner and its committee partner fine-tune in two
+    `worker sft` processes at once; the loop reads their models and logs back and gets what one
+    process gets (the same steps, the same weights up to float rounding); asking again trains nothing."""
+    from pathlib import Path
+
+    import torch
+
+    from visplay.answers import Grader
+    from visplay.evolve.bodies import Context, run_reasoner
+    from visplay.models import PHASE_RECORD, load_model
+
+    runs = {}
+    for shards in (2, 1):
+        cfg, run = sft_run(tmp_path / f"s{shards}", micro_model_dir, shards)
+        with Grader(workers=0) as g:
+            info = run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
+        assert [Path(m).name for m in [info["model"], *info["committee"]]] == ["reasoner", "committee1"]
+        assert info["train_rows"] == 6
+        logged = [json.loads(x) for x in (run.root / "metrics.jsonl").read_text().splitlines()]
+        steps = {m: [h["step"] for h in logged if h.get("member") == m and "train_loss" in h] for m in (0, 1)}
+        assert steps == {0: [3], 1: [2]}  # 6 and 4 agreeing chains, batch 2, one epoch
+        runs[shards] = (cfg, run)
+    iter1 = {s: run.root / "iter1" for s, (_, run) in runs.items()}
+    assert "member 1 -> " in (iter1[2] / "reasoner.member1.log").read_text()
+    assert not (iter1[1] / "reasoner.member1.log").exists()
+    for name in ("reasoner", "committee1"):
+        a, _ = load_model(iter1[2] / name)
+        b, _ = load_model(iter1[1] / name)
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=1e-4, rtol=1e-3), n  # one thread or two: float rounding only
+    stamps = [(iter1[2] / name / PHASE_RECORD).stat().st_mtime_ns for name in ("reasoner", "committee1")]
+    cfg, run = runs[2]
+    with Grader(workers=0) as g:
+        again = run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
+    assert [(iter1[2] / name / PHASE_RECORD).stat().st_mtime_ns for name in ("reasoner", "committee1")] == stamps
+    assert (iter1[2] / "reasoner.member1.log").read_text().count("member 1 -> ") == 1  # no worker started again
+    assert Path(again["committee"][0]).name == "committee1"

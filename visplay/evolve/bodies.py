@@ -27,7 +27,7 @@ from visplay.data.sources import WorldSource, skip_seen
 from visplay.dist import Ranks
 from visplay.eval.world import evaluate_world, level_groups, write_eval
 from visplay.evolve.chunks import run_chunked
-from visplay.evolve.launch import WorkerError, launch_phase, run_sharded_stage
+from visplay.evolve.launch import WorkerError, launch_phase, run_member_workers, run_sharded_stage
 from visplay.run.stages import BASELINE, BY_KIND, ITERATION_STAGES, Stage, stage_name
 from visplay.evolve.preflight import committee_members, member_sampler, open_images
 from visplay.run.rundir import RunDir
@@ -46,9 +46,9 @@ from visplay.io import atomic_write_parquet
 from visplay.rewards.registry import build_rewards
 from visplay.sampling.base import SamplingParams
 from visplay.sampling.factory import for_rank, open_sampler
-from visplay.models import load_model
+from visplay.models import finished_phase, load_model
 from visplay.evolve.grpo import train_grpo
-from visplay.evolve.sft import chain_rows, train_sft
+from visplay.evolve.sft import chain_rows, n_chains, train_sft
 
 Say = Callable[[str], None]
 #: Seed offsets, primes so that the streams they start never line up: chunk i of a chunked stage
@@ -332,34 +332,56 @@ def run_reasoner(ctx: Context) -> dict:
 
 def run_reasoner_sft(ctx: Context, rows: list[dict]) -> dict:
     """R_t = SFT(R_{t-1}) on its own chains that agree with the committee (`visplay.evolve.sft`);
-    with `evolve.coevolve`, every local committee member trains the same way on its own chains."""
+    with `evolve.coevolve`, every local committee member trains the same way on its own chains --
+    at once, one worker process each, with ``hardware.generation_shards`` > 1."""
+    ev, stage = ctx.cfg.evolve, ctx.name("reasoner")
+    members = range(len(chunk_models(ctx, "labels")) if ev.coevolve else 1)
+    training = [i for i in members if n_chains(rows, i)]
+    pending = [i for i in training if finished_phase(member_output(ctx.run, stage, i)) is None]
+    if ctx.cfg.hardware.generation_shards > 1 and len(pending) > 1:
+        run_member_workers(ctx.cfg, ctx.run, stage, pending)  # each saves its model; read back below
+    trained = []
+    for i in members:
+        model, history = train_member(ctx, i, rows)
+        if i not in training:
+            ctx.say(f"{stage}: member {i} has no agreeing chain; carried over unchanged")
+        for h in history:
+            ctx.run.log({"stage": stage, "member": i, **h})
+        trained.append(model)
+    return {"model": trained[0], "objective": "sft", "train_rows": n_chains(rows, 0),
+            **({"committee": trained[1:]} if ev.coevolve else {})}
+
+
+def train_member(ctx: Context, i: int, rows: list[dict] | None = None) -> tuple[str, list[dict]]:
+    """Committee member ``i`` of iteration t (0: the reasoner) fine-tuned on its own agreeing chains of
+    ``rows`` (default: the kept labels, `reasoner_rows`); (model dir, log history). A member with no
+    agreeing chain is carried over unchanged; one already saved (a worker, a resume) is read back."""
     import torch
 
     ev, stage = ctx.cfg.evolve, ctx.name("reasoner")
     models = chunk_models(ctx, "labels")  # the committee that labelled these rows, reasoner first
-    trained, train_rows = [], 0
-    for i in range(len(models) if ev.coevolve else 1):
-        data = chain_rows(rows, i, seed=ev.seed + ctx.t)
-        out = ctx.run.output(stage) if i == 0 else ctx.run.output(stage).with_name(f"committee{i}")
-        if not data:
-            ctx.say(f"{stage}: member {i} has no agreeing chain; carried over unchanged")
-            trained.append(str(models[i]))
-            continue
-        model, processor = load_model(models[i], dtype=torch.float32)
-        card = {"run": str(ctx.run.root), "stage": f"{stage} (SFT on agreeing chains, committee member {i})",
-                "started from": str(models[i]), "trained": f"{ev.sft_epochs} epochs of {len(data)} chains, batch "
-                f"{ev.sft_batch_size}, lr {ev.sft_lr:g}", "labels": f"committee of {len(models)}, agreement {ev.agreement}"}
-        _, history = train_sft(model, processor, data, out, epochs=ev.sft_epochs, batch_size=ev.sft_batch_size,
-                               lr=ev.sft_lr, seed=ev.seed + ctx.t,
-                               dress=lambda tmp, out=out, card=card, tok=processor.tokenizer: dress_checkpoint(
-                                   tmp, f"visplay {stage}", card, max_new_tokens=ev.max_new_tokens, tokenizer=tok,
-                                   card_dir=out))
-        for h in history:
-            ctx.run.log({"stage": stage, "member": i, **h})
-        trained.append(str(out))
-        train_rows = len(data) if i == 0 else train_rows  # the reasoner's (member 0's) rows
-    return {"model": trained[0], "objective": "sft", "train_rows": train_rows,
-            **({"committee": trained[1:]} if ev.coevolve else {})}
+    out = member_output(ctx.run, stage, i)
+    done = finished_phase(out)
+    if done is not None:
+        return str(out), list(done.get("log_history", []))
+    rows = reasoner_rows(ctx.run.root, ctx.t, ev.accumulate_labels) if rows is None else rows
+    data = chain_rows(rows, i, seed=ev.seed + ctx.t)
+    if not data:
+        return str(models[i]), []
+    model, processor = load_model(models[i], dtype=torch.float32)
+    card = {"run": str(ctx.run.root), "stage": f"{stage} (SFT on agreeing chains, committee member {i})",
+            "started from": str(models[i]), "trained": f"{ev.sft_epochs} epochs of {len(data)} chains, batch "
+            f"{ev.sft_batch_size}, lr {ev.sft_lr:g}", "labels": f"committee of {len(models)}, agreement {ev.agreement}"}
+    _, history = train_sft(model, processor, data, out, epochs=ev.sft_epochs, batch_size=ev.sft_batch_size,
+                           lr=ev.sft_lr, seed=ev.seed + ctx.t,
+                           dress=lambda tmp: dress_checkpoint(tmp, f"visplay {stage}", card, max_new_tokens=ev.max_new_tokens,
+                                                              tokenizer=processor.tokenizer, card_dir=out))
+    return str(out), history
+
+
+def member_output(run: RunDir, stage: str, i: int) -> Path:
+    """Where member ``i`` of a reasoner stage is saved: the stage's output (the reasoner) or ``committee<i>``."""
+    return run.output(stage) if i == 0 else run.output(stage).with_name(f"committee{i}")
 
 
 def run_eval(ctx: Context) -> dict:

@@ -6,6 +6,10 @@
   phase record saved with the model (``train_result.json``).
 * `run_sharded_stage`: ``hardware.generation_shards`` > 1 -- one ``worker shard`` process per
   shard, shard r on GPU r; their parts are merged by item once all have finished.
+* `run_member_workers`: the same slots fine-tune the co-evolving committee members at once
+  (``worker sft``, member i in slot i); each saves its model, which the loop reads back.
+On a CPU the slots split the cores (``OMP_NUM_THREADS``): the embedded default runs on 2 cores as 2
+one-thread workers.
 
 The workers themselves are `visplay.evolve.worker`; both sides run the stage bodies of
 `visplay.evolve.bodies`. Test: `pytest tests/test_shards.py`.
@@ -62,24 +66,41 @@ def _gpu_for(rank: int) -> str | None:
 def run_sharded_stage(cfg: Config, run: RunDir, stage: str, items, key, row_key) -> list[dict]:
     """Start ``hardware.generation_shards`` shard workers, wait for all, merge their rows by item."""
     world = cfg.hardware.generation_shards
+    _run_workers(run, stage, [(["shard", str(rank), str(world)], f"shard{rank}") for rank in range(world)], world)
+    return gather_shards(run.parts(stage), items, world, cfg.evolve.chunk_size, key, row_key)
+
+
+def run_member_workers(cfg: Config, run: RunDir, stage: str, members: list[int]) -> None:
+    """Fine-tune the co-evolving committee ``members`` of reasoner ``stage`` at once, up to
+    ``hardware.generation_shards`` worker processes at a time; each saves its own model."""
+    slots = cfg.hardware.generation_shards
+    jobs = [(["sft", str(i)], f"member{i}") for i in members]
+    for start in range(0, len(jobs), slots):
+        _run_workers(run, stage, jobs[start : start + slots], slots)
+
+
+def _run_workers(run: RunDir, stage: str, jobs: list[tuple[list[str], str]], slots: int) -> None:
+    """``python -m visplay.evolve.worker <job> RUN STAGE <args>`` for each (args, log name) in
+    ``jobs``, all at once, job r on GPU r or on its share of the CPU cores; wait for all."""
     procs = []
-    for rank in range(world):
+    for rank, (args, name) in enumerate(jobs):
         env = worker_env()
         gpu = _gpu_for(rank)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
-        cmd = [sys.executable, "-m", "visplay.evolve.worker", "shard", str(run.root), stage, str(rank), str(world)]
-        log = run.log_path(stage, f"shard{rank}")
+        else:  # CPU: the cores split between the workers (two 2-thread processes on 2 cores spin-wait ~10x slower)
+            env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // slots)))
+        cmd = [sys.executable, "-m", "visplay.evolve.worker", args[0], str(run.root), stage, *args[1:]]
+        log = run.log_path(stage, name)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as f:
-            procs.append((rank, log, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)))
+            procs.append((name, log, subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)))
     failed = []
-    for rank, log, proc in procs:
+    for name, log, proc in procs:
         if proc.wait() != 0:
-            failed.append(f"shard {rank} exited with status {proc.returncode}; end of {log}:\n{_tail(log)}")
+            failed.append(f"{name} exited with status {proc.returncode}; end of {log}:\n{_tail(log)}")
     if failed:
-        raise WorkerError(f"{stage}: " + "\n".join(failed) + "\nfinished chunks are kept; resume the run")
-    return gather_shards(run.parts(stage), items, world, cfg.evolve.chunk_size, key, row_key)
+        raise WorkerError(f"{stage}: " + "\n".join(failed) + "\nfinished work is kept; resume the run")
 
 
 def _tail(path: Path, n: int = 15) -> str:

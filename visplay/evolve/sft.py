@@ -36,14 +36,23 @@ def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dic
     """
     out = []
     for r in rows:
-        chains = r.get("chains") or []
-        mine = list(chains[member]) if r.get("kept") and member < len(chains) else []
+        mine = _agreeing(r, member)
         if not mine:
             continue
         rng = random.Random(f"chain:{seed}:{r['image_id']}#{r['sample']}")
         out.append({"messages": reasoner_messages(r["question"]), "target": rng.choice(mine),
                     "image": from_png(r["image_png"])})
     return out
+
+
+def _agreeing(row: dict, member: int) -> list[str]:
+    chains = row.get("chains") or []
+    return list(chains[member]) if row.get("kept") and member < len(chains) else []
+
+
+def n_chains(rows: Sequence[dict], member: int = 0) -> int:
+    """How many SFT rows `chain_rows` makes for ``member`` (without decoding an image)."""
+    return sum(1 for r in rows if _agreeing(r, member))
 
 
 def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int, batch_size: int, lr: float,

@@ -21,6 +21,9 @@ outputs:
   > 1): the loop starts one ``worker shard`` process per shard, shard r on GPU r, each taking
   items r, r+W, ... and writing its own parts (`visplay.evolve.shards`); the loop merges them by
   item once all have finished. A shard that crashes loses at most one chunk.
+* the co-evolving committee's SFT (``reasoner_objective: sft``, ``coevolve``) on the same slots:
+  ``worker sft RUN iter<t>/reasoner MEMBER`` per member, each saving its own model, which the
+  loop reads back (a saved member is not trained again on resume).
 
 With a sampling server (``sampler.url``) generation is already data parallel on the server side
 (e.g. `vllm serve --data-parallel-size 8`), so shards are not used then.
@@ -39,7 +42,7 @@ from pathlib import Path
 from visplay import dist
 from visplay.answers import Grader
 from visplay.config import Config, config_from_manifest
-from visplay.evolve.bodies import CHUNK_KEYS, Context, chunk_fn, chunk_samplers, stage_items, train_phase
+from visplay.evolve.bodies import CHUNK_KEYS, Context, chunk_fn, chunk_samplers, stage_items, train_member, train_phase
 from visplay.evolve.launch import CONTROLLER_PID, WorkerError
 from visplay.run.stages import BY_KIND, parse_stage
 from visplay.evolve.preflight import model_dir
@@ -51,7 +54,7 @@ def _open(run_root: str | Path, stage: str, job: str) -> tuple[Config, RunDir, i
     """(config, run, t, kind) of ``stage``, rebuilt from the run directory alone (the manifest's config)."""
     run = RunDir(run_root)
     cfg = config_from_manifest(run.manifest()["config"], str(run.manifest_path))
-    fits = (lambda s: s.trains) if job == "grpo" else (lambda s: s.chunked)  # noqa: E731
+    fits = {"grpo": lambda s: s.trains, "shard": lambda s: s.chunked, "sft": lambda s: s.kind == "reasoner"}[job]
     try:
         t, kind = parse_stage(stage)
     except ValueError as e:
@@ -83,6 +86,14 @@ def shard_main(run_root: str, stage: str, rank: int, world: int) -> None:
         with chunk_samplers(ctx, kind) as sampler:
             run_shard(run.parts(stage), items, dist.Ranks(rank, world), cfg.evolve.chunk_size,
                       chunk_fn(ctx, kind, sampler), key=key, row_key=row_key)
+
+
+def sft_main(run_root: str, stage: str, member: int) -> None:
+    """Fine-tune one co-evolving committee member of iteration t's reasoner stage on its agreeing chains."""
+    cfg, run, t, _ = _open(run_root, stage, "sft")
+    with _grader(cfg) as grader:
+        model, _ = train_member(Context(cfg, run, model_dir(cfg), t, grader), member)
+    print(f"worker {stage}: member {member} -> {model}", flush=True)
 
 
 def _alive(pid: int) -> bool:
@@ -130,11 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("stage", help="iter<t>/questions or iter<t>/labels")
     s.add_argument("rank", type=int)
     s.add_argument("world", type=int)
+    f = sub.add_parser("sft", help="fine-tune one co-evolving committee member (reasoner_objective: sft)")
+    f.add_argument("run", help="run directory")
+    f.add_argument("stage", help="iter<t>/reasoner")
+    f.add_argument("member", type=int, help="0: the reasoner, i: committee member i")
     args = p.parse_args(argv)
     pid = os.environ.get(CONTROLLER_PID)
     exit_with_controller(int(pid) if pid and pid.isdigit() else None)
     if args.job == "grpo":
         grpo_main(args.run, args.stage)
+    elif args.job == "sft":
+        sft_main(args.run, args.stage, args.member)
     else:
         shard_main(args.run, args.stage, args.rank, args.world)
     return 0
