@@ -340,13 +340,14 @@ def _series(run: Run, role: str, key: str) -> dict[int, list[tuple[float, float]
 KL_SPIKE = 5.0  # a step whose KL exceeds this many times its phase's median KL is flagged
 
 
-def _panels(run: Run, role: str, spec) -> tuple[list, str]:
-    """The per-step panels worth drawing, and one line naming the constant ones that were left out."""
+def _panels(run: Run, role: str, spec, flagged: set[str] = frozenset()) -> tuple[list, str]:
+    """The per-step panels worth drawing, and one line naming the constant ones that were left out
+    (a metric with a flagged step is drawn even when constant, so its mark has a panel)."""
     panels, constant = [], []
     for key, title in spec:
         series = _series(run, role, key)
         values = {v for pts in series.values() for _, v in pts}
-        if len(values) == 1:
+        if len(values) == 1 and key not in flagged:
             constant.append((key, title, values.pop()))
         else:
             panels.append((title, series))
@@ -394,8 +395,8 @@ def _events_table(role: str, evs: list[dict]) -> str:
 
 
 def _curves(run: Run, role: str, spec, alt: str) -> str:
-    panels, note = _panels(run, role, spec)
     evs = events(run, role)
+    panels, note = _panels(run, role, spec, {e["kind"] for e in evs})
     marks: dict[str, list] = {}
     for e in evs:
         if e["step"] is not None and isinstance(e["value"], (int, float)):
