@@ -5,7 +5,7 @@ an interrupted one resumed) and a **control**: the base model trained with super
 labelled levels only (the pretraining recipe, fresh questions, no self-labels), as many optimizer
 steps as the loop's reasoner took, at its learning rate (`<root>/control-s<seed>/`). Every model
 (base, each iteration's reasoner, the control) is then scored greedily on a second held-out set
-(`--eval-seed`, disjoint from the loop's own eval items, `--eval-n` items over all levels), and the
+(`--eval-seed`, disjoint from the loop's own eval items, `--eval-n` items over all levels: 300 a level), and the
 script prints per level: mean ± standard error over seeds, the final-vs-base and final-vs-control
 gains (each seed paired on the same items; McNemar p pooled over seeds), and the ablations.
 Run: `python scripts/evolve_study.py --root runs/study --seeds 0 1 2 [--variants default]`.
@@ -171,12 +171,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--no-control", action="store_true", help="skip the compute-matched supervised control")
-    ap.add_argument("--eval-n", type=int, default=800, help="items of the study's own held-out set (all levels)")
+    ap.add_argument("--eval-n", type=int, default=2400, help="items of the study's own held-out set (all levels: "
+                    "2400 = 300 a level)")
     ap.add_argument("--eval-seed", type=int, default=1, help="its world seed (the loop's own eval uses eval.seed)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     args = ap.parse_args()
     root = Path(args.root)
-    held = lambda kind: root / "heldout" / f"{kind}.parquet"  # noqa: E731
+    held = lambda kind: root / "heldout" / f"{kind}-n{args.eval_n}-seed{args.eval_seed}.parquet"  # noqa: E731
     tables = []
     for name in args.variants:
         cfg = load_config(args.preset, VARIANTS[name] + args.overrides)
