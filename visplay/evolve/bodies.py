@@ -374,8 +374,8 @@ def train_member(ctx: Context, i: int, rows: list[dict] | None = None) -> tuple[
             f"{ev.sft_batch_size}, lr {ev.sft_lr:g}", "labels": f"committee of {len(models)}, agreement {ev.agreement}"}
     _, history = train_sft(model, processor, data, out, epochs=ev.sft_epochs, batch_size=ev.sft_batch_size,
                            lr=ev.sft_lr, seed=ev.seed + ctx.t,
-                           dress=lambda tmp: dress_checkpoint(tmp, f"visplay {stage}", card, max_new_tokens=ev.max_new_tokens,
-                                                              tokenizer=processor.tokenizer, card_dir=out))
+                           dress=lambda tmp: dress_checkpoint(tmp, f"visplay {stage}", card, tokenizer=processor.tokenizer,
+                                                              max_new_tokens=ev.max_new_tokens, card_dir=out))
     return str(out), history
 
 

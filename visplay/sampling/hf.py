@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
 
 from visplay.sampling.base import Prompt, SamplingParams
 from visplay.console import bar_disable
@@ -71,7 +72,9 @@ class TransformersSampler:
         self.processor = processor
         self.batch_rows = batch_rows
         self.progress = progress
-        self.threads = threads if threads is not None else (1 if model.device.type != "cpu" else torch.get_num_threads())
+        if threads is None:
+            threads = torch.get_num_threads() if model.device.type == "cpu" else 1
+        self.threads = threads
         tok = processor.tokenizer
         self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = tok.pad_token_id
