@@ -13,13 +13,14 @@ Benchmark: `python benchmarks/bench_sampling.py`; test: `pytest tests/test_sampl
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import (LogitsProcessor, LogitsProcessorList, StaticCache, TemperatureLogitsWarper,
+                          TopKLogitsWarper, TopPLogitsWarper)
 
 from visplay.sampling.base import Prompt, SamplingParams
 from visplay.console import bar_disable
@@ -54,9 +55,7 @@ def _warpers(params: SamplingParams, generator: torch.Generator) -> LogitsProces
 def _preallocated(model, prefilled, n: int, length: int):
     """The prefill's KV cache, each row repeated n times, copied into a cache allocated once for
     ``length`` tokens: a growing cache re-copies itself every decoded token (`torch.cat`), which
-    took 72 % of sampling time for the tiny model (benchmarks/bench_sampling.py)."""
-    from transformers import StaticCache
-
+    took 72 % of the tiny model's sampling time (profiled: docs/experiments.md, session 10)."""
     cache = StaticCache(config=model.config, max_cache_len=length)
     for i, layer in enumerate(prefilled.layers):
         cache.layers[i].update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0))
@@ -94,9 +93,9 @@ class TransformersSampler:
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[list[str]]:
         per_batch = max(1, self.batch_rows // params.n)
-        if self.threads > 1:  # as many batches as a multiple of the workers, evenly filled
-            count = -(-len(prompts) // per_batch)
-            per_batch = max(1, -(-len(prompts) // (-(-count // self.threads) * self.threads)))
+        if self.threads > 1 and prompts:  # as many batches as a multiple of the workers, evenly filled
+            count = math.ceil(math.ceil(len(prompts) / per_batch) / self.threads) * self.threads
+            per_batch = max(1, math.ceil(len(prompts) / count))
         batches = list(_chunks(prompts, per_batch))
         bar = None
         if self.progress:
