@@ -125,6 +125,33 @@ def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):
     assert (out / "config.json").is_file()
 
 
+def test_the_drift_guard_keeps_the_previous_questioner_when_fewer_questions_parse(micro_model_dir, tmp_path):
+    """`evolve.min_valid_share`: a trained questioner whose questions stop parsing (here the random
+    micro model: none do) is replaced by its predecessor (the shipped one: nearly all do); a trained
+    one above the floor is kept without sampling the predecessor."""
+    import itertools
+
+    from visplay.answers import Grader
+    from visplay.config import to_dict
+    from visplay.data.sources import WorldSource
+    from visplay.evolve.bodies import Context, kept_questioner
+    from visplay.worlds.scene import WorldConfig
+
+    cfg = load_config("tiny", ["evolve.min_valid_share=0.9", "evolve.max_new_tokens=48"])
+    shipped = EMBEDDED_MODELS["tiny-rows"]
+    items = list(itertools.islice(WorldSource(WorldConfig(min_objects=6, max_objects=6), "unlabeled"), 6))
+    run = RunDir(tmp_path / "run")
+    with run, Grader(workers=0) as g:
+        run.create(to_dict(cfg), [])
+        run.mark("iter1/questioner", "done", model=str(shipped))
+        ctx = Context(cfg, run, shipped, 2, g, say=lambda s: None)
+        model, verdict = kept_questioner(ctx, items, micro_model_dir)
+        assert model == shipped and verdict["kept"] == "previous"
+        assert verdict["trained"] == 0.0 and verdict["previous"] >= 0.9
+        model, verdict = kept_questioner(ctx, items, shipped)
+        assert model == shipped and verdict["kept"] == "trained" and "previous" not in verdict
+
+
 def test_the_stage_list_is_what_the_loop_status_and_report_read():
     import doctest
 

@@ -231,6 +231,20 @@ def sft_run(tmp_path, model_dir, shards: int):
     return cfg, run
 
 
+def test_member_slots_one_per_gpu_or_cpu_thread(monkeypatch):
+    import torch
+
+    from visplay.config import load_config
+    from visplay.evolve.bodies import member_slots
+
+    one, four = load_config("tiny"), load_config("tiny", ["hardware.generation_shards=4"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for threads, pending, cfg, want in ((2, 2, one, 2), (1, 2, one, 1), (2, 1, one, 1), (8, 3, one, 3),
+                                        (1, 2, four, 2), (1, 9, four, 4)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        assert member_slots(cfg, pending) == want, (threads, pending, cfg.hardware.generation_shards)
+
+
 def test_coevolving_members_train_at_once_in_worker_processes(micro_model_dir, tmp_path):
     """With ``hardware.generation_shards`` 2, the reasoner and its committee partner fine-tune in two
     `worker sft` processes at once; the loop reads their models and logs back and gets what one
@@ -243,11 +257,15 @@ def test_coevolving_members_train_at_once_in_worker_processes(micro_model_dir, t
     from visplay.evolve.bodies import Context, run_reasoner
     from visplay.models import PHASE_RECORD, load_model
 
-    runs = {}
+    runs, threads = {}, torch.get_num_threads()
     for shards in (2, 1):
         cfg, run = sft_run(tmp_path / f"s{shards}", micro_model_dir, shards)
-        with Grader(workers=0) as g:
-            info = run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
+        torch.set_num_threads(2 if shards == 2 else 1)  # one thread: members one after the other, here
+        try:
+            with Grader(workers=0) as g:
+                info = run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
+        finally:
+            torch.set_num_threads(threads)
         assert [Path(m).name for m in [info["model"], *info["committee"]]] == ["reasoner", "committee1"]
         assert info["train_rows"] == 6
         logged = [json.loads(x) for x in (run.root / "metrics.jsonl").read_text().splitlines()]

@@ -276,8 +276,32 @@ def run_questioner(ctx: Context) -> dict:
     stage = ctx.name("questioner")
     guard = logged_phase(ctx, "questioner", launch_phase(ctx.cfg, ctx.run, stage) if ctx.cfg.hardware.launcher
                          else train_phase(ctx, "questioner", questioner_dataset(items)))
-    return {"model": str(ctx.run.output(stage)), "images": len(items), "skipped_images": skipped,
-            "guard": guard}
+    model, drift = ctx.run.output(stage), None
+    if ev.min_valid_share is not None:
+        model, drift = kept_questioner(ctx, items, model)
+    return {"model": str(model), "images": len(items), "skipped_images": skipped, "guard": guard,
+            **({"valid_share": drift} if drift else {})}
+
+
+def kept_questioner(ctx: Context, items, trained: Path) -> tuple[Path, dict]:
+    """The drift guard, label-free: the trained questioner, unless its share of well-formed questions
+    on the phase's own images fell under `evolve.min_valid_share` and under its predecessor's --
+    then the predecessor (GRPO can drift into degenerate tag sequences, which cost the round its
+    questions: docs/experiments.md, session 11). (model, the two shares and the verdict)."""
+    prev = ctx.model("questioner", ctx.t - 1)
+    params = replace(stage_params(ctx.cfg, ctx.t), n=4)
+    shares = {}
+    for name, model in (("trained", trained), ("previous", prev)):
+        with _sampler(ctx, model, stage=ctx.name("questioner")) as sampler:
+            rows = generate_questions(sampler, items, 4, params, world=None)
+        shares[name] = sum(r["valid"] for r in rows) / max(1, len(rows))
+        if name == "trained" and shares[name] >= ctx.cfg.evolve.min_valid_share:
+            return trained, {**shares, "kept": "trained"}
+    if shares["trained"] >= shares["previous"]:
+        return trained, {**shares, "kept": "trained"}
+    ctx.say(f"{ctx.name('questioner')}: {shares['trained']:.0%} of the trained questioner's questions are well formed "
+            f"(previous {shares['previous']:.0%}, floor {ctx.cfg.evolve.min_valid_share:.0%}): kept the previous one")
+    return prev, {**shares, "kept": "previous"}
 
 
 def run_questions(ctx: Context) -> dict:
@@ -333,13 +357,14 @@ def run_reasoner(ctx: Context) -> dict:
 def run_reasoner_sft(ctx: Context, rows: list[dict]) -> dict:
     """R_t = SFT(R_{t-1}) on its own chains that agree with the committee (`visplay.evolve.sft`);
     with `evolve.coevolve`, every local committee member trains the same way on its own chains --
-    at once, one worker process each, with ``hardware.generation_shards`` > 1."""
+    at once, one worker process each, when `member_slots` allows more than one."""
     ev, stage = ctx.cfg.evolve, ctx.name("reasoner")
     members = range(len(chunk_models(ctx, "labels")) if ev.coevolve else 1)
     training = [i for i in members if n_chains(rows, i)]
     pending = [i for i in training if finished_phase(member_output(ctx.run, stage, i)) is None]
-    if ctx.cfg.hardware.generation_shards > 1 and len(pending) > 1:
-        run_member_workers(ctx.cfg, ctx.run, stage, pending)  # each saves its model; read back below
+    slots = member_slots(ctx.cfg, len(pending))
+    if slots > 1:
+        run_member_workers(ctx.cfg, ctx.run, stage, pending, slots)  # each saves its model; read back below
     trained = []
     for i in members:
         model, history = train_member(ctx, i, rows)
@@ -350,6 +375,20 @@ def run_reasoner_sft(ctx: Context, rows: list[dict]) -> dict:
         trained.append(model)
     return {"model": trained[0], "objective": "sft", "train_rows": n_chains(rows, 0),
             **({"committee": trained[1:]} if ev.coevolve else {})}
+
+
+def member_slots(cfg: Config, pending: int) -> int:
+    """How many committee members train at once: one per GPU (``hardware.generation_shards``), or on a
+    CPU one per thread torch may use, each on its own core -- a 4M-parameter model scales badly across
+    threads (session 11, 2 cores: 0.54 s a step on two threads, 0.83 s for each of two one-thread jobs
+    at once). ``OMP_NUM_THREADS=1`` therefore trains them one after the other."""
+    import torch
+
+    if pending < 2:
+        return 1
+    if torch.cuda.is_available() or cfg.hardware.generation_shards > 1:
+        return min(pending, cfg.hardware.generation_shards)
+    return min(pending, torch.get_num_threads())
 
 
 def train_member(ctx: Context, i: int, rows: list[dict] | None = None) -> tuple[str, list[dict]]:

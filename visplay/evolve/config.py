@@ -169,6 +169,8 @@ class EvolveConfig(Sampling):
     band_high: float = 0.75  #   (VisPlay's band; [0.7, 1] = an agreement threshold, the ladder's filter)
     accumulate_labels: bool = False  # train each reasoner on the kept labels of every iteration so far
     stop_agreement: float | None = None  # end the run when the labels' mean agreement reaches this (collapse guard)
+    min_valid_share: float | None = None  # questioner drift guard: keep the previous questioner when under this
+    #   share of the trained one's questions parse and fewer than the previous one's do (label-free); None = off
     advance_kept_share: float | None = None  # ladder: climb after an iteration only if the share of its level's
     #   questions kept reached this (label-free); else repeat the level. None = one level per iteration
     diversity_threshold: float = 0.5
@@ -200,6 +202,8 @@ class EvolveConfig(Sampling):
         super().__post_init__()
         if self.iterations < 1:
             raise ConfigError(f"evolve.iterations must be >= 1, got {self.iterations}")
+        if self.min_valid_share is not None and not 0 <= self.min_valid_share <= 1:
+            raise ConfigError(f"evolve.min_valid_share must be in [0, 1] or null, got {self.min_valid_share}")
         if not 0 <= self.band_low <= self.band_high <= 1:
             raise ConfigError(f"need 0 <= evolve.band_low <= evolve.band_high <= 1, got {self.band_low}, {self.band_high}")
         if self.source_objects is not None and (len(self.source_objects) != 2

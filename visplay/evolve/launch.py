@@ -6,8 +6,9 @@
   phase record saved with the model (``train_result.json``).
 * `run_sharded_stage`: ``hardware.generation_shards`` > 1 -- one ``worker shard`` process per
   shard, shard r on GPU r; their parts are merged by item once all have finished.
-* `run_member_workers`: the same slots fine-tune the co-evolving committee members at once
-  (``worker sft``, member i in slot i); each saves its model, which the loop reads back.
+* `run_member_workers`: the co-evolving committee members train at once (``worker sft``, member i
+  in slot i; `bodies.member_slots`: one per GPU, or on a CPU one per core); each saves its model,
+  which the loop reads back.
 On a CPU the slots split the cores (``OMP_NUM_THREADS``): the embedded default runs on 2 cores as 2
 one-thread workers.
 
@@ -70,10 +71,9 @@ def run_sharded_stage(cfg: Config, run: RunDir, stage: str, items, key, row_key)
     return gather_shards(run.parts(stage), items, world, cfg.evolve.chunk_size, key, row_key)
 
 
-def run_member_workers(cfg: Config, run: RunDir, stage: str, members: list[int]) -> None:
-    """Fine-tune the co-evolving committee ``members`` of reasoner ``stage`` at once, up to
-    ``hardware.generation_shards`` worker processes at a time; each saves its own model."""
-    slots = cfg.hardware.generation_shards
+def run_member_workers(cfg: Config, run: RunDir, stage: str, members: list[int], slots: int) -> None:
+    """Fine-tune the co-evolving committee ``members`` of reasoner ``stage`` at once, up to ``slots``
+    worker processes at a time; each saves its own model."""
     jobs = [(["sft", str(i)], f"member{i}") for i in members]
     for start in range(0, len(jobs), slots):
         _run_workers(run, stage, jobs[start : start + slots], slots)
