@@ -288,19 +288,22 @@ def kept_questioner(ctx: Context, items, trained: Path) -> tuple[Path, dict]:
     on the phase's own images fell under `evolve.min_valid_share` and under its predecessor's --
     then the predecessor (GRPO can drift into degenerate tag sequences, which cost the round its
     questions: docs/experiments.md, session 11). (model, the two shares and the verdict)."""
-    prev = ctx.model("questioner", ctx.t - 1)
-    params = replace(stage_params(ctx.cfg, ctx.t), n=4)
-    shares = {}
-    for name, model in (("trained", trained), ("previous", prev)):
+    params, floor = stage_params(ctx.cfg, ctx.t), ctx.cfg.evolve.min_valid_share
+
+    def share(model: Path) -> float:
         with _sampler(ctx, model, stage=ctx.name("questioner")) as sampler:
             rows = generate_questions(sampler, items, 4, params, world=None)
-        shares[name] = sum(r["valid"] for r in rows) / max(1, len(rows))
-        if name == "trained" and shares[name] >= ctx.cfg.evolve.min_valid_share:
-            return trained, {**shares, "kept": "trained"}
+        return sum(r["valid"] for r in rows) / max(1, len(rows))
+
+    trained_share = share(trained)
+    if trained_share >= floor:  # the usual case: the predecessor is not sampled
+        return trained, {"trained": trained_share, "kept": "trained"}
+    prev = ctx.model("questioner", ctx.t - 1)
+    shares = {"trained": trained_share, "previous": share(prev)}
     if shares["trained"] >= shares["previous"]:
         return trained, {**shares, "kept": "trained"}
     ctx.say(f"{ctx.name('questioner')}: {shares['trained']:.0%} of the trained questioner's questions are well formed "
-            f"(previous {shares['previous']:.0%}, floor {ctx.cfg.evolve.min_valid_share:.0%}): kept the previous one")
+            f"(previous {shares['previous']:.0%}, floor {floor:.0%}): kept the previous one")
     return prev, {**shares, "kept": "previous"}
 
 

@@ -286,7 +286,8 @@ class HardwareConfig:
     #   "accelerate launch --config_file {repo}/configs/accelerate/zero3.yaml"; None = in process
     generation_shards: int = 1  # questions/labels with the transformers sampler: this many local worker
     #   processes, worker r on GPU r (CUDA_VISIBLE_DEVICES=r; on a CPU each gets its share of the cores),
-    #   each taking items r, r+shards, ...; the same slots fine-tune a co-evolving committee's members at once
+    #   each taking items r, r+shards, ...; on GPUs the same slots fine-tune a co-evolving committee's
+    #   members at once (on a CPU: one per core, `evolve.bodies.member_slots`)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0 or self.peak_tflops <= 0:
