@@ -132,6 +132,8 @@ def test_the_labels_stage_samples_every_member_and_records_them() -> None:
     (["evolve.committee=[url=ftp://x]"], "evolve.committee"),
     (["evolve.reasoner_objective=dpo"], "evolve.reasoner_objective"),
     (["evolve.sft_lr=0"], "evolve.sft_lr"),
+    (["evolve.sft_schedule=step"], "evolve.sft_schedule must be one of"),
+    (["evolve.sft_warmup=1"], "evolve.sft_warmup must be in"),
     (["evolve.replay_images=-1"], "evolve.replay_images must be >= 0"),
     (["evolve.reasoner_objective=sft", "hardware.launcher=accelerate launch"], "trains in the loop's process"),
     (["evolve.replay_images=8", "evolve.ladder=false"], "needs evolve.ladder=true"),
@@ -139,6 +141,27 @@ def test_the_labels_stage_samples_every_member_and_records_them() -> None:
 def test_bad_committee_config_is_one_clear_error(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", VISPLAY_LOOP + overrides)
+
+
+def test_sft_follows_its_schedule_warming_up_then_decaying_to_zero(micro_model_dir, tmp_path) -> None:
+    """The member SFT's learning rate: constant stays at the peak; cosine with warmup climbs, then
+    ends near zero, so a round's last steps barely move the weights it hands on."""
+    from visplay.evolve.sft import chain_rows, train_sft
+    from visplay.models import load_model
+
+    scenes = [make_scene("unlabeled", i, WorldConfig(grid=5, min_objects=1, max_objects=3)) for i in range(4)]
+    rows = chain_rows([{"kept": True, "question": "How many objects are there?", "image_id": f"s{i}", "sample": 0,
+                        "image_png": png_bytes(s.render()), "chains": [[f"<think>{s.level}</think>\\boxed{{{s.level}}}"]]}
+                       for i, s in enumerate(scenes)])
+    lrs = {}
+    for schedule, warmup in (("constant", 0.0), ("cosine", 0.25)):
+        model, processor = load_model(micro_model_dir)
+        _, history = train_sft(model, processor, rows, tmp_path / schedule, epochs=20, batch_size=2, lr=1e-3,
+                               seed=0, schedule=schedule, warmup=warmup)
+        lrs[schedule] = [h["learning_rate"] for h in history if "learning_rate" in h]
+    assert len(lrs["constant"]) == 4 and set(lrs["constant"]) == {1e-3}  # logged every 10 of 40 steps
+    cosine = lrs["cosine"]  # steps 10 (warmup's end), 20, 30, 40
+    assert cosine[0] >= 0.8e-3 and cosine[0] > cosine[1] > cosine[2] > cosine[3] and cosine[3] < 1e-5
 
 
 def test_a_member_that_does_not_load_fails_before_the_run_exists(tmp_path, capsys) -> None:

@@ -413,9 +413,9 @@ def train_member(ctx: Context, i: int, rows: list[dict] | None = None) -> tuple[
     model, processor = load_model(models[i], dtype=torch.float32)
     card = {"run": str(ctx.run.root), "stage": f"{stage} (SFT on agreeing chains, committee member {i})",
             "started from": str(models[i]), "trained": f"{ev.sft_epochs} epochs of {len(data)} chains, batch "
-            f"{ev.sft_batch_size}, lr {ev.sft_lr:g}", "labels": f"committee of {len(models)}, agreement {ev.agreement}"}
+            f"{ev.sft_batch_size}, lr {ev.sft_lr:g} ({ev.sft_schedule}, warmup {ev.sft_warmup:g})", "labels": f"committee of {len(models)}, agreement {ev.agreement}"}
     _, history = train_sft(model, processor, data, out, epochs=ev.sft_epochs, batch_size=ev.sft_batch_size,
-                           lr=ev.sft_lr, seed=ev.seed + ctx.t,
+                           lr=ev.sft_lr, schedule=ev.sft_schedule, warmup=ev.sft_warmup, seed=ev.seed + ctx.t,
                            dress=lambda tmp: dress_checkpoint(tmp, f"visplay {stage}", card, tokenizer=processor.tokenizer,
                                                               max_new_tokens=ev.max_new_tokens, card_dir=out))
     return str(out), history

@@ -147,6 +147,9 @@ class GRPOPhase:
         return self.rollout_prompts // self.prompts_per_step
 
 
+SFT_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass
 class EvolveConfig(Sampling):
     """The self-evolution loop; its sampling knobs are those of the questions, labels and the
@@ -195,6 +198,8 @@ class EvolveConfig(Sampling):
     sft_epochs: int = 3
     sft_batch_size: int = 16
     sft_lr: float = 1e-4
+    sft_schedule: str = "constant"  # the SFT's learning-rate schedule (a transformers name: constant, cosine, linear)
+    sft_warmup: float = 0.0  # share of the SFT's steps spent warming up
     replay_images: int = 0  # world ladders: images per iteration from the levels below the current one,
     #   questioned and labelled like the others (self-labelled replay; never the oracle); other sources: ignored
 
@@ -235,6 +240,10 @@ class EvolveConfig(Sampling):
         for key in ("sft_epochs", "sft_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
+        if self.sft_schedule not in SFT_SCHEDULES:
+            raise ConfigError(f"evolve.sft_schedule must be one of {list(SFT_SCHEDULES)}, got {self.sft_schedule!r}")
+        if not 0 <= self.sft_warmup < 1:
+            raise ConfigError(f"evolve.sft_warmup must be in [0, 1), got {self.sft_warmup}")
         if not (isinstance(self.sft_lr, (int, float)) and 0 < self.sft_lr < 1):
             raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.sft_lr}")
         for entry in self.committee:

@@ -56,7 +56,7 @@ def n_chains(rows: Sequence[dict], member: int = 0) -> int:
 
 
 def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int, batch_size: int, lr: float,
-              seed: int, dress=None) -> tuple[Path, list[dict]]:
+              seed: int, schedule: str = "constant", warmup: float = 0.0, dress=None) -> tuple[Path, list[dict]]:
     """Fine-tune on ``rows`` (messages, target, image; e.g. from `chain_rows`), loss on the target
     only, and save to ``out_dir`` atomically; checkpoints in
     ``out_dir.ckpt`` (a killed phase resumes there; a finished one is not rerun). Returns the model
@@ -75,7 +75,8 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
     args = TrainingArguments(
         **training_args(ckpt_dir, steps=steps, lr=lr, weight_decay=0.0, max_grad_norm=1.0,
                         save_steps=max(1, steps // 4), save_total_limit=2, seed=seed, report_to=[]),
-        per_device_train_batch_size=batch_size, lr_scheduler_type="constant", logging_steps=10,
+        per_device_train_batch_size=batch_size, lr_scheduler_type=schedule, warmup_steps=round(warmup * steps),
+        logging_steps=10,
         remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True)
     trainer = Trainer(model=model, args=args, train_dataset=list(rows), data_collator=Collator(processor))
     trainer.remove_callback(PrinterCallback)  # the loop's console stays quiet; the history goes to metrics.jsonl

@@ -1,0 +1,74 @@
+"""Probe a recipe change on later rounds only: fork a finished run at iteration T and rerun from there.
+
+Copies ``SRC``'s iterations before T (hard links: the files are never written again) and its manifest
+without the stages of T on, applies ``--set`` overrides to the manifest's config, resumes the loop in
+``DST``, and scores the forked final reasoner on the study's held-out items (`evolve_study.score`).
+The same earlier rounds on both sides make the comparison paired by construction.
+Run: `python scripts/exp_fork.py runs/study11/default-s2 runs/fork/w2-s2 --at 3 --set evolve.ladder_window=2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evolve_study import _acc, score  # noqa: E402
+
+from visplay.config import _set_dotted, canonical_key, config_from_manifest  # noqa: E402
+
+
+def fork(src: Path, dst: Path, at: int, overrides: list[str]) -> None:
+    manifest = json.loads((src / "manifest.json").read_text())
+    keep = {k: v for k, v in manifest["stages"].items() if int(k.split("/")[0].removeprefix("iter")) < at}
+    for item in overrides:
+        key, raw = item.split("=", 1)
+        _set_dotted(manifest["config"], canonical_key(key.strip()), yaml.safe_load(raw))
+    config_from_manifest(manifest["config"])  # validates
+    dst.mkdir(parents=True)
+    for t in range(at):
+        shutil.copytree(src / f"iter{t}", dst / f"iter{t}", copy_function=os.link)
+    manifest.update(stages=keep, command=manifest["command"] + ["# fork", str(src), f"at {at}", *overrides])
+    (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("src", type=Path)
+    ap.add_argument("dst", type=Path)
+    ap.add_argument("--at", type=int, required=True, help="first iteration to rerun")
+    ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--eval-n", type=int, default=2400)
+    ap.add_argument("--eval-seed", type=int, default=1)
+    ap.add_argument("--cache", type=Path, default=Path("runs/study11/heldout"))
+    args = ap.parse_args()
+    if not (args.dst / "manifest.json").exists():
+        fork(args.src, args.dst, args.at, args.overrides)
+    subprocess.run([sys.executable, "-m", "visplay.cli", "evolve", "--run", str(args.dst), "--resume"], check=True)
+    manifest = json.loads((args.dst / "manifest.json").read_text())
+    cfg = config_from_manifest(manifest["config"])
+    base = score(Path("models") / cfg.model, args.cache / f"base-{cfg.model}-n{args.eval_n}-seed{args.eval_seed}.parquet",
+                 cfg, args.eval_n, args.eval_seed)
+    unl = [lv for lv in range(1, 9) if lv not in cfg.labelled_levels]
+    for t in range(args.at, cfg.evolve.iterations + 1):
+        info = manifest["stages"].get(f"iter{t}/reasoner", {})
+        if not info.get("model"):
+            continue
+        rows = score(args.dst / info["model"], args.dst / f"score-iter{t}-n{args.eval_n}-seed{args.eval_seed}.parquet",
+                     cfg, args.eval_n, args.eval_seed)
+        per = " ".join(f"L{lv} {100 * _acc(rows, {lv}):.1f}" for lv in unl)
+        print(f"{args.dst} iter{t}: unlabelled {100 * _acc(rows, set(unl)):.1f} "
+              f"({100 * (_acc(rows, set(unl)) - _acc(base, set(unl))):+.1f} vs base), "
+              f"labelled {100 * (_acc(rows, set(cfg.labelled_levels)) - _acc(base, set(cfg.labelled_levels))):+.1f}; {per}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
