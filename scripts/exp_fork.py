@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=2400)
     ap.add_argument("--eval-seed", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path("runs/study11/heldout"))
+    ap.add_argument("--every", action="store_true", help="score every rerun iteration, not only the last")
     args = ap.parse_args()
     if not (args.dst / "manifest.json").exists():
         fork(args.src, args.dst, args.at, args.overrides)
@@ -57,7 +58,7 @@ def main() -> None:
     base = score(Path("models") / cfg.model, args.cache / f"base-{cfg.model}-n{args.eval_n}-seed{args.eval_seed}.parquet",
                  cfg, args.eval_n, args.eval_seed)
     unl = [lv for lv in range(1, 9) if lv not in cfg.labelled_levels]
-    for t in range(args.at, cfg.evolve.iterations + 1):
+    for t in range(max(1, args.at) if args.every else cfg.evolve.iterations, cfg.evolve.iterations + 1):
         info = manifest["stages"].get(f"iter{t}/reasoner", {})
         if not info.get("model"):
             continue
