@@ -4,7 +4,7 @@ Copies ``SRC``'s iterations before T (hard links: the files are never written ag
 without the stages of T on, applies ``--set`` overrides to the manifest's config, resumes the loop in
 ``DST``, and scores the forked final reasoner on the study's held-out items (`evolve_study.score`).
 The same earlier rounds on both sides make the comparison paired by construction.
-Run: `python scripts/exp_fork.py runs/study11/default-s2 runs/fork/w2-s2 --at 3 --set evolve.ladder_window=2`.
+Run: `python scripts/exp_fork.py runs/study11/default-s2 runs/s12/cos-s2 --at 1 --set evolve.sft_schedule=cosine`.
 """
 
 from __future__ import annotations
@@ -17,21 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).parent))
 from evolve_study import _acc, score  # noqa: E402
 
-from visplay.config import _set_dotted, canonical_key, config_from_manifest  # noqa: E402
+from visplay.config import apply_overrides, config_from_manifest  # noqa: E402
 
 
 def fork(src: Path, dst: Path, at: int, overrides: list[str]) -> None:
     manifest = json.loads((src / "manifest.json").read_text())
     keep = {k: v for k, v in manifest["stages"].items() if int(k.split("/")[0].removeprefix("iter")) < at}
-    for item in overrides:
-        key, raw = item.split("=", 1)
-        _set_dotted(manifest["config"], canonical_key(key.strip()), yaml.safe_load(raw))
-    config_from_manifest(manifest["config"])  # validates
+    config_from_manifest(apply_overrides(manifest["config"], overrides))  # validates
     dst.mkdir(parents=True)
     for t in range(at):
         shutil.copytree(src / f"iter{t}", dst / f"iter{t}", copy_function=os.link)
@@ -57,7 +52,7 @@ def main() -> None:
     cfg = config_from_manifest(manifest["config"])
     base = score(Path("models") / cfg.model, args.cache / f"base-{cfg.model}-n{args.eval_n}-seed{args.eval_seed}.parquet",
                  cfg, args.eval_n, args.eval_seed)
-    unl = [lv for lv in range(1, 9) if lv not in cfg.labelled_levels]
+    unl = [lv for lv in range(cfg.world.min_objects, cfg.world.max_objects + 1) if lv not in cfg.labelled_levels]
     for t in range(max(1, args.at) if args.every else cfg.evolve.iterations, cfg.evolve.iterations + 1):
         info = manifest["stages"].get(f"iter{t}/reasoner", {})
         if not info.get("model"):

@@ -274,10 +274,15 @@ def load_config(preset: str | Path | None = "tiny", overrides: list[str] | tuple
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
         where = str(path)
+    apply_overrides(data, overrides)
+    return from_dict(Config, data, f"{where} + overrides" if overrides else where)
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Set each ``key=value`` override (a YAML value, dotted key) in the config dict ``data``, in place."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. eval.n=100)")
         key, raw = item.split("=", 1)
         _set_dotted(data, canonical_key(key.strip()), yaml.safe_load(raw))
-        where = f"{where} + overrides"
-    return from_dict(Config, data, where)
+    return data
