@@ -80,7 +80,8 @@ def models_of(run: Path, manifest: dict) -> dict[str, Path]:
 
 def control(root: Path, seed: int, cfg, base: Path, manifest: dict, name: str = "control") -> Path:
     """The compute-matched supervised control for one run seed (resumable): as many optimizer steps
-    of the same batch size and lr as the run's reasoner took (GRPO updates, or SFT steps)."""
+    of the same batch size, lr and warmup share as the run's reasoner took (GRPO updates, or SFT
+    steps), on pretraining's cosine decay."""
     import math
     from dataclasses import replace
 
@@ -93,10 +94,12 @@ def control(root: Path, seed: int, cfg, base: Path, manifest: dict, name: str = 
     if manifest["config"]["evolve"].get("reasoner_objective") == "sft":
         rows = [info.get("train_rows") or 0 for stage, info in manifest["stages"].items() if stage.endswith("/reasoner")]
         steps, batch, lr = sum(math.ceil(n / ev.sft_batch_size) * ev.sft_epochs for n in rows), ev.sft_batch_size, ev.sft_lr
+        warmup = ev.sft_warmup
     else:
         steps, batch, lr = ev.iterations * r.steps * r.updates_per_step, r.prompts_per_step, r.lr
+        warmup = 0.0
     steps = max(steps, 1)
-    pc = replace(cfg.pretrain, steps=steps, batch_size=batch, lr=lr, warmup_steps=0,
+    pc = replace(cfg.pretrain, steps=steps, batch_size=batch, lr=lr, warmup_steps=round(warmup * steps),
                  questioner_share=0.0, describe_share=0.0, seed=10_000 + seed, save_steps=max(1, steps // 4))
     print(f"control s{seed}: {steps} supervised steps of batch {pc.batch_size} at lr {pc.lr} on levels "
           f"{pc.world.min_objects}-{pc.world.max_objects}", flush=True)
