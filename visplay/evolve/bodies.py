@@ -302,8 +302,8 @@ def kept_questioner(ctx: Context, items, trained: Path) -> tuple[Path, dict]:
     shares = {"trained": trained_share, "previous": share(prev)}
     if shares["trained"] >= shares["previous"]:
         return trained, {**shares, "kept": "trained"}
-    ctx.say(f"{ctx.name('questioner')}: {shares['trained']:.0%} of the trained questioner's questions are well formed "
-            f"(previous {shares['previous']:.0%}, floor {floor:.0%}): kept the previous one")
+    ctx.say(f"{ctx.name('questioner')}: {shares['trained']:.1%} of the trained questioner's questions are well formed "
+            f"(previous {shares['previous']:.1%}, floor {floor:.1%}): kept the previous one")
     return prev, {**shares, "kept": "previous"}
 
 
