@@ -93,11 +93,10 @@ def control(root: Path, seed: int, cfg, base: Path, manifest: dict, name: str = 
     ev, r = cfg.evolve, cfg.evolve.reasoner
     if manifest["config"]["evolve"].get("reasoner_objective") == "sft":
         rows = [info.get("train_rows") or 0 for stage, info in manifest["stages"].items() if stage.endswith("/reasoner")]
-        steps, batch, lr = sum(math.ceil(n / ev.sft_batch_size) * ev.sft_epochs for n in rows), ev.sft_batch_size, ev.sft_lr
-        warmup = ev.sft_warmup
+        steps = sum(math.ceil(n / ev.sft_batch_size) * ev.sft_epochs for n in rows)
+        batch, lr, warmup = ev.sft_batch_size, ev.sft_lr, ev.sft_warmup
     else:
-        steps, batch, lr = ev.iterations * r.steps * r.updates_per_step, r.prompts_per_step, r.lr
-        warmup = 0.0
+        steps, batch, lr, warmup = ev.iterations * r.steps * r.updates_per_step, r.prompts_per_step, r.lr, 0.0
     steps = max(steps, 1)
     pc = replace(cfg.pretrain, steps=steps, batch_size=batch, lr=lr, warmup_steps=round(warmup * steps),
                  questioner_share=0.0, describe_share=0.0, seed=10_000 + seed, save_steps=max(1, steps // 4))
