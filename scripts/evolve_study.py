@@ -1,14 +1,19 @@
-"""The loop's headline table: gain per level over run seeds, against a compute-matched control.
+"""The loop's headline table: gain per level over run seeds, against a compute-matched control and
+the base committee.
 
 For each run seed it runs `visplay evolve` into `<root>/<variant>-s<seed>/` (a finished run is read,
-an interrupted one resumed) and a **control**: the base model trained with supervised steps on the
-labelled levels only (the pretraining recipe, fresh questions, no self-labels), as many optimizer
-steps as the loop's reasoner took, at its learning rate (`<root>/control-s<seed>/`). Every model
-(base, each iteration's reasoner, the control) is then scored greedily on a second held-out set
-(`--eval-seed`, disjoint from the loop's own eval items, `--eval-n` items over all levels: 300 a level), and the
-script prints per level: mean ± standard error over seeds, the final-vs-base and final-vs-control
-gains (each seed paired on the same items; McNemar p pooled over seeds), and the ablations.
-Run: `python scripts/evolve_study.py --root runs/study --seeds 0 1 2 [--variants default]`.
+an interrupted one resumed); run seed s trains on its own unlabeled images (world scenes from
+s x 10^6 on). Beside it: a **control**, the base model trained with supervised steps on the labelled
+levels only (the pretraining recipe, fresh questions, no self-labels), as many optimizer steps as
+the loop's reasoner took, at its learning rate (`<root>/control-s<seed>/`); and the **base
+committee** at test time (the oracle best-of-n of its members, and the longest-chain pick a user
+could run). Every model is scored greedily on a held-out set (`--eval-seed`, disjoint from the
+loop's own eval items; `--eval-n` items over all levels, 300 a level): per level, mean ± SE over
+seeds; then the final reasoner's gains over every reference -- the base, the control, the base
+committee, and the other variants run in the same call on the same seeds (frozen questioner,
+ladder) -- with item-level standard errors (a bootstrap over eval items, `visplay.eval.world.seeds_gain`).
+Pick an eval seed that made no choice (docs/experiments.md keeps the table of used ones).
+Run: `python scripts/evolve_study.py --root runs/study --seeds 11 12 13 --variants default "frozen questioner"`.
 """
 
 from __future__ import annotations
@@ -32,10 +37,16 @@ VARIANTS: dict[str, list[str]] = {
     # the preset (session 9): models/tiny-rows + tiny-rows-reversed agree on the whole trace, each
     # trains (SFT) on its own agreeing chains
     "default": ["pretrain.walk=rows"],
+    # the same with the base questioner kept frozen: what the trained questioner adds to the committee recipe
+    "frozen questioner": ["pretrain.walk=rows", "evolve.train_questioner=false"],
+    # the curriculum read from the world's generator instead of the reasoner's answers (an oracle ablation):
+    # one level per round, 6 -> 7 -> 8, with self-labelled replay of the levels below
+    "ladder": ["pretrain.walk=rows", "evolve.ladder=true", "evolve.survey_images=0", "evolve.replay_images=128",
+               "evolve.source_objects=[6,8]"],
     # sessions 6-7's default: VisPlay's own recipe (one model, answer vote at c >= 0.7, reasoner GRPO)
     "visplay grpo": VISPLAY,
     "no diversity penalty": VISPLAY + ["evolve.diversity_penalty=false"],
-    "frozen questioner": VISPLAY + ["evolve.train_questioner=false"],
+    "visplay, frozen questioner": VISPLAY + ["evolve.train_questioner=false"],
     "questioner's answers as labels": VISPLAY + ["evolve.labels=questioner"],
     # session 8: models/tiny + models/walk-random, reading-order walks
     "reading committee": ["model=tiny", "evolve.committee=[walk-random]"],
@@ -116,7 +127,8 @@ def score(model: Path, cache: Path, cfg, n: int, seed: int) -> list[dict]:
     settings = dataclasses.replace(cfg.eval, n=n, seed=seed)
     with open_sampler(cfg.sampler, model, cfg.dtype) as sampler:
         res = evaluate_world(sampler, cfg.world, settings, labelled_levels=cfg.labelled_levels, greedy_only=True)
-    rows = [{k: r[k] for k in ("id", "level", "family", "question", "truth", "greedy_answer", "greedy_correct")}
+    rows = [{k: r[k] for k in ("id", "level", "family", "question", "truth", "greedy_output", "greedy_answer",
+                               "greedy_correct")}
             for r in res.rows]
     atomic_write_parquet(cache, rows)
     return rows
@@ -134,33 +146,52 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs) / len(xs) ** 0.5:.1f}"
 
 
-def report(scores: dict[str, dict[int, list[dict]]], labelled: set[int]) -> str:
-    """Markdown: accuracy per level group and level for every model kind, then the paired gains."""
-    from visplay.eval.world import paired
+def committee_baselines(members: list[list[dict]]) -> dict[str, list[dict]]:
+    """What a user could do with the base committee at test time, per eval item: the oracle best-of-n
+    (right when any member is right: the ceiling of every way of choosing between them) and a
+    label-free pick (the answer of the member whose greedy chain is longest, the reasoner on ties --
+    on the world, the one that listed the most objects)."""
+    oracle, pick = [], []
+    for rows in zip(*members):
+        oracle.append({**rows[0], "greedy_correct": any(r["greedy_correct"] for r in rows)})
+        longest = max(range(len(rows)), key=lambda i: (len(rows[i]["greedy_output"].split()), -i))
+        pick.append({**rows[0], "greedy_correct": rows[longest]["greedy_correct"]})
+    return {"base committee, oracle best-of-n": oracle, "base committee, longest chain": pick}
+
+
+def report(scores: dict[str, dict[int, list[dict]]], labelled: set[int], references: list[str]) -> str:
+    """Markdown: accuracy per level group and level for every model kind (mean ± SE over seeds), then
+    the final reasoner's gains over each of ``references``, with item-level standard errors."""
+    from visplay.eval.world import seeds_gain
 
     any_rows = next(iter(next(iter(scores.values())).values()))
     levels = sorted({r["level"] for r in any_rows})
-    unl = {lv for lv in levels if lv not in labelled}
-    cols = [("labelled", labelled & set(levels)), ("unlabelled", unl)] + [(f"L{lv}", {lv}) for lv in levels]
-    seeds = sorted(scores["base"])
+    unl = [lv for lv in levels if lv not in labelled]
+    groups = [("labelled", labelled & set(levels)), ("unlabelled", set(unl)),
+              ("L6-8", set(unl[:3])), ("L9-10", set(unl[3:]))]
+    groups = [(name, lv) for name, lv in groups if lv]
+    cols = groups + [(f"L{lv}", {lv}) for lv in levels]
+    seeds = sorted(scores["final"])
     lines = ["| model | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for kind in [k for k in scores if k != "final"]:
         lines.append(f"| {kind} | " + " | ".join(_ms([_acc(scores[kind][s], lv) for s in scores[kind]]) for _, lv in cols)
                      + " |")
-    final = "final"
-    lines.append("")
-    lines.append(f"Gains of the final reasoner (greedy, points; mean ± SE over seeds {seeds}; per-seed values; McNemar p pooled "
-                 "over seeds' paired items):")
-    for ref in ("base", "control"):
+    lines += ["", f"Gains of the final reasoner (greedy, points) over seeds {seeds}: mean over seeds ± item-level SE "
+              "(bootstrap over eval items, each item's paired differences averaged over the seeds first); per seed:"]
+    for ref in references:
         if ref not in scores:
             continue
-        for name, lv in cols[:2]:
-            per = [_acc(scores[final][s], lv) - _acc(scores[ref][s], lv) for s in seeds if s in scores[final]]
-            b = [r["greedy_correct"] for s in seeds if s in scores[final] for r in scores[ref][s] if r["level"] in lv]
-            a = [r["greedy_correct"] for s in seeds if s in scores[final] for r in scores[final][s] if r["level"] in lv]
-            pt = paired(b, a)
-            lines.append(f"- vs {ref}, {name} levels: **{_ms(per)}** (per seed {', '.join(f'{100 * x:+.1f}' for x in per)}; "
-                         f"pooled {100 * pt['gain']:+.1f} ± {100 * pt['se']:.1f}, n={pt['n']}, McNemar p={pt['p']:.2g})")
+        parts = []
+        for name, lv in groups:
+            if name == "unlabelled":
+                continue
+            pairs = [([r["greedy_correct"] for r in scores[ref][s] if r["level"] in lv],
+                      [r["greedy_correct"] for r in scores["final"][s] if r["level"] in lv])
+                     for s in seeds if s in scores[ref]]
+            g = seeds_gain(pairs)
+            parts.append(f"{name} **{100 * g['gain']:+.1f} ± {100 * g['se']:.1f}** "
+                         f"({', '.join(f'{100 * x:+.1f}' for x in g['per_seed'])}; n={g['n']})")
+        lines.append(f"- vs {ref}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
@@ -173,23 +204,29 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--no-control", action="store_true", help="skip the compute-matched supervised control")
-    ap.add_argument("--eval-n", type=int, default=2400, help="items of the study's own held-out set (all levels: "
-                    "2400 = 300 a level)")
-    ap.add_argument("--eval-seed", type=int, default=1, help="its world seed (the loop's own eval uses eval.seed)")
+    ap.add_argument("--eval-n", type=int, default=3000, help="items of the study's own held-out set (all levels: "
+                    "3000 = 300 a level)")
+    ap.add_argument("--eval-seed", type=int, default=7, help="its world seed (the loop's own eval uses eval.seed)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     args = ap.parse_args()
     root = Path(args.root)
     held = lambda kind: root / "heldout" / f"{kind}-n{args.eval_n}-seed{args.eval_seed}.parquet"  # noqa: E731
-    tables = []
+    tables, variants = [], {}
     for name in args.variants:
         cfg = load_config(args.preset, VARIANTS[name] + args.overrides)
         base = resolve_model(cfg.model)
         labelled = set(cfg.labelled_levels)
         scores: dict[str, dict[int, list[dict]]] = {"base": {}}
+        members = [resolve_model(m) for m in cfg.evolve.committee if not m.startswith("url=")]
         for seed in args.seeds:
             run = root / f"{slug(name)}-s{seed}"
             manifest = run_one(run, VARIANTS[name] + [f"evolve.seed={seed}"] + args.overrides, args.preset)
             scores["base"][seed] = score(base, held(f"base-{base.name}"), cfg, args.eval_n, args.eval_seed)
+            if members:  # the base committee at test time: the baselines a user could run instead of the loop
+                rows = [scores["base"][seed]] + [score(m, held(f"base-{m.name}"), cfg, args.eval_n, args.eval_seed)
+                                                 for m in members]
+                for kind, picked in committee_baselines(rows).items():
+                    scores.setdefault(kind, {})[seed] = picked
             for t, model in models_of(run, manifest).items():
                 scores.setdefault(t, {})[seed] = score(model, held(f"{run.name}-{t}"), cfg, args.eval_n, args.eval_seed)
                 scores.setdefault("final", {})[seed] = scores[t][seed]  # the run's last evaluated reasoner
@@ -198,8 +235,14 @@ def main() -> None:
                 model = control(root, seed, cfg, base, manifest, cname)
                 scores.setdefault("control", {})[seed] = score(model, held(f"{cname}-s{seed}"), cfg, args.eval_n,
                                                                args.eval_seed)
-            print(f"\n## {name} (after seed {seed})\n\n" + report(scores, labelled), flush=True)
-        tables.append(f"## {name}\n\n" + report(scores, labelled))
+        variants[name] = (scores, labelled)
+    for name, (scores, labelled) in variants.items():
+        # the other variants' final reasoners on the same seeds (frozen questioner, ladder) are references too
+        others = {o: sc["final"] for o, (sc, _) in variants.items() if o != name and set(sc["final"]) >= set(scores["final"])}
+        refs = ["base", "control", *[k for k in scores if k.startswith("base committee")], *others]
+        table = f"## {name}\n\n" + report({**scores, **others}, labelled, refs)
+        print("\n" + table, flush=True)
+        tables.append(table)
     out = "\n\n".join(tables)
     (root / "study.md").write_text(out + "\n")
     print("\n" + out)

@@ -55,7 +55,8 @@ CLEAN_STOP_CODES = (130, -signal.SIGINT)  # exit statuses of a Ctrl-C'd run that
 #: shards) run it; the preset's committee ladder has its own tests (tests/test_committee.py).
 VISPLAY_LOOP = [
     "evolve.committee=[]", "evolve.agreement=answer", "evolve.reasoner_objective=grpo",
-    "evolve.coevolve=false", "evolve.replay_images=0", "evolve.max_new_tokens=64", "eval.max_new_tokens=64",
+    "evolve.coevolve=false", "evolve.replay_images=0", "evolve.survey_images=0", "evolve.max_new_tokens=64",
+    "eval.max_new_tokens=64",
 ]
 
 

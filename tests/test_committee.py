@@ -24,6 +24,9 @@ from visplay.sampling.base import SamplingParams
 from visplay.worlds.questions import follows_from_listing, listing_complete, trace_key
 from visplay.worlds.scene import WorldConfig, make_scene
 
+#: the default preset's oracle-level ablation: the world ladder on levels 6-8 instead of the surveyed pool
+LADDER = ("--set", "evolve.ladder=true", "--set", "evolve.survey_images=0", "--set", "evolve.source_objects=[6,8]")
+
 
 def test_one_member_is_the_plain_majority_vote() -> None:
     for answers in (["3", "3", "4", None], ["1/2", "0.5", "2"], [None, None], ["7"]):
@@ -174,7 +177,8 @@ def test_a_member_that_does_not_load_fails_before_the_run_exists(tmp_path, capsy
 
 
 def test_micro_committee_loop_coevolves_and_its_models_load(tmp_path) -> None:
-    """The default preset, shrunk: two iterations of models/tiny-rows + models/tiny-rows-reversed,
+    """The default preset on its oracle-level ablation (the world ladder 6 -> 7 with replay), shrunk:
+    two iterations of models/tiny-rows + models/tiny-rows-reversed,
     trace agreement, SFT on each member's own agreeing chains, replay: labels record both members,
     both members train, the second round's committee is the first round's trained members, and
     every saved model loads."""
@@ -183,7 +187,7 @@ def test_micro_committee_loop_coevolves_and_its_models_load(tmp_path) -> None:
     from visplay.cli import main
 
     run = tmp_path / "run"
-    code = main(["evolve", "--run", str(run), "--quiet", "--set", "evolve.iterations=2",
+    code = main(["evolve", "--run", str(run), "--quiet", "--set", "evolve.iterations=2", *LADDER,
                  "--set", "evolve.images_per_iteration=16", "--set", "evolve.replay_images=8",
                  "--set", "evolve.questioner_images=4",
                  "--set", "evolve.questioner.steps=1", "--set", "evolve.label_samples=4", "--set", "evolve.sft_epochs=1",
@@ -242,7 +246,7 @@ def test_the_ladder_repeats_a_level_until_enough_of_it_is_kept(tmp_path) -> None
     from visplay.evolve.bodies import Context
     from visplay.run.rundir import RunDir
 
-    cfg = load_config("tiny", ["evolve.advance_kept_share=0.3", "evolve.iterations=4"])
+    cfg = load_config("tiny", ["evolve.advance_kept_share=0.3", "evolve.iterations=4", *LADDER[1::2]])
     run = RunDir(tmp_path / "run")
     with run:
         run.create(to_dict(cfg), [])
@@ -260,8 +264,9 @@ def test_the_ladder_repeats_a_level_until_enough_of_it_is_kept(tmp_path) -> None
 
 
 def test_replay_draws_world_scenes_only_for_a_world_ladder() -> None:
-    world = load_config("tiny")  # the preset: a world ladder with replay
+    ladder = [*LADDER[1::2], "evolve.replay_images=128"]
+    world = load_config("tiny", ladder)  # the ablation: a world ladder with replay
     assert world.evolve.replay_images and world.replay_world_at(2).max_objects == 6
     assert world.replay_world_at(1).max_objects == 5  # level 6's replay: the labelled levels
-    folder = load_config("tiny", ["evolve.source=folder:/data/images"])  # real images: no world scenes mixed in
+    folder = load_config("tiny", ladder + ["evolve.source=folder:/data/images"])  # real images: no world scenes mixed in
     assert folder.replay_world_at(2) is None

@@ -134,7 +134,7 @@ def test_source_objects_config():
     assert cfg.world.min_objects == 1  # evaluation still spans every level
     assert cfg.labelled_levels == tuple(range(cfg.pretrain.world.min_objects, cfg.pretrain.world.max_objects + 1))
     assert cfg.source_world_at(3) == cfg.source_world  # no ladder: every iteration draws 6..8
-    ladder = load_config("tiny", ["evolve.source_objects=[6, 8]", "evolve.ladder=true"])
+    ladder = load_config("tiny", ["evolve.source_objects=[6, 8]", "evolve.ladder=true", "evolve.survey_images=0"])
     assert [(ladder.source_world_at(t).min_objects, ladder.source_world_at(t).max_objects) for t in (1, 2, 3, 4)] == \
         [(6, 6), (7, 7), (8, 8), (8, 8)]
     for bad, msg in ((["evolve.source_objects=[8, 6]"], "min <= max"), (["evolve.source_objects=[6, 30]"], "grid"),

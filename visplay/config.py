@@ -34,7 +34,7 @@ from visplay.run.cards import final_model
 __all__ = [
     "BenchConfig", "Config", "ConfigError", "DEFAULT_JUDGE_KEY_ENV", "DTYPES", "EMBEDDED_MODELS", "EvalConfig",
     "EvolveConfig", "GRPOPhase", "HardwareConfig", "JudgeConfig", "PAPER_MAX_PIXELS", "PAPER_MIN_PIXELS",
-    "PRESETS_DIR", "REPLAY_START", "REPO_ROOT", "ROLE_REWARDS", "SAMPLER_BACKENDS", "Sampling", "SamplerConfig",
+    "PRESETS_DIR", "REPLAY_START", "WORLD_SEED_SCENES", "REPO_ROOT", "ROLE_REWARDS", "SAMPLER_BACKENDS", "Sampling", "SamplerConfig",
     "SelfTrainConfig", "VLLM_LAUNCH", "VLLM_MODES", "VLLM_URL", "ArchConfig", "PretrainConfig", "WorldConfig",
     "base_url", "canonical_key", "config_from_manifest", "from_dict", "load_config", "require", "resolve_model",
     "to_dict",
@@ -45,6 +45,8 @@ PRESETS_DIR = REPO_ROOT / "presets"
 EMBEDDED_MODELS = {name: REPO_ROOT / "models" / name for name in ("tiny", "walk-random", "tiny-rows", "tiny-rows-reversed")}
 #: world scene indices from here on are replay scenes (`Config.scene_world`), far above any run's draws
 REPLAY_START = 10**9
+#: run seed s draws the unlabeled world's scenes from s * WORLD_SEED_SCENES on: seeds differ in their images
+WORLD_SEED_SCENES = 10**6
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -72,6 +74,9 @@ class Config:
             self.source_world  # noqa: B018 -- validates source_objects against the grid
         except ValueError as e:
             raise ConfigError(f"evolve.source_objects: {e}") from e
+        if self.evolve.source.startswith("world") and not 0 <= self.evolve.seed * WORLD_SEED_SCENES < REPLAY_START:
+            raise ConfigError(f"evolve.seed must be in [0, {REPLAY_START // WORLD_SEED_SCENES}) for a world source "
+                              f"(seed s draws scenes from s x {WORLD_SEED_SCENES:,}), got {self.evolve.seed}")
         if self.evolve.reasoner_objective == "sft" and self.hardware.launcher:
             raise ConfigError("evolve.reasoner_objective=sft trains in the loop's process; hardware.launcher "
                               "(multi-GPU GRPO) is for the grpo objective: unset one of them")

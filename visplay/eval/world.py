@@ -213,6 +213,29 @@ def paired(before: list[bool], after: list[bool]) -> dict:
     return {"n": n, "gain": gain, "se": (var / n) ** 0.5 if n else 0.0, "wins": wins, "losses": losses, "p": p}
 
 
+def seeds_gain(pairs: list[tuple[list[bool], list[bool]]], reps: int = 2000, rng_seed: int = 0) -> dict:
+    """The gain of ``after`` over ``before`` averaged over run seeds that share their eval items
+    (``pairs``: one (before, after) per seed, item i the same item in every pair), with an
+    item-level standard error: a bootstrap over items, each item's differences averaged over the
+    seeds first, so an item counts once however many seeds score it. ``per_seed``: each seed's gain.
+
+    >>> g = seeds_gain([([False, True, True, False], [True, True, True, False])] * 3)
+    >>> g["gain"], g["per_seed"], g["n"]
+    (0.25, [0.25, 0.25, 0.25], 4)
+    """
+    import numpy as np
+
+    if not pairs or any(len(b) != len(pairs[0][0]) or len(a) != len(b) for b, a in pairs):
+        raise ValueError("seeds_gain needs one (before, after) pair per seed, all on the same items")
+    d = np.array([[int(x) - int(y) for y, x in zip(b, a)] for b, a in pairs], dtype=float)  # [seed][item]
+    item = d.mean(axis=0)
+    n = item.size
+    boots = item[np.random.default_rng(rng_seed).integers(0, n, size=(reps, n))].mean(axis=1) if n else np.zeros(1)
+    return {"n": n, "gain": float(item.mean()) if n else 0.0, "se": float(boots.std(ddof=1)) if n > 1 else 0.0,
+            "ci95": (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))),
+            "per_seed": [float(x) for x in d.mean(axis=1)] if n else [0.0] * len(pairs)}
+
+
 def level_groups(levels, labelled_levels) -> dict[str, set]:
     """The two halves of the ladder: levels seen with labels, and the unlabelled ones above them."""
     labelled = set(labelled_levels)

@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 
 from visplay.answers import Grader
 from visplay.cards import dress_checkpoint
-from visplay.config import REPLAY_START, Config
+from visplay.config import REPLAY_START, WORLD_SEED_SCENES, Config
 from visplay.data.sources import WorldSource, skip_seen
 from visplay.dist import Ranks
 from visplay.eval.world import evaluate_world, level_groups, write_eval
+from visplay.evolve import curriculum
 from visplay.evolve.chunks import run_chunked
 from visplay.evolve.launch import WorkerError, launch_phase, run_member_workers, run_sharded_stage
 from visplay.run.stages import BASELINE, BY_KIND, ITERATION_STAGES, Stage, stage_name
@@ -33,6 +34,7 @@ from visplay.evolve.preflight import committee_members, member_sampler, open_ima
 from visplay.run.rundir import RunDir
 from visplay.evolve.stages import (
     generate_questions,
+    world_scene,
     label_accuracy,
     label_questions,
     level_mix,
@@ -108,18 +110,27 @@ def seen_ids(run: RunDir, upto: int) -> set[str]:
 
 
 def take_images(ctx: Context, n: int, replay: bool = False):
-    """The next ``n`` images of the source that no earlier iteration used, and the skip counts;
-    with ``replay``, then `evolve.replay_images` more from the levels below the ladder's level."""
+    """The next ``n`` images of the source that no earlier iteration used, and the skip counts:
+    in source order, or with `evolve.survey_images` the easiest unseen ones of the surveyed pool
+    (`visplay.evolve.curriculum`); with ``replay``, then `evolve.replay_images` more from the
+    levels below the ladder's level."""
     rung = ctx.rung()
     source = open_images(ctx.cfg, rung)
     seen = seen_ids(ctx.run, ctx.t)
-    items = list(itertools.islice(skip_seen(source, seen), n))
+    if ctx.cfg.evolve.survey_images:
+        rows = curriculum.read_survey(ctx.run.root)
+        if rows is None:
+            raise WorkerError(f"{ctx.run.root / curriculum.SURVEY_FILE} is missing; the loop surveys the pool "
+                              "before iteration 1 (visplay evolve --resume)")
+        items = curriculum.take_easiest(curriculum.pool(source, ctx.cfg.evolve.survey_images), rows, seen, n)
+    else:
+        items = list(itertools.islice(skip_seen(source, seen), n))
     if not items:
         raise ValueError(f"image source {ctx.cfg.evolve.source} has no unseen images left for iteration {ctx.t}")
     below = ctx.cfg.replay_world_at(rung) if replay else None
     if below is not None:
         split = ctx.cfg.evolve.source.partition(":")[2] or "unlabeled"
-        older = WorldSource(below, split, start=REPLAY_START)
+        older = WorldSource(below, split, start=REPLAY_START + ctx.cfg.evolve.seed * WORLD_SEED_SCENES)
         items += list(itertools.islice(skip_seen(older, seen), ctx.cfg.evolve.replay_images))
     return items, dict(source.skipped)
 
@@ -264,6 +275,25 @@ def logged_phase(ctx: Context, role: str, phase: tuple[list[dict], str | None]) 
 
 
 # -- the stage bodies -------------------------------------------------------------------------------
+
+
+def run_survey(ctx: Context) -> dict:
+    """The label-free curriculum's survey (`visplay.evolve.curriculum`), once, before iteration 1:
+    the base reasoner's greedy answer to one question about each image of the pool, written to
+    ``survey.parquet``; a finished survey is read back (resume)."""
+    ev, say = ctx.cfg.evolve, ctx.say
+    rows = curriculum.read_survey(ctx.run.root)
+    if rows is None:
+        items = curriculum.pool(open_images(ctx.cfg, 1), ev.survey_images)
+        level = lambda image_id: getattr(world_scene(image_id, ctx.cfg.source_world), "level", None)  # noqa: E731
+        params = ev.params(1, temperature=0, top_k=0, top_p=1.0, seed=ev.seed)
+        with _sampler(ctx, ctx.base, stage="survey") as sampler:
+            rows = curriculum.survey(sampler, items, params, level)
+        curriculum.write_survey(ctx.run.root, rows)
+    words = sorted(r["difficulty"] for r in rows)
+    say(f"survey: {len(rows)} unlabeled images ordered by the base reasoner's answer length "
+        f"({words[0]}-{words[-1]} words, median {words[len(words) // 2]}); each iteration takes the easiest unseen")
+    return {"images": len(rows), "median_difficulty": words[len(words) // 2]}
 
 
 def run_questioner(ctx: Context) -> dict:

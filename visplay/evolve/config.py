@@ -163,6 +163,9 @@ class EvolveConfig(Sampling):
     #   unlabeled levels (e.g. [6, 8] above a base labelled on 1..5); None = the `world` section's range
     ladder: bool = False  # world sources: iteration t draws only level min + t - 1 of source_objects (one
     #   difficulty step per round, as in Lee et al. 2025); the level is the generator's knob, never an answer
+    survey_images: int = 0  # label-free curriculum (visplay/evolve/curriculum.py): the base reasoner answers one
+    #   question about each of this many unseen images, and every iteration takes the unseen ones whose answers
+    #   were shortest (easiest first); 0 = the source's own order
     questioner_images: int = 64  # images for the questioner's GRPO phase, per iteration
     images_per_iteration: int = 128  # images the trained questioner writes questions for
     questions_per_image: int = 1
@@ -232,6 +235,13 @@ class EvolveConfig(Sampling):
                               "(lora_rank=0 or reasoner_objective=grpo)")
         if self.coevolve and any(e.startswith("url=") for e in self.committee):
             raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
+        if self.survey_images < 0 or (self.survey_images and self.survey_images < self.images_per_iteration):
+            raise ConfigError(f"evolve.survey_images must be 0 (off) or at least evolve.images_per_iteration "
+                              f"({self.images_per_iteration}): the pool each iteration takes its images from; "
+                              f"got {self.survey_images}")
+        if self.survey_images and self.ladder:
+            raise ConfigError("evolve.survey_images orders an unsorted pool by the reasoner's own answers; "
+                              "evolve.ladder draws each iteration's level from the world's generator: choose one")
         if self.replay_images < 0:
             raise ConfigError(f"evolve.replay_images must be >= 0, got {self.replay_images}")
         if self.replay_images and not self.ladder:

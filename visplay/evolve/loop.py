@@ -32,7 +32,7 @@ from visplay.answers import Grader, rate
 from visplay.run.cards import publish_stage
 from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
-from visplay.evolve.bodies import BASELINE_STEP, STEPS, Context, Step, pct, stop_signal
+from visplay.evolve.bodies import BASELINE_STEP, STEPS, Context, Step, pct, run_survey, stop_signal
 from visplay.run.tracker import log_loop_metrics
 from visplay.run.stages import BASELINE, stage_name
 from visplay.evolve.preflight import preflight
@@ -52,6 +52,8 @@ def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: 
     with _opened(cfg, run_dir, resume, command) as (run, base), \
             Grader(timeout=ev.grader_timeout, workers=ev.grader_workers) as grader:
         results = {0: _run_step(BASELINE_STEP, Context(cfg, run, base, 0, grader, say))}
+        if ev.survey_images:  # the label-free curriculum orders the pool once, before the first iteration
+            run_survey(Context(cfg, run, base, 0, grader, say))
         log_loop_metrics(run.root, ev.report_to, 0, run.manifest()["stages"])
         for t in range(1, ev.iterations + 1):
             ctx = Context(cfg, run, base, t, grader, say)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from visplay.config import Config, SamplerConfig, resolve_model
+from visplay.config import WORLD_SEED_SCENES, Config, SamplerConfig, resolve_model
 from visplay.data.sources import ImageSource, open_source
 from visplay.lora import check_lora_layout
 from visplay.models import ModelError, check_model_dir
@@ -41,6 +41,8 @@ def open_images(cfg: Config, t: int = 1) -> ImageSource:
     if _is_parquet(ev.source):
         kw["column"] = ev.image_column
         kw["allow_outside_root"] = ev.allow_outside_source
+    if ev.source.startswith("world"):  # each run seed its own scenes: seeds differ in their data
+        kw["start"] = ev.seed * WORLD_SEED_SCENES
     return open_source(ev.source, world_config=cfg.source_world_at(t), **kw)
 
 

@@ -19,13 +19,17 @@ from pathlib import Path
 
 from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
 from visplay.roles.prompts import reasoner_messages
+from visplay.data.images import image_id
 from visplay.evolve.stages import from_png
+from visplay.io import image_bytes
 from visplay.tiny.pretrain import Collator
 
 
 def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dict]:
     """One SFT row (messages, target, image) per kept question that has an agreeing chain of
-    committee member ``member``; the chain is picked by a per-question rng, so it is reproducible.
+    committee member ``member``; the chain is picked by a per-question rng seeded by the image's
+    content and the question (never its id), so it is reproducible and the same rows make the same
+    SFT data whatever source they came from (a world scene or the same picture in a folder).
 
     >>> from visplay.evolve.stages import png_bytes
     >>> from PIL import Image
@@ -39,7 +43,7 @@ def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dic
         mine = _agreeing(r, member)
         if not mine:
             continue
-        rng = random.Random(f"chain:{seed}:{r['image_id']}#{r['sample']}")
+        rng = random.Random(f"chain:{seed}:{image_id(image_bytes(r['image_png']))}:{r['question']}#{r['sample']}")
         out.append({"messages": reasoner_messages(r["question"]), "target": rng.choice(mine),
                     "image": from_png(r["image_png"])})
     return out
