@@ -227,7 +227,10 @@ def main() -> None:
                                                  for m in members]
                 for kind, picked in committee_baselines(rows).items():
                     scores.setdefault(kind, {})[seed] = picked
-            for t, model in models_of(run, manifest).items():
+            models = models_of(run, manifest)
+            if name not in CONTROLLED:  # an ablation: its final reasoner is what the table compares
+                models = dict([max(models.items(), key=lambda kv: int(kv[0].removeprefix("iter")))])
+            for t, model in models.items():
                 scores.setdefault(t, {})[seed] = score(model, held(f"{run.name}-{t}"), cfg, args.eval_n, args.eval_seed)
                 scores.setdefault("final", {})[seed] = scores[t][seed]  # the run's last evaluated reasoner
             if name in CONTROLLED and not args.no_control:
