@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from visplay.answers import Grader
 from visplay.answers.committee import committee_votes
-from visplay.evolve.stages import grade
+from visplay.evolve.rows import grade
 from visplay.worlds.questions import trace_key
 
 

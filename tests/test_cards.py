@@ -64,7 +64,7 @@ def _phase(micro_model_dir, out):
     from visplay.answers import Grader
     from visplay.config import GRPOPhase
     from visplay.data.sources import WorldSource
-    from visplay.evolve.stages import questioner_dataset
+    from visplay.evolve.rows import questioner_dataset
     from visplay.models import load_model
     from visplay.sampling.hf import TransformersSampler
     from visplay.rewards.questioner import QuestionerReward

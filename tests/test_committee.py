@@ -17,11 +17,11 @@ from faults import VISPLAY_LOOP
 from visplay.answers import Grader, agreement
 from visplay.answers.committee import committee_votes
 from visplay.config import ConfigError, config_from_manifest, load_config
-from visplay.evolve.stages import label_questions, png_bytes
+from visplay.evolve.rows import label_questions, png_bytes
 from visplay.answers.voting import majority_vote_batch
 from visplay.io import image_bytes
 from visplay.sampling.base import SamplingParams
-from visplay.worlds.questions import follows_from_listing, listing_complete, trace_key
+from visplay.worlds.trace import follows_from_listing, listing_complete, trace_key
 from visplay.worlds.scene import WorldConfig, make_scene
 
 #: the default preset's oracle-level ablation: the world ladder on levels 6-8 instead of the surveyed pool
@@ -243,7 +243,7 @@ def test_the_ladder_repeats_a_level_until_enough_of_it_is_kept(tmp_path) -> None
     of its own level's questions (replay levels do not count)."""
     from visplay.answers import Grader
     from visplay.config import to_dict
-    from visplay.evolve.bodies import Context
+    from visplay.evolve.context import Context
     from visplay.run.rundir import RunDir
 
     cfg = load_config("tiny", ["evolve.advance_kept_share=0.3", "evolve.iterations=4", *LADDER[1::2]])
@@ -268,5 +268,6 @@ def test_replay_draws_world_scenes_only_for_a_world_ladder() -> None:
     world = load_config("tiny", ladder)  # the ablation: a world ladder with replay
     assert world.evolve.replay_images and world.replay_world_at(2).max_objects == 6
     assert world.replay_world_at(1).max_objects == 5  # level 6's replay: the labelled levels
-    folder = load_config("tiny", ladder + ["evolve.source=folder:/data/images"])  # real images: no world scenes mixed in
+    folder = load_config("tiny", ladder + ["evolve.source=folder:/data/images", "evolve.agreement=answer"])  # real images
+    # ... hold no world scenes, so none are mixed in (and have no trace key to agree on)
     assert folder.replay_world_at(2) is None

@@ -13,6 +13,7 @@ import pytest
 
 from visplay.worlds.questions import FAMILIES, grade, make_question, oracle, parse
 from visplay.worlds.scene import CELL_PX, COLOURS, HELD_OUT_COMBOS, WorldConfig, make_scene
+from visplay.worlds.trace import scene_id
 
 
 def test_scenes_are_deterministic_and_splits_differ():
@@ -29,7 +30,7 @@ def test_render_puts_each_object_colour_in_its_cell():
         for o in s.objects:
             cy, cx = o.row * CELL_PX + CELL_PX // 2, o.col * CELL_PX + CELL_PX // 2
             pix = arr[cy + 2, cx]  # inside every shape, triangles included
-            assert np.abs(pix - np.array(COLOURS[o.colour])).max() <= 20, (s.id, o)
+            assert np.abs(pix - np.array(COLOURS[o.colour])).max() <= 20, (scene_id(s), o)
         occupied = {(o.row, o.col) for o in s.objects}
         for r in range(s.grid):
             for c in range(s.grid):

@@ -33,7 +33,7 @@ import yaml
 
 from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
 from visplay.config import REPO_ROOT, ArchConfig, Config, ConfigError, GRPOPhase, resolve_model
-from visplay.lora import SHARDED_WEIGHTS, lora_params
+from visplay.evolve.lora import SHARDED_WEIGHTS, lora_params
 from visplay.run.stages import BASELINE, STAGES, stage_name
 
 GIB = 1024 ** 3

@@ -66,6 +66,20 @@ def split_stage(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def checkpoint_dir(out_dir) -> Path:
+    """Where a training phase saving to ``out_dir`` keeps its Trainer checkpoints: ``<out_dir>.ckpt``
+    (removed once the model is saved; a killed phase resumes there).
+
+    >>> checkpoint_dir("runs/x/iter1/questioner").as_posix()
+    'runs/x/iter1/questioner.ckpt'
+    """
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + CHECKPOINT_SUFFIX)
+
+
 def stage_at(path) -> str:
     """The stage whose output or checkpoints are at ``path``.
 
@@ -73,7 +87,7 @@ def stage_at(path) -> str:
     ('iter1/questioner', 'iter2/reasoner')
     """
     path = Path(path)
-    return f"{path.parent.name}/{path.name.removesuffix('.ckpt')}"
+    return f"{path.parent.name}/{path.name.removesuffix(CHECKPOINT_SUFFIX)}"
 
 
 def stage_names(iterations: int) -> list[str]:
