@@ -167,6 +167,8 @@ def test_the_stage_list_is_what_the_loop_status_and_report_read():
     run = RunDir("/r")
     assert run.output("iter2/labels") == Path("/r/iter2/labels.parquet")
     assert run.checkpoints("iter1/reasoner") == Path("/r/iter1/reasoner.ckpt")
+    assert run.member_output("iter1/reasoner", 0) == run.output("iter1/reasoner")
+    assert run.member_output("iter1/reasoner", 2) == Path("/r/iter1/committee2")
     assert run.parts("iter1/questions") == Path("/r/iter1/questions.parts")
     with pytest.raises(ValueError, match="unknown stage"):
         run_stages.parse_stage("iter0/labels")

@@ -80,3 +80,21 @@ def test_a_presets_other_objective_is_listed_as_unread_not_refused() -> None:
     assert set(modes.unread(grpo)) == {"evolve.sft_epochs", "evolve.sft_batch_size", "evolve.sft_schedule",
                                        "evolve.sft_warmup"}
     assert "evolve.reasoner.steps" not in modes.unread(load_config("tiny", [*GRPO, "evolve.reasoner.steps=3"]))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "qwen2_5_vl_3b", "qwen2_5_vl_7b", "mimo_vl_7b"])
+def test_the_dry_run_names_the_objective_and_the_labelling_rule(preset, capsys) -> None:
+    """The plan's words come from the resolved config: a preset's objective, who labels and by which
+    rule, and the devices here (CPU when there is no GPU), never a fixed recipe."""
+    from visplay.cli import main
+    from visplay.evolve.plan import gpus_here
+
+    ev = load_config(preset).evolve
+    assert main(["evolve", "--preset", preset, "--dry-run"]) == 0
+    lines = {line[:10].strip(): line[10:].strip() for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()}
+    objective = {"sft": "SFT of the reasoner", "grpo": "GRPO with the silver labels"}[ev.reasoner_objective]
+    rule = {"trace": "trace agreement", "answer": "answer agreement" if ev.committee else "majority vote"}[ev.agreement]
+    assert lines["objective"].startswith(objective) and rule in lines["labels"]
+    assert ("committee of" in lines["labels"]) == bool(ev.committee)
+    assert f"reasoner {ev.reasoner_objective.upper()}" in lines["loop"]
+    assert lines["devices"].startswith("CPU") == (gpus_here() == 0)

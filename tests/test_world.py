@@ -132,3 +132,23 @@ def test_position_bars_encode_row_and_column_of_every_cell():
     assert len(seen) == cfg.grid**2  # every cell carries a distinct (row, column) code
     plain = np.asarray(make_scene("train", 3, WorldConfig(noise=0.0, max_objects=25, min_objects=25, cell_marks=False)).render())
     assert not np.array_equal(plain, img)
+
+
+def test_the_world_task_owns_its_format_in_one_module():
+    """`visplay.worlds.trace` writes and reads the image id and the trace; the reasoner's parser and
+    the trace key read a completion through its one reader (`split_trace`)."""
+    import doctest
+
+    import visplay.worlds.trace as trace
+    from visplay.roles.parsing import parse_reasoner
+
+    assert doctest.testmod(trace).failed == 0
+    scene = make_scene("unlabeled", 12)
+    assert trace.parse_world_id(trace.scene_id(scene)) == ("unlabeled", 12)
+    q = make_question(scene, random.Random(0), ("count",))
+    written = trace.target(q)
+    assert trace.split_trace(written) == ("", q.think, f"\\boxed{{{q.answer}}}")
+    assert parse_reasoner(written).format_ok and parse_reasoner(written).answer == q.answer
+    assert trace.trace_key(q.text, written, q.answer) is not None
+    for bad in ("\\boxed{1}", "x <think>a</think> \\boxed{1}", "<think>a</think> \\boxed{1} <think>"):
+        assert not parse_reasoner(bad).format_ok, bad

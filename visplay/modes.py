@@ -183,3 +183,80 @@ def check_overrides(cfg, keys: Iterable[str]) -> None:
     if hits:
         raise ConfigError("--set " + "; ".join(dict.fromkeys(hits)) + ": drop the override or choose the mode "
                           "that reads it")
+
+
+# -- what the chosen modes do, in words (the dry-run plan, --help, the report) --------------------
+
+
+def labelling_rule(ev) -> str:
+    """How the labels stage turns samples into a silver label and its agreement c, for ``ev`` (the
+    evolve section)."""
+    if ev.agreement == "trace":
+        rule = ("trace agreement: each member's modal trace key (the objects its walk lists and the answer, which "
+                "must follow from the listing) must be the same; the label is that answer")
+    elif ev.committee:
+        rule = "answer agreement: each member's majority answer must be the same; that answer is the label"
+    else:
+        rule = "majority vote: the majority answer is the label"
+    share = "c = the weakest member's share of its samples on it" if ev.committee else "c = its share of the samples"
+    return f"{rule}; {share}; kept when c is in [{ev.band_low:g}, {ev.band_high:g}]"
+
+
+def labellers(ev) -> str:
+    """Who labels: the reasoner alone, or the committee."""
+    if not ev.committee:
+        return "the reasoner R_{t-1} alone"
+    return (f"a committee of {1 + len(ev.committee)}: the reasoner R_{{t-1}} and {', '.join(ev.committee)}"
+            + (", co-evolving (each local member trains on its own agreeing chains)" if ev.coevolve else ", frozen"))
+
+
+def objective(ev) -> str:
+    """How the reasoner R_t is trained on the kept labels."""
+    if ev.reasoner_objective == "sft":
+        who = "the reasoner and every local committee member" if ev.coevolve else "the reasoner"
+        return f"SFT of {who} on its own agreeing chains: {ev.sft.describe()}"
+    column = "the questioner's own answers (ablation)" if ev.labels == "questioner" else "the silver labels"
+    return f"GRPO with {column} as the accuracy reward ({ev.reasoner.steps} steps, lr {ev.reasoner.lr:g})"
+
+
+def curriculum(cfg) -> str:
+    """Which unseen images each iteration takes."""
+    ev = cfg.evolve
+    if ev.survey_images:
+        return (f"a label-free survey orders a pool of {ev.survey_images:,} images by the base reasoner's answer "
+                "length; each iteration takes the easiest unseen")
+    if ev.ladder:
+        hold = (f", climbing only when {ev.advance_kept_share:g} of a level's questions were kept"
+                if ev.advance_kept_share is not None else "")
+        return f"a ladder: iteration t draws level {cfg.source_world_at(1).min_objects} + t - 1 of the world{hold}"
+    return "the source's own order, unseen images only"
+
+
+def describe(cfg) -> dict[str, str]:
+    """The run's modes in words, from the resolved config: what `visplay evolve --dry-run` prints."""
+    ev = cfg.evolve
+    return {
+        "objective": objective(ev),
+        "labels": f"{ev.label_samples} samples each from {labellers(ev)}; {labelling_rule(ev)}"
+                  + ("; labels of every iteration so far" if ev.accumulate_labels else ""),
+        "questioner": (f"GRPO each iteration on {ev.questioner_images} images"
+                       + (f"; drift guard: the previous one is kept when under {ev.min_valid_share:g} of the "
+                          "trained one's questions parse (and fewer than the previous one's)"
+                          if ev.min_valid_share is not None else "")) if ev.train_questioner
+                      else "frozen (evolve.train_questioner=false)",
+        "curriculum": curriculum(cfg),
+        "replay": (f"{ev.replay_images} self-labelled images an iteration from the levels below the ladder's"
+                   if ev.replay_images else "none"),
+        "stops": ("when an iteration keeps no question, the run ends (a committee agreed on nothing at its level)"
+                  if ev.ends_when_nothing_kept else "when an iteration keeps no question, the reasoner is carried over")
+                 + (f"; when mean agreement reaches {ev.stop_agreement:g}" if ev.stop_agreement is not None else ""),
+    }
+
+
+def pipeline(cfg) -> str:
+    """The loop in one line, from the resolved config (the help texts)."""
+    ev = cfg.evolve
+    questioner = "questioner GRPO" if ev.train_questioner else "frozen questioner"
+    labels = (f"committee labels ({ev.agreement} agreement)" if ev.committee else "majority-vote silver labels")
+    reasoner = f"reasoner {ev.reasoner_objective.upper()}" + (" (co-evolving committee)" if ev.coevolve else "")
+    return f"{questioner} -> questions -> {labels} -> {reasoner} -> eval"

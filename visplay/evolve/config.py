@@ -175,10 +175,10 @@ class SFTPhase:
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.lr}")
 
-    def describe(self, rows: int) -> str:
-        """One line for a model card: what this phase trained on ``rows`` chains."""
-        return (f"{self.epochs} epochs of {rows} chains, batch {self.batch_size}, lr {self.lr:g} "
-                f"({self.schedule}, warmup {self.warmup:g})")
+    def describe(self, rows: int | None = None) -> str:
+        """One line for a model card or the plan: what this phase trains (on ``rows`` chains)."""
+        of = f" of {rows} chains" if rows is not None else ""
+        return f"{self.epochs} epochs{of}, batch {self.batch_size}, lr {self.lr:g} ({self.schedule}, warmup {self.warmup:g})"
 
 
 @dataclass
