@@ -123,7 +123,7 @@ def test_sections_live_beside_their_owners_and_declare_each_check_once():
     import visplay.settings
     from visplay.config import Config, ConfigError, GRPOPhase
     from visplay.eval.world import EvalConfig
-    from visplay.evolve.config import EvolveConfig
+    from visplay.evolve.sections import EvolveConfig
     from visplay.sampling.factory import SamplerConfig
 
     assert doctest.testmod(visplay.settings).failed == 0

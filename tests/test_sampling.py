@@ -87,8 +87,8 @@ def test_grpo_rollouts_suppress_what_the_samplers_and_the_saved_model_suppress(m
     can never produce. (GRPO used ``all_special_ids`` alone before, which leaves such a token out.)"""
     from tokenizers import AddedToken
 
-    from visplay.cards import write_generation_defaults
-    from visplay.evolve.config import GRPOPhase
+    from visplay.model_files import write_generation_defaults
+    from visplay.evolve.sections import GRPOPhase
     from visplay.evolve.grpo import build_trainer
     from visplay.evolve.rows import questioner_dataset
     from visplay.data.sources import WorldSource

@@ -24,13 +24,13 @@ from visplay.eval.run import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, BenchConfig
 from visplay.evolve.self_train import SelfTrainConfig
 from visplay.eval.world import EvalConfig
 from visplay import modes
-from visplay.evolve.config import ROLE_REWARDS, VLLM_MODES, EvolveConfig, GRPOPhase, HardwareConfig, SFTPhase
+from visplay.evolve.sections import ROLE_REWARDS, VLLM_MODES, EvolveConfig, GRPOPhase, HardwareConfig, SFTPhase
 from visplay.evolve.seeds import REPLAY_START, WORLD_SEED_SCENES
 from visplay.sampling.factory import SAMPLER_BACKENDS, VLLM_LAUNCH, VLLM_URL, SamplerConfig
 from visplay.settings import REPO_ROOT, ConfigError, Sampling, base_url, require
 from visplay.tiny.pretrain import PretrainConfig
 from visplay.worlds.scene import WorldConfig
-from visplay.run.cards import final_model
+from visplay.run.publish import final_model
 
 #: The sections, each beside the code that reads it, re-exported so `visplay.config` names the whole tree.
 __all__ = [

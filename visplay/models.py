@@ -144,7 +144,7 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
 
     ``record()``, if given, is saved as ``PHASE_RECORD`` inside the same folder, so it exists
     exactly when the model does; ``dress(folder)`` adds files to it before the rename (the model
-    card, `visplay.cards.dress_checkpoint`). With ``ranks`` (every rank of a launcher runs this),
+    card, `visplay.model_files.dress_checkpoint`). With ``ranks`` (every rank of a launcher runs this),
     the weights are gathered by ``trainer.save_model`` (ZeRO-3/FSDP shards) and only the main rank
     writes. A LoRA phase (a peft model) resumes from its adapter checkpoint and is saved merged."""
     ckpt = last_checkpoint(ckpt_dir) if resume else None

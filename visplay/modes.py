@@ -21,11 +21,11 @@ import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from visplay.evolve.config import EvolveConfig
+from visplay.evolve.sections import EvolveConfig
 from visplay.evolve.seeds import REPLAY_START, WORLD_SEED_SCENES
 from visplay.settings import ConfigError
 
-#: The SFT objective's keys (`visplay.evolve.config.SFTPhase`), flat in the evolve section.
+#: The SFT objective's keys (`visplay.evolve.sections.SFTPhase`), flat in the evolve section.
 SFT_KEYS = ("sft_epochs", "sft_batch_size", "sft_lr", "sft_schedule", "sft_warmup")
 
 

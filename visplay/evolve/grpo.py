@@ -1,6 +1,6 @@
 """The GRPO objective: a thin wrapper over TRL's `GRPOTrainer` for both roles, and the loop's
 GRPO phase (`train_phase`: its dataset, its rewards, its frozen reasoner).
-Settings: `visplay.evolve.config.GRPOPhase` (``evolve.questioner`` / ``evolve.reasoner``).
+Settings: `visplay.evolve.sections.GRPOPhase` (``evolve.questioner`` / ``evolve.reasoner``).
 
 The questioner learns from images alone (prompt = instruction + image); its reward samples the
 frozen reasoner inside the reward call. The reasoner learns on (image, question, silver label)
@@ -25,7 +25,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from visplay.evolve.config import GRPOPhase
+from visplay.evolve.sections import GRPOPhase
 from visplay.dist import Ranks
 from visplay.evolve.context import Context, take_images
 from visplay.evolve.lora import peft_config
@@ -39,8 +39,8 @@ from visplay.models import (finished_phase, freeze_vision_tower, load_model, sup
 from visplay import console
 from visplay.console import quiet_library_warnings
 from visplay.dist import current as current_ranks
-from visplay.cards import dress_checkpoint
-from visplay.run.cards import phase_card_info
+from visplay.model_files import dress_checkpoint
+from visplay.run.publish import phase_card_info
 
 
 class HealthGuard:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from visplay.answers import Grader, rate
-from visplay.run.cards import publish_stage
+from visplay.run.publish import publish_stage
 from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
 from visplay.evolve.context import Context

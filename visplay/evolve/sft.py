@@ -1,6 +1,6 @@
 """The reasoner's SFT objective: supervised fine-tuning on the chains that agree with the label.
 
-`evolve.reasoner_objective: sft` (settings: `visplay.evolve.config.SFTPhase`, the ``evolve.sft_*``
+`evolve.reasoner_objective: sft` (settings: `visplay.evolve.sections.SFTPhase`, the ``evolve.sft_*``
 keys) trains R_t on one of its *own* agreeing chains per kept question
 (the samples whose answer -- or with `evolve.agreement: trace`, whose whole trace -- matched the
 committee), loss on the completion only. It is rejection-sampling SFT with a committee as the
@@ -21,11 +21,11 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from visplay.cards import dress_checkpoint
+from visplay.model_files import dress_checkpoint
 from visplay.models import finished_phase, freeze_vision_tower, load_model, train_resumable, training_args
 from visplay.roles.prompts import reasoner_messages
 from visplay.data.images import image_id
-from visplay.evolve.config import SFTPhase
+from visplay.evolve.sections import SFTPhase
 from visplay.evolve.rows import from_png
 from visplay.io import image_bytes
 from visplay.run.stages import checkpoint_dir

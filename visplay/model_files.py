@@ -13,7 +13,7 @@ A role checkpoint (a GRPO phase's output, `visplay pretrain`'s model) gets, next
   transformers snippet (`snippet`) that answers a held-out world question.
 
 The run's own cards (a GRPO phase's rows, an iteration's dataset card, a run's final model) are
-`visplay.run.cards`. Test: `pytest tests/test_cards.py`.
+`visplay.run.publish`. Test: `pytest tests/test_model_files.py`.
 """
 
 from __future__ import annotations
