@@ -229,7 +229,7 @@ def measure(args, phases: list[str], vllm: bool) -> dict:
     from visplay.config import EMBEDDED_MODELS, load_config
     from visplay.data.sources import ImageItem
     from visplay.dist import current
-    from visplay.evolve.stages import questioner_dataset
+    from visplay.evolve.rows import questioner_dataset
     from visplay.rewards.questioner import QuestionerReward
     from visplay.rewards.registry import build_rewards
     from visplay.roles.prompts import reasoner_messages

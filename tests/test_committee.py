@@ -8,6 +8,7 @@ In-memory except the loop tests; one runs `visplay evolve` on the default preset
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -17,11 +18,11 @@ from faults import VISPLAY_LOOP
 from visplay.answers import Grader, agreement
 from visplay.answers.committee import committee_votes
 from visplay.config import ConfigError, config_from_manifest, load_config
-from visplay.evolve.stages import label_questions, png_bytes
+from visplay.evolve.rows import label_questions, png_bytes
 from visplay.answers.voting import majority_vote_batch
 from visplay.io import image_bytes
 from visplay.sampling.base import SamplingParams
-from visplay.worlds.questions import follows_from_listing, listing_complete, trace_key
+from visplay.worlds.trace import follows_from_listing, listing_complete, trace_key
 from visplay.worlds.scene import WorldConfig, make_scene
 
 #: the default preset's oracle-level ablation: the world ladder on levels 6-8 instead of the surveyed pool
@@ -243,7 +244,7 @@ def test_the_ladder_repeats_a_level_until_enough_of_it_is_kept(tmp_path) -> None
     of its own level's questions (replay levels do not count)."""
     from visplay.answers import Grader
     from visplay.config import to_dict
-    from visplay.evolve.bodies import Context
+    from visplay.evolve.context import Context
     from visplay.run.rundir import RunDir
 
     cfg = load_config("tiny", ["evolve.advance_kept_share=0.3", "evolve.iterations=4", *LADDER[1::2]])
@@ -268,5 +269,44 @@ def test_replay_draws_world_scenes_only_for_a_world_ladder() -> None:
     world = load_config("tiny", ladder)  # the ablation: a world ladder with replay
     assert world.evolve.replay_images and world.replay_world_at(2).max_objects == 6
     assert world.replay_world_at(1).max_objects == 5  # level 6's replay: the labelled levels
-    folder = load_config("tiny", ladder + ["evolve.source=folder:/data/images"])  # real images: no world scenes mixed in
+    folder = load_config("tiny", ladder + ["evolve.source=folder:/data/images", "evolve.agreement=answer"])  # real images
+    # ... hold no world scenes, so none are mixed in (and have no trace key to agree on)
     assert folder.replay_world_at(2) is None
+
+
+class _Reached(Exception):
+    """Raised where a member's SFT would start training, carrying the call stack that got there."""
+
+
+def test_cli_reaches_a_members_sft_in_eight_calls_without_looping_back(tmp_path, monkeypatch) -> None:
+    """`visplay evolve` on the default recipe -> one committee member's SFT reads as one short chain
+    (docs/architecture.md): cli -> loop -> the reasoner's step -> the committee -> the SFT objective,
+    never back into the stage bodies."""
+    import inspect
+
+    import torch
+
+    import visplay.evolve.sft
+    from visplay.cli import main
+
+    def stop(*args, **kwargs):
+        raise _Reached([(f.function, Path(f.filename).name) for f in inspect.stack()])
+
+    monkeypatch.setattr(visplay.evolve.sft, "train_sft", stop)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one slot: the members train in this process, one after the other
+    try:
+        with pytest.raises(_Reached) as reached:
+            main(["evolve", "--run", str(tmp_path / "run"), "--quiet", "--set", "evolve.iterations=1",
+                  "--set", "evolve.survey_images=24", "--set", "evolve.images_per_iteration=12",
+                  "--set", "evolve.questioner_images=4", "--set", "evolve.questioner.steps=1",
+                  "--set", "evolve.label_samples=2", "--set", "evolve.sft_epochs=1", "--set", "evolve.chunk_size=8",
+                  "--set", "eval.n=12", "--set", "eval.k=1", "--set", "evolve.report_to=[]"])
+    finally:
+        torch.set_num_threads(threads)
+    stack = reached.value.args[0]
+    chain = list(reversed(stack[1:[f for f, _ in stack].index("main") + 1]))
+    assert [f for f, _ in chain] == ["main", "run", "run_evolve", "_run_step", "run_reasoner", "train", "train_member",
+                                     "fine_tune"]  # then train_sft: 8 calls from cli.main
+    assert [name for _, name in chain[1:]] == ["evolve.py", "loop.py", "loop.py", "steps.py", "committee.py",
+                                               "committee.py", "sft.py"]  # 5 files from cli/evolve.py

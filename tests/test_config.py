@@ -45,9 +45,13 @@ def test_bad_preset_file(tmp_path):
         load_config(p)
 
 
+#: the reasoner's GRPO objective on the tiny preset: its evolve.reasoner knobs are read (under SFT a --set of one is refused)
+GRPO = ["evolve.committee=[]", "evolve.agreement=answer", "evolve.reasoner_objective=grpo", "evolve.coevolve=false"]
+
+
 def test_overrides_coerce_by_declared_type():
     """YAML reads `1e-6` (no dot) as a string and `wandb` as a scalar: the field's type decides."""
-    c = load_config("tiny", ["evolve.questioner.lr=1e-6", "evolve.report_to=wandb", "eval.temperature=0.5",
+    c = load_config("tiny", [*GRPO, "evolve.questioner.lr=1e-6", "evolve.report_to=wandb", "eval.temperature=0.5",
                              "evolve.reasoner.beta=2"])
     assert c.evolve.questioner.lr == 1e-6 and isinstance(c.evolve.questioner.lr, float)
     assert c.evolve.report_to == ("wandb",)
@@ -66,11 +70,12 @@ def test_preset_file_with_scientific_notation(tmp_path):
 
 
 def test_trl_key_names_are_accepted_for_the_same_knob():
-    c = load_config("tiny", ["evolve.reasoner.learning_rate=1e-4", "evolve.reasoner.max_steps=3",
+    c = load_config("tiny", [*GRPO, "evolve.reasoner.learning_rate=1e-4", "evolve.reasoner.max_steps=3",
                              "evolve.questioner.per_device_train_batch_size=2", "pretrain.learning_rate=2e-3"])
     assert (c.evolve.reasoner.lr, c.evolve.reasoner.steps, c.evolve.questioner.per_device_batch) == (1e-4, 3, 2)
     assert c.pretrain.lr == 2e-3
-    assert load_config("tiny", ["evolve.reasoner.learning_rate=1e-4", "evolve.reasoner.lr=1e-5"]).evolve.reasoner.lr == 1e-5
+    assert load_config("tiny", [*GRPO, "evolve.reasoner.learning_rate=1e-4",
+                                "evolve.reasoner.lr=1e-5"]).evolve.reasoner.lr == 1e-5
     from visplay.config import GRPOPhase, from_dict  # one YAML mapping giving both spellings is ambiguous
 
     with pytest.raises(ConfigError, match="'learning_rate' and 'lr' name the same setting"):
@@ -118,7 +123,7 @@ def test_sections_live_beside_their_owners_and_declare_each_check_once():
     import visplay.settings
     from visplay.config import Config, ConfigError, GRPOPhase
     from visplay.eval.world import EvalConfig
-    from visplay.evolve.config import EvolveConfig
+    from visplay.evolve.sections import EvolveConfig
     from visplay.sampling.factory import SamplerConfig
 
     assert doctest.testmod(visplay.settings).failed == 0

@@ -18,7 +18,7 @@ from visplay.config import WORLD_SEED_SCENES, ConfigError, load_config
 from visplay.data.sources import WorldSource
 from visplay.eval.world import paired, seeds_gain
 from visplay.evolve import curriculum
-from visplay.evolve.preflight import open_images
+from visplay.evolve.context import open_images
 from visplay.io import image_bytes
 
 #: the label columns a reasoner trains on, and what decides them

@@ -5,6 +5,7 @@ from __future__ import annotations
 from visplay.eval.world import answer_prior, eval_items, summarize
 from visplay.worlds.questions import FAMILIES
 from visplay.worlds.scene import WorldConfig
+from visplay.worlds.trace import scene_id
 
 
 def _row(fam, g, m, p, prior, c):
@@ -28,7 +29,7 @@ def test_eval_items_deterministic_and_seeds_disjoint():
     b = eval_items("heldout", 20, w, tuple(FAMILIES), 0)
     c = eval_items("heldout", 20, w, tuple(FAMILIES), 1)
     assert [q for _, q in a] == [q for _, q in b]
-    assert not {s.id for s, _ in a} & {s.id for s, _ in c}
+    assert not {scene_id(s) for s, _ in a} & {scene_id(s) for s, _ in c}
 
 
 def test_answer_prior_is_most_common_training_answer():

@@ -108,7 +108,7 @@ def test_health_guard_stops_a_grpo_phase(micro_model_dir, tmp_path):
     from visplay.answers import Grader
     from visplay.config import GRPOPhase
     from visplay.data.sources import WorldSource
-    from visplay.evolve.stages import questioner_dataset
+    from visplay.evolve.rows import questioner_dataset
     from visplay.sampling.hf import TransformersSampler
     from visplay.rewards.questioner import QuestionerReward
     from visplay.evolve.grpo import train_grpo
@@ -134,7 +134,8 @@ def test_the_drift_guard_keeps_the_previous_questioner_when_fewer_questions_pars
     from visplay.answers import Grader
     from visplay.config import to_dict
     from visplay.data.sources import WorldSource
-    from visplay.evolve.bodies import Context, kept_questioner
+    from visplay.evolve.context import Context
+    from visplay.evolve.steps import kept_questioner
     from visplay.worlds.scene import WorldConfig
 
     cfg = load_config("tiny", ["evolve.min_valid_share=0.9", "evolve.max_new_tokens=48"])
@@ -156,7 +157,7 @@ def test_the_stage_list_is_what_the_loop_status_and_report_read():
     import doctest
 
     import visplay.run.stages as run_stages
-    from visplay.evolve.bodies import BASELINE_STEP, STEPS
+    from visplay.evolve.steps import BASELINE_STEP, STEPS
     from visplay.run.rundir import expected_stages
 
     assert doctest.testmod(run_stages).failed == 0
@@ -166,6 +167,8 @@ def test_the_stage_list_is_what_the_loop_status_and_report_read():
     run = RunDir("/r")
     assert run.output("iter2/labels") == Path("/r/iter2/labels.parquet")
     assert run.checkpoints("iter1/reasoner") == Path("/r/iter1/reasoner.ckpt")
+    assert run.member_output("iter1/reasoner", 0) == run.output("iter1/reasoner")
+    assert run.member_output("iter1/reasoner", 2) == Path("/r/iter1/committee2")
     assert run.parts("iter1/questions") == Path("/r/iter1/questions.parts")
     with pytest.raises(ValueError, match="unknown stage"):
         run_stages.parse_stage("iter0/labels")

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from visplay.answers import Grader, normalize_answer
 from visplay.data.sources import WorldSource
-from visplay.evolve.stages import generate_questions, label_questions, skip_reasons, storable
+from visplay.evolve.rows import generate_questions, label_questions, skip_reasons, storable
 from visplay.io import atomic_write_parquet
 from visplay.answers.voting import majority_vote_batch
 from visplay.rewards.questioner import INVALID_REWARD, questioner_reward

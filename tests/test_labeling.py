@@ -120,7 +120,7 @@ def test_the_labels_stage_keeps_agreement_inside_the_band_inclusive(answers, kep
     """The band the pipeline applies (`label_questions`, as the labels stage calls it), at its edges."""
     from PIL import Image
 
-    from visplay.evolve.stages import label_questions, png_bytes
+    from visplay.evolve.rows import label_questions, png_bytes
     from visplay.sampling.base import SamplingParams
 
     row = {"image_id": "x", "sample": 0, "valid": True, "reason": "ok", "question": "How many red objects are there?",

@@ -14,7 +14,7 @@ from visplay.config import ConfigError, EvalConfig, load_config
 from visplay.eval.probe import _walk_spans, trace_probe
 from visplay.eval.world import evaluate_world, level_groups, paired
 from visplay.evolve.loop import stop_signal
-from visplay.evolve.stages import level_mix, reasoner_rows
+from visplay.evolve.rows import level_mix, reasoner_rows
 from visplay.io import atomic_write_parquet
 from visplay.sampling.base import Sampler
 from visplay.worlds.questions import FAMILIES, MARKED_FAMILIES, make_question, oracle
@@ -168,7 +168,7 @@ def test_pretrain_walk_orders_list_the_same_objects_and_answer() -> None:
     order and backwards, every row named, and each chain agrees with itself (its key exists)."""
     from visplay.roles.prompts import REASONER_INSTRUCTION
     from visplay.tiny.pretrain import PretrainConfig, example
-    from visplay.worlds.questions import listed_objects, trace_key
+    from visplay.worlds.trace import listed_objects, trace_key
 
     walks = {w: PretrainConfig(walk=w) for w in ("reading", "rows", "rows-reversed")}
     checked = 0

@@ -1,7 +1,7 @@
 """LoRA for either role (`evolve.<role>.lora_rank`), on the real HF classes, offline.
 
 Proves: bad LoRA settings are one clear error before anything is written; the adapters peft builds
-from `visplay.lora.peft_config` sit where the docs say and have the size the dry-run plan counts; a
+from `visplay.evolve.lora.peft_config` sit where the docs say and have the size the dry-run plan counts; a
 LoRA reasoner phase changes the weights and is saved merged, a plain checkpoint with its card that
 `AutoModelForImageTextToText` loads; the tiny loop with `--set evolve.reasoner.lora_rank=8` runs to
 the end; and a loop killed in the middle of a LoRA phase resumes to the uncrashed run's weights and
@@ -24,7 +24,7 @@ from visplay.arch import arch_from_hf, downscaled, random_model
 from faults import VISPLAY_LOOP
 from visplay.cli import main
 from visplay.config import EMBEDDED_MODELS, ConfigError, GRPOPhase, load_config
-from visplay.lora import lora_params, peft_config, target_pattern
+from visplay.evolve.lora import lora_params, peft_config, target_pattern
 
 
 @pytest.mark.parametrize("override, message", [

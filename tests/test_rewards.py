@@ -115,7 +115,8 @@ def test_questioner_reward_samples_the_frozen_reasoner_with_every_evolve_knob(tm
     from pathlib import Path
 
     from visplay.config import load_config
-    from visplay.evolve.bodies import Context, reward_fns
+    from visplay.evolve.context import Context
+    from visplay.evolve.grpo import reward_fns
     from visplay.run.rundir import RunDir
 
     cfg = load_config("tiny", ["evolve.top_p=0.7", "evolve.top_k=5", "evolve.temperature=0.9",

@@ -79,6 +79,42 @@ def test_special_tokens_never_sampled(micro):
             head[pad] = saved
 
 
+def test_grpo_rollouts_suppress_what_the_samplers_and_the_saved_model_suppress(micro_model_dir, tmp_path):
+    """One definition of the suppressed special tokens (`visplay.models.suppressed_ids`): a special
+    token added to the tokenizer (``special=True``, but not among its named special tokens, as
+    checkpoints that extend a vocabulary have) is kept out of GRPO's rollouts as it is kept out of
+    the samplers' and the saved generation defaults -- so a phase never trains on a token its eval
+    can never produce. (GRPO used ``all_special_ids`` alone before, which leaves such a token out.)"""
+    from tokenizers import AddedToken
+
+    from visplay.model_files import write_generation_defaults
+    from visplay.evolve.sections import GRPOPhase
+    from visplay.evolve.grpo import build_trainer
+    from visplay.evolve.rows import questioner_dataset
+    from visplay.data.sources import WorldSource
+    from visplay.models import load_model
+
+    model, processor = load_model(micro_model_dir)
+    tok = processor.tokenizer
+    tok.add_tokens([AddedToken("<|box_start|>", special=True)])
+    added = tok.convert_tokens_to_ids("<|box_start|>")
+    assert added not in tok.all_special_ids  # the case: special, yet not a named special token
+    items = [it for it, _ in zip(WorldSource(), range(2))]
+    def reward(completions, **kw):
+        return [0.0] * len(completions)
+
+    trainer, _ = build_trainer(model, processor, questioner_dataset(items), reward,
+                               GRPOPhase(steps=1, prompts_per_step=2, num_generations=2), tmp_path / "x.ckpt")
+    rollouts = trainer.args.generation_kwargs["suppress_tokens"]
+    assert added in rollouts
+    assert sorted(rollouts) == TransformersSampler(model, processor).suppress
+    model.save_pretrained(tmp_path / "saved")
+    write_generation_defaults(tmp_path / "saved", tok, max_new_tokens=8)
+    from transformers import GenerationConfig
+
+    assert GenerationConfig.from_pretrained(tmp_path / "saved").suppress_tokens == sorted(rollouts)
+
+
 def test_bad_params():
     with pytest.raises(ValueError, match="n must be"):
         SamplingParams(n=0)

@@ -224,7 +224,7 @@ def test_plan_numbers(tmp_path):
     assert ddp["total"] == 16 * p and ddp["reference"] == 0
     # with LoRA: frozen base weights as the layout keeps them, gradients + optimizer for the adapters only,
     # no reference copy (TRL switches the adapters off); the layouts that shard the weights are not offered
-    from visplay.lora import lora_params
+    from visplay.evolve.lora import lora_params
 
     adapters = plan["lora"]["reasoner"]["params"]
     assert adapters == lora_params(cfg.arch, cfg.evolve.reasoner, 8) and plan["lora"]["reasoner"]["on"] is False
@@ -307,8 +307,10 @@ def test_bad_input_fails_before_the_run_directory_exists(micro_model_dir, tmp_pa
         (["--model", str(micro_model_dir), "--set", "sampler.backend=vllm"] if shutil.which("vllm") is None else
          ["--model", str(micro_model_dir), "--set", "sampler.backend=vllm", "--set", "sampler.launch='no-vllm {model}'"],
          "sampler.launch runs "),
-        (["--model", str(micro_model_dir), "--set", f"evolve.source=parquet:{no_col}"], "has no column 'images'"),
-        (["--model", str(micro_model_dir), "--set", f"evolve.source=folder:{empty}"], "no images found in"),
+        (["--model", str(micro_model_dir), "--set", f"evolve.source=parquet:{no_col}", "--set", "evolve.agreement=answer"],
+         "has no column 'images'"),
+        (["--model", str(micro_model_dir), "--set", f"evolve.source=folder:{empty}", "--set", "evolve.agreement=answer"],
+         "no images found in"),
         (["--model", str(tmp_path / "nope")], "does not exist"),
         (["--model", str(micro_model_dir), "--sampler-url", "http://127.0.0.1:9/v1", "--set", "sampler.retries=0"],
          "sampling server http://127.0.0.1:9/v1 unreachable"),
@@ -325,11 +327,11 @@ def test_bad_input_fails_before_the_run_directory_exists(micro_model_dir, tmp_pa
 
 
 def test_open_images_applies_pixel_range_and_column(tmp_path):
-    from visplay.evolve.preflight import open_images
+    from visplay.evolve.context import open_images
 
     path = tmp_path / "data.parquet"
     pq.write_table(pa.table({"image": pa.array([_png(2, (300, 200)), b"not an image", _png(3, (10, 10))])}), path)
-    cfg = load_config("tiny", [f"evolve.source={path}", "evolve.image_column=image",
+    cfg = load_config("tiny", [f"evolve.source={path}", "evolve.image_column=image", "evolve.agreement=answer",
                                "evolve.min_pixels=1024", "evolve.max_pixels=4096"])
     src = open_images(cfg)
     items = list(src)
@@ -410,6 +412,6 @@ def test_short_loop_on_an_image_folder(micro_model_dir, tmp_path):
     assert sum(m["iter1/questions"]["skipped_images"].values()) == 1
     questions = pq.read_table(run / "iter1/questions.parquet").to_pylist()
     assert len(questions) == 12 and len({q["image_id"] for q in questions}) == 12
-    from visplay.evolve.stages import from_png
+    from visplay.evolve.rows import from_png
 
     assert all(10000 <= from_png(q["image_png"]).width * from_png(q["image_png"]).height <= 20000 for q in questions)

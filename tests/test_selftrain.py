@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from visplay.config import ConfigError, EvalConfig, SelfTrainConfig
-from visplay.eval.selftrain import finetune, majority_chains
+from visplay.evolve.self_train import finetune, majority_chains
 from visplay.eval.world import eval_items
 from visplay.roles.prompts import reasoner_messages
 from visplay.worlds.questions import FAMILIES
 from visplay.worlds.scene import WorldConfig
+from visplay.worlds.trace import target
 
 WORLD = WorldConfig(min_objects=1, max_objects=4)
 SETTINGS = EvalConfig(families=tuple(FAMILIES))
@@ -57,7 +58,7 @@ def test_finetune_changes_weights_and_saves_a_loadable_model(micro_model_dir, tm
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lm_head" in n or "embed" in n}
     items = eval_items("unlabeled", 4, WORLD, tuple(FAMILIES), 0)
     rows = [{"messages": reasoner_messages(q.text),
-             "target": q.target, "image": s.render()} for s, q in items]
+             "target": target(q), "image": s.render()} for s, q in items]
     finetune(model, processor, rows, SelfTrainConfig(epochs=1, batch_size=2, lr=1e-2), tmp_path)
     changed = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
     assert changed

@@ -118,7 +118,7 @@ def reasoner_run(tmp_path, model_dir, launcher, overrides=()):
 
     from visplay.config import load_config, to_dict
     from visplay.run.rundir import RunDir
-    from visplay.evolve.stages import png_bytes
+    from visplay.evolve.rows import png_bytes
     from visplay.io import atomic_write_parquet
     from visplay.worlds.scene import make_scene
 
@@ -212,12 +212,13 @@ def sft_run(tmp_path, model_dir, shards: int):
     from test_evolve import SHORT
 
     from visplay.config import load_config, to_dict
-    from visplay.evolve.stages import png_bytes
+    from visplay.evolve.rows import png_bytes
     from visplay.io import atomic_write_parquet
     from visplay.run.rundir import RunDir
     from visplay.worlds.scene import make_scene
 
-    cfg = load_config("tiny", SHORT + [f"model={model_dir}", f"evolve.committee=[{model_dir}]", "evolve.agreement=trace",
+    short = [o for o in SHORT if not o.startswith("evolve.reasoner.")]  # GRPO knobs: an error under sft
+    cfg = load_config("tiny", short + [f"model={model_dir}", f"evolve.committee=[{model_dir}]", "evolve.agreement=trace",
                                        "evolve.reasoner_objective=sft", "evolve.coevolve=true", "evolve.sft_epochs=1",
                                        "evolve.sft_batch_size=2", f"hardware.generation_shards={shards}"])
     run = RunDir(tmp_path / "run")
@@ -235,7 +236,7 @@ def test_member_slots_one_per_gpu_or_cpu_thread(monkeypatch):
     import torch
 
     from visplay.config import load_config
-    from visplay.evolve.bodies import member_slots
+    from visplay.evolve.committee import member_slots
 
     one, four = load_config("tiny"), load_config("tiny", ["hardware.generation_shards=4"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -254,7 +255,8 @@ def test_coevolving_members_train_at_once_in_worker_processes(micro_model_dir, t
     import torch
 
     from visplay.answers import Grader
-    from visplay.evolve.bodies import Context, run_reasoner
+    from visplay.evolve.context import Context
+    from visplay.evolve.steps import run_reasoner
     from visplay.models import PHASE_RECORD, load_model
 
     runs, threads = {}, torch.get_num_threads()

@@ -121,11 +121,11 @@ def test_parquet_paths_are_confined_to_the_source_root_unless_allowed(tmp_path):
     opened = ParquetSource(data / "train.parquet", allow_outside_root=True)
     assert [i.id for i in opened] == [image_id(png(1)), image_id(png(7)), image_id(png(7))]
     # the loop's source opts in through the config, never by default
-    from visplay.evolve.preflight import open_images
+    from visplay.evolve.context import open_images
 
-    spec = f"evolve.source=parquet:{data / 'train.parquet'}"
-    assert len(list(open_images(load_config("tiny", [spec])))) == 1
-    assert len(list(open_images(load_config("tiny", [spec, "evolve.allow_outside_source=true"])))) == 3
+    spec = [f"evolve.source=parquet:{data / 'train.parquet'}", "evolve.agreement=answer"]  # trace: world images only
+    assert len(list(open_images(load_config("tiny", spec)))) == 1
+    assert len(list(open_images(load_config("tiny", [*spec, "evolve.allow_outside_source=true"])))) == 3
 
 
 def test_struct_whose_bytes_is_a_string_is_a_row_skip(tmp_path):
@@ -142,11 +142,12 @@ def test_struct_whose_bytes_is_a_string_is_a_row_skip(tmp_path):
 
 def test_preflight_fails_fast_when_no_row_is_usable(micro_model_dir, tmp_path):
     pq.write_table(pa.table({"images": [b"junk", b"", None, b"more junk"]}), tmp_path / "bad.parquet")
-    cfg = load_config("tiny", [f"model={micro_model_dir}", f"evolve.source=parquet:{tmp_path / 'bad.parquet'}"])
+    cfg = load_config("tiny", [f"model={micro_model_dir}", f"evolve.source=parquet:{tmp_path / 'bad.parquet'}",
+                               "evolve.agreement=answer"])
     with pytest.raises(ValueError, match=r"no usable image: all 4 skipped \(.*not_an_image 2.*\); first: .*row=0"):
         preflight(cfg)
     run = tmp_path / "run"
-    assert main(["evolve", "--run", str(run), "--set", f"model={micro_model_dir}",
+    assert main(["evolve", "--run", str(run), "--set", f"model={micro_model_dir}", "--set", "evolve.agreement=answer",
                  "--set", f"evolve.source=parquet:{tmp_path / 'bad.parquet'}"]) == 2
     assert not run.exists()
 

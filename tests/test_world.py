@@ -13,6 +13,7 @@ import pytest
 
 from visplay.worlds.questions import FAMILIES, grade, make_question, oracle, parse
 from visplay.worlds.scene import CELL_PX, COLOURS, HELD_OUT_COMBOS, WorldConfig, make_scene
+from visplay.worlds.trace import scene_id
 
 
 def test_scenes_are_deterministic_and_splits_differ():
@@ -29,7 +30,7 @@ def test_render_puts_each_object_colour_in_its_cell():
         for o in s.objects:
             cy, cx = o.row * CELL_PX + CELL_PX // 2, o.col * CELL_PX + CELL_PX // 2
             pix = arr[cy + 2, cx]  # inside every shape, triangles included
-            assert np.abs(pix - np.array(COLOURS[o.colour])).max() <= 20, (s.id, o)
+            assert np.abs(pix - np.array(COLOURS[o.colour])).max() <= 20, (scene_id(s), o)
         occupied = {(o.row, o.col) for o in s.objects}
         for r in range(s.grid):
             for c in range(s.grid):
@@ -131,3 +132,23 @@ def test_position_bars_encode_row_and_column_of_every_cell():
     assert len(seen) == cfg.grid**2  # every cell carries a distinct (row, column) code
     plain = np.asarray(make_scene("train", 3, WorldConfig(noise=0.0, max_objects=25, min_objects=25, cell_marks=False)).render())
     assert not np.array_equal(plain, img)
+
+
+def test_the_world_task_owns_its_format_in_one_module():
+    """`visplay.worlds.trace` writes and reads the image id and the trace; the reasoner's parser and
+    the trace key read a completion through its one reader (`split_trace`)."""
+    import doctest
+
+    import visplay.worlds.trace as trace
+    from visplay.roles.parsing import parse_reasoner
+
+    assert doctest.testmod(trace).failed == 0
+    scene = make_scene("unlabeled", 12)
+    assert trace.parse_world_id(trace.scene_id(scene)) == ("unlabeled", 12)
+    q = make_question(scene, random.Random(0), ("count",))
+    written = trace.target(q)
+    assert trace.split_trace(written) == ("", q.think, f"\\boxed{{{q.answer}}}")
+    assert parse_reasoner(written).format_ok and parse_reasoner(written).answer == q.answer
+    assert trace.trace_key(q.text, written, q.answer) is not None
+    for bad in ("\\boxed{1}", "x <think>a</think> \\boxed{1}", "<think>a</think> \\boxed{1} <think>"):
+        assert not parse_reasoner(bad).format_ok, bad

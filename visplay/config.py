@@ -21,21 +21,23 @@ import yaml
 from visplay.arch import ArchConfig
 from visplay.eval.judge import DEFAULT_JUDGE_KEY_ENV, JudgeConfig
 from visplay.eval.run import PAPER_MAX_PIXELS, PAPER_MIN_PIXELS, BenchConfig
-from visplay.eval.selftrain import SelfTrainConfig
+from visplay.evolve.self_train import SelfTrainConfig
 from visplay.eval.world import EvalConfig
-from visplay.evolve.config import ROLE_REWARDS, VLLM_MODES, EvolveConfig, GRPOPhase, HardwareConfig
+from visplay import modes
+from visplay.evolve.sections import ROLE_REWARDS, VLLM_MODES, EvolveConfig, GRPOPhase, HardwareConfig, SFTPhase
+from visplay.evolve.seeds import REPLAY_START, WORLD_SEED_SCENES
 from visplay.sampling.factory import SAMPLER_BACKENDS, VLLM_LAUNCH, VLLM_URL, SamplerConfig
 from visplay.settings import REPO_ROOT, ConfigError, Sampling, base_url, require
 from visplay.tiny.pretrain import PretrainConfig
 from visplay.worlds.scene import WorldConfig
-from visplay.run.cards import final_model
+from visplay.run.publish import final_model
 
 #: The sections, each beside the code that reads it, re-exported so `visplay.config` names the whole tree.
 __all__ = [
     "BenchConfig", "Config", "ConfigError", "DEFAULT_JUDGE_KEY_ENV", "DTYPES", "EMBEDDED_MODELS", "EvalConfig",
     "EvolveConfig", "GRPOPhase", "HardwareConfig", "JudgeConfig", "PAPER_MAX_PIXELS", "PAPER_MIN_PIXELS",
     "PRESETS_DIR", "REPLAY_START", "WORLD_SEED_SCENES", "REPO_ROOT", "ROLE_REWARDS", "SAMPLER_BACKENDS", "Sampling", "SamplerConfig",
-    "SelfTrainConfig", "VLLM_LAUNCH", "VLLM_MODES", "VLLM_URL", "ArchConfig", "PretrainConfig", "WorldConfig",
+    "SelfTrainConfig", "SFTPhase", "VLLM_LAUNCH", "VLLM_MODES", "VLLM_URL", "ArchConfig", "PretrainConfig", "WorldConfig",
     "base_url", "canonical_key", "config_from_manifest", "from_dict", "load_config", "require", "resolve_model",
     "to_dict",
 ]
@@ -43,10 +45,6 @@ __all__ = [
 PRESETS_DIR = REPO_ROOT / "presets"
 #: Names that resolve to models shipped in this repository.
 EMBEDDED_MODELS = {name: REPO_ROOT / "models" / name for name in ("tiny", "walk-random", "tiny-rows", "tiny-rows-reversed")}
-#: world scene indices from here on are replay scenes (`Config.scene_world`), far above any run's draws
-REPLAY_START = 10**9
-#: run seed s draws the unlabeled world's scenes from s * WORLD_SEED_SCENES on: seeds differ in their images
-WORLD_SEED_SCENES = 10**6
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -70,18 +68,9 @@ class Config:
     def __post_init__(self) -> None:
         if not self.model:
             raise ConfigError("model must name a model: 'tiny', a local directory or an HF repo id")
-        try:
-            self.source_world  # noqa: B018 -- validates source_objects against the grid
-        except ValueError as e:
-            raise ConfigError(f"evolve.source_objects: {e}") from e
-        if self.evolve.source.startswith("world") and not 0 <= self.evolve.seed * WORLD_SEED_SCENES < REPLAY_START:
-            raise ConfigError(f"evolve.seed must be in [0, {REPLAY_START // WORLD_SEED_SCENES}) for a world source "
-                              f"(seed s draws scenes from s x {WORLD_SEED_SCENES:,}), got {self.evolve.seed}")
-        if self.evolve.reasoner_objective == "sft" and self.hardware.launcher:
-            raise ConfigError("evolve.reasoner_objective=sft trains in the loop's process; hardware.launcher "
-                              "(multi-GPU GRPO) is for the grpo objective: unset one of them")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        modes.check(self)  # every rule between settings, in one pass (visplay/modes.py)
 
     @property
     def source_world(self) -> WorldConfig:
@@ -280,7 +269,10 @@ def load_config(preset: str | Path | None = "tiny", overrides: list[str] | tuple
             raise ConfigError(f"{path}: top level must be a mapping")
         where = str(path)
     apply_overrides(data, overrides)
-    return from_dict(Config, data, f"{where} + overrides" if overrides else where)
+    cfg = from_dict(Config, data, f"{where} + overrides" if overrides else where)
+    # a --set knob the chosen modes never read is an error, not ignored
+    modes.check_overrides(cfg, [canonical_key(o.split("=", 1)[0].strip()) for o in overrides])
+    return cfg
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:

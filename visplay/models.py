@@ -11,11 +11,25 @@ from pathlib import Path
 
 from visplay.dist import Ranks, barrier
 from visplay.io import atomic_dir, atomic_write_json
-from visplay.lora import is_adapter_checkpoint, merged_model
+from visplay.evolve.lora import is_adapter_checkpoint, merged_model
+
+
+#: The chat template's end of turn: the one special token a completion may contain (it ends it).
+END_OF_TURN = "<|im_end|>"
 
 
 class ModelError(ValueError):
     pass
+
+
+def suppressed_ids(tokenizer) -> list[int]:
+    """Special tokens a completion never contains (image pads, chat markers): every special token --
+    the tokenizer's named ones and every added token marked special -- but `END_OF_TURN`. The one
+    definition for the samplers, the saved generation defaults and GRPO's rollouts, so a model is
+    trained on what it is evaluated on."""
+    eos = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    extra = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return sorted((set(tokenizer.all_special_ids) | extra) - {eos})
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -130,7 +144,7 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
 
     ``record()``, if given, is saved as ``PHASE_RECORD`` inside the same folder, so it exists
     exactly when the model does; ``dress(folder)`` adds files to it before the rename (the model
-    card, `visplay.cards.dress_checkpoint`). With ``ranks`` (every rank of a launcher runs this),
+    card, `visplay.model_files.dress_checkpoint`). With ``ranks`` (every rank of a launcher runs this),
     the weights are gathered by ``trainer.save_model`` (ZeRO-3/FSDP shards) and only the main rank
     writes. A LoRA phase (a peft model) resumes from its adapter checkpoint and is saved merged."""
     ckpt = last_checkpoint(ckpt_dir) if resume else None
@@ -157,7 +171,7 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     if ranks.main:
         with atomic_dir(out_dir) as tmp:
             barrier(ranks)  # tmp exists: every rank may take part in the (ZeRO-3/FSDP) gather
-            if lora:  # whole weights on every rank (LoRA refuses ZeRO-3/FSDP, visplay.lora.check_lora_layout)
+            if lora:  # whole weights on every rank (LoRA refuses ZeRO-3/FSDP, visplay.evolve.lora.check_lora_layout)
                 model.save_pretrained(tmp)
             else:
                 trainer.save_model(str(tmp))  # gathers sharded weights; only the main process writes

@@ -2,7 +2,7 @@
 section (`Sampling`), one way to declare a check (`require`) and the URL check of the two API bases.
 
 The sections themselves live beside the code that reads them (`visplay.eval.world.EvalConfig`,
-`visplay.evolve.config.GRPOPhase`, `visplay.sampling.factory.SamplerConfig`, ...); `visplay.config`
+`visplay.evolve.sections.GRPOPhase`, `visplay.sampling.factory.SamplerConfig`, ...); `visplay.config`
 assembles them into one tree and loads it. This module imports no section, so each can import it.
 Test: `pytest tests/test_config.py tests/test_untrusted_inputs.py`.
 """

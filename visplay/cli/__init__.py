@@ -5,14 +5,15 @@
     visplay eval --benchmarks LIST --out DIR  the paper's benchmarks, rule-based and judged    (eval.py)
     visplay self-train --out DIR              one round of SFT on majority labels, measured    (self_train.py)
     visplay evolve [--run DIR] [--resume]     the self-evolution loop, with a before/after table (evolve.py)
-    visplay evolve --dry-run                  the resolved plan (stages, sizes, tokens, memory); loads nothing
+    visplay evolve --dry-run                  what a preset runs, and its sizes, tokens, memory; loads nothing
     visplay serve --model PATH [--port 8000]  an OpenAI-compatible endpoint over the transformers sampler (serve.py)
     visplay report RUN_DIR                    one self-contained HTML page about a run          (report.py)
     visplay status RUN_DIR                    where a (possibly running) run stands             (status.py)
 
-Settings live in one config tree (`visplay.config.Config`): every subcommand takes `--preset
-NAME|PATH` (alias `--config FILE.yaml`) and `--set key=value`; its other flags are shorthands for
-config keys, and a flag that does not apply is an error. `visplay --version` prints the version.
+Settings live in one config tree (`visplay.config.Config`): every subcommand that builds a config
+(`pretrain`, `eval`, `self-train`, `evolve`, `serve`) takes `--preset NAME|PATH` (alias `--config
+FILE.yaml`) and `--set key=value`; its other flags are shorthands for config keys, and a flag that
+does not apply is an error. `report` and `status` read a run's own config (its manifest). `visplay --version` prints the version.
 Errors in input (missing model, bad preset key) print one clear line and exit with status 2.
 """
 

@@ -10,14 +10,28 @@ from collections.abc import Iterable
 from visplay.config import Config, load_config
 
 
-def add_common(p: argparse.ArgumentParser, model_help: str | None = "model directory or embedded name "
-               "(default: the preset's, 'tiny')") -> None:
-    p.add_argument("--preset", "--config", dest="preset", default="tiny",
-                   help="preset name in presets/ or a YAML file (default: tiny); --config FILE.yaml is the same")
+DEFAULT_PRESET = "tiny"
+
+
+def default_config() -> Config:
+    """The default preset, resolved: what the help texts describe (never a fixed string)."""
+    return load_config(DEFAULT_PRESET)
+
+
+def model_default() -> str:
+    """The help's note on ``--model``'s default."""
+    return f"default: the preset's; {DEFAULT_PRESET}'s is {default_config().model!r}"
+
+
+def add_common(p: argparse.ArgumentParser, model_help: str | None = "model directory or embedded name") -> None:
+    """``--preset``, ``--set`` and (unless ``model_help`` is None) ``--model``, whose help gets the
+    default preset's model appended."""
+    p.add_argument("--preset", "--config", dest="preset", default=DEFAULT_PRESET,
+                   help=f"preset name in presets/ or a YAML file (default: {DEFAULT_PRESET}); --config FILE.yaml is the same")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set eval.k=5 (repeatable)")
     if model_help:
-        p.add_argument("--model", help=model_help)
+        p.add_argument("--model", help=f"{model_help} ({model_default()})")
 
 
 def sets(pairs: Iterable[tuple[str, object]]) -> list[str]:

@@ -8,22 +8,25 @@ import time
 from pathlib import Path
 
 from visplay import console
-from visplay.cli.common import add_common, add_sampler_url, config, server_sets, sets
+from visplay import modes
+from visplay.cli.common import add_common, add_sampler_url, config, default_config, server_sets, sets
 from visplay.config import config_from_manifest
 from visplay.evolve.plan import build_plan, format_plan
 from visplay.run.rundir import RunDir
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evolve", help=run.__doc__, description=run.__doc__)
-    add_common(p, model_help="base model directory or embedded name (sets model; default: the preset's, 'tiny')")
+    loop = f"{run.__doc__.rstrip('.')}; the default preset runs {modes.pipeline(default_config())}."
+    p = sub.add_parser("evolve", help=loop, description=f"{loop} `visplay evolve --dry-run` says what a preset runs.")
+    add_common(p, model_help="base model directory or embedded name (sets model)")
     p.add_argument("--run", help="run directory (default: runs/<preset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run from its last finished stage "
                    "(with the run's own config: --preset/--set/--model do not apply)")
     p.add_argument("--iterations", type=int, help="sets evolve.iterations (default 3)")
     add_sampler_url(p)
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved plan (stages, sizes, tokens, memory per GPU) without loading anything")
+                   help="print the resolved plan (what runs: objective, labels, curriculum, devices; stages, sizes, "
+                   "tokens, memory per GPU) without loading anything")
     loud = p.add_mutually_exclusive_group()
     loud.add_argument("--quiet", action="store_true", help="no progress bars: stage summaries and the result only")
     loud.add_argument("--verbose", action="store_true", help="also print every GRPO step's full log dict")
@@ -31,7 +34,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the self-evolution loop (questioner GRPO -> questions -> silver labels -> reasoner GRPO -> eval)."""
+    """Run the self-evolution loop."""
     # the loop brings the reward stack (scipy) with it: loaded when it runs, so `visplay --help` starts at once
     from visplay.evolve.loop import run_evolve, summary_table
 

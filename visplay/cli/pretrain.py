@@ -9,7 +9,7 @@ from pathlib import Path
 from visplay.cli.common import add_common, config, sets
 from visplay.config import REPO_ROOT, Config
 from visplay.tiny.pretrain import pretrain
-from visplay.cards import dress_checkpoint
+from visplay.model_files import dress_checkpoint
 
 
 def add_parser(sub) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from visplay.cli.common import add_common, config, sets
 from visplay.config import resolve_model
-from visplay.eval.selftrain import run_self_train_probe
+from visplay.evolve.self_train import run_self_train_probe
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     """Self-training probe: held-out greedy before/after one round of fine-tuning on majority labels."""
     cfg = config(args, sets((f"self_train.{k}", getattr(args, k)) for k in ("n", "k", "eval_n", "min_agreement")))
     probe = cfg.self_train
-    r = run_self_train_probe(resolve_model(args.model or cfg.model), cfg, args.out)
+    r = run_self_train_probe(resolve_model(args.model or cfg.model), cfg.world, cfg.eval, probe, args.out)
     print(f"kept {r['kept']}/{r['questions']} unlabeled questions at agreement >= {probe.min_agreement} "
           f"(labels {r['label_accuracy']:.1%} right, by the oracle; not used in training)")
     print(f"held-out greedy: {r['greedy_before']:.1%} -> {r['greedy_after']:.1%} "

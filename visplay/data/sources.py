@@ -39,6 +39,7 @@ from PIL import Image
 
 from visplay.data.images import ImageError, check_pixel_range, decode_image, image_id, resize_to_pixel_range
 from visplay.worlds.scene import SPLITS, WorldConfig, make_scene
+from visplay.worlds.trace import scene_id
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class WorldSource:
         for index in indices:
             scene = make_scene(self.split, index, self.world_config)
             image = resize_to_pixel_range(scene.render(), self.min_pixels, self.max_pixels)
-            yield ImageItem(id=scene.id, image=image, origin=scene.id)
+            yield ImageItem(id=scene_id(scene), image=image, origin=scene_id(scene))
 
 
 @dataclass

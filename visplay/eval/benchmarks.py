@@ -43,6 +43,7 @@ from visplay.eval.world import eval_items
 from visplay.worlds.questions import FAMILIES
 from visplay.worlds.questions import grade as world_grade
 from visplay.worlds.scene import WorldConfig
+from visplay.worlds.trace import scene_id
 
 REQUIRED_COLUMNS = ("problem", "answer")
 IMAGE_COLUMNS = ("images", "image")
@@ -211,8 +212,8 @@ class WorldBenchmark(Benchmark):
             raise BenchmarkError(f"benchmark world: n must be >= 1, got {n}")
         pairs = eval_items(self.split, n, self.world or WorldConfig(), tuple(self.families or FAMILIES), self.seed)
         items = [
-            Item(scene.id, self.name, q.text, q.answer, (scene.render(),), (), q.family,
-                 _digest(q.text, q.answer, (), (f"{scene.id}:{self.world!r}",)))
+            Item(scene_id(scene), self.name, q.text, q.answer, (scene.render(),), (), q.family,
+                 _digest(q.text, q.answer, (), (f"{scene_id(scene)}:{self.world!r}",)))
             for scene, q in pairs
         ]
         return Loaded(items, [])

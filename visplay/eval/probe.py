@@ -19,6 +19,8 @@ from visplay.roles.prompts import reasoner_messages
 from visplay.worlds.questions import MARKED_FAMILIES
 from visplay.worlds.scene import WorldConfig, make_scene
 from visplay.worlds.questions import make_question
+from visplay.worlds.trace import THINK_OPEN
+from visplay.worlds.trace import target as trace_target
 
 
 def _walk_spans(think: str) -> list[tuple[str, int, int]]:
@@ -59,12 +61,12 @@ def trace_probe(model, processor, world: WorldConfig, families=MARKED_FAMILIES, 
         if not scene.objects:
             continue
         prompt = processor.apply_chat_template(reasoner_messages(q.text), add_generation_prompt=True, tokenize=False)
-        target = q.target
+        target, off = trace_target(q), len(THINK_OPEN)
         enc = tok(target, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
         # the tokens that carry a word: from the space before it (byte-level BPE: "Ġred", " -.") to its end
-        spans = [(role, [t for t, (x, y) in enumerate(offsets) if x < b + 7 and y > a + 6])
-                 for role, a, b in _walk_spans(q.think)]  # + 7: len("<think>")
+        spans = [(role, [t for t, (x, y) in enumerate(offsets) if x < b + off and y > a + off - 1])
+                 for role, a, b in _walk_spans(q.think)]  # off: where the trace starts in the target
         items.append((prompt, target, scene.render(), enc["input_ids"], spans, scene.level))
     hits: dict = defaultdict(lambda: [0, 0])
     was_training, side = model.training, tok.padding_side

@@ -19,9 +19,10 @@ from visplay.answers import Ballot, Grader, grade, majority_vote_batch, rate, vo
 from visplay.roles.parsing import parse_reasoner
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import (FAMILIES, MARKED_FAMILIES, Question, check_families, listing_complete,
+from visplay.worlds.questions import (FAMILIES, MARKED_FAMILIES, Question, check_families,
                                       make_question)
 from visplay.worlds.scene import SPLITS, Scene, WorldConfig, make_scene
+from visplay.worlds.trace import listing_complete, scene_id
 from visplay.settings import ConfigError, Sampling
 from visplay.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from visplay.roles.parsing import parse_questioner
@@ -158,7 +159,7 @@ def evaluate_world(sampler: Sampler, world: WorldConfig, settings: EvalConfig, g
         ss, answers = b.samples, b.answers
         right = lambda a: grade(a, q.answer, q.qtype, grader=grader).correct  # noqa: E731
         rows.append({
-            "id": scene.id, "split": split, "index": scene.index, "level": scene.level, "family": q.family,
+            "id": scene_id(scene), "split": split, "index": scene.index, "level": scene.level, "family": q.family,
             "qtype": q.qtype,
             "question": q.text, "truth": q.answer,
             "greedy_output": g[0], "greedy_answer": gp.answer, "greedy_format_ok": gp.format_ok,

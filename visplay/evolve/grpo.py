@@ -1,4 +1,6 @@
-"""Thin wrapper over TRL's `GRPOTrainer` for both roles: one function, rewards from `visplay.rewards`.
+"""The GRPO objective: a thin wrapper over TRL's `GRPOTrainer` for both roles, and the loop's
+GRPO phase (`train_phase`: its dataset, its rewards, its frozen reasoner).
+Settings: `visplay.evolve.sections.GRPOPhase` (``evolve.questioner`` / ``evolve.reasoner``).
 
 The questioner learns from images alone (prompt = instruction + image); its reward samples the
 frozen reasoner inside the reward call. The reasoner learns on (image, question, silver label)
@@ -9,26 +11,36 @@ hacking. Checkpoints are HF `save_pretrained` directories; a phase resumes from 
 `grpo_args` maps a `GRPOPhase` (EasyR1 units: rollout batches, global batch) onto `GRPOConfig`,
 including TRL's own vLLM rollouts (colocate or server), which are optional (the `[vllm]` extra):
 vllm is never imported here, only looked up. ``lora_rank > 0`` hands TRL a LoRA ``peft_config``
-(`visplay.lora`); the phase's model is still saved whole, adapters merged.
+(`visplay.evolve.lora`); the phase's model is still saved whole, adapters merged.
+`train_phase` is what runs in the loop's process (`visplay.evolve.steps`) or on every rank of a
+launched worker (`visplay.evolve.worker grpo`, started by `visplay.evolve.launch.launch_phase`);
+`logged_phase` records either's history.
 Test: `pytest tests/test_evolve.py tests/test_scale.py tests/test_lora.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 from pathlib import Path
 
-from visplay.evolve.config import GRPOPhase
+from visplay.evolve.sections import GRPOPhase
 from visplay.dist import Ranks
-from visplay.lora import peft_config
-from visplay.run.stages import stage_at
-from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
+from visplay.evolve.context import Context, take_images
+from visplay.evolve.lora import peft_config
+from visplay.evolve.rows import questioner_dataset, reasoner_dataset, reasoner_rows
+from visplay.evolve.seeds import RANK_SEED_STRIDE
+from visplay.rewards.registry import build_rewards
+from visplay.run.stages import checkpoint_dir, stage_at
+from visplay.sampling.factory import for_rank, open_sampler
+from visplay.models import (finished_phase, freeze_vision_tower, load_model, suppressed_ids, train_resumable,
+                            training_args)
 from visplay import console
 from visplay.console import quiet_library_warnings
 from visplay.dist import current as current_ranks
-from visplay.cards import dress_checkpoint
-from visplay.run.cards import phase_card_info
+from visplay.model_files import dress_checkpoint
+from visplay.run.publish import phase_card_info
 
 
 class HealthGuard:
@@ -119,11 +131,6 @@ def phase_progress(label: str):
                 self.bar = None
 
     return PhaseProgress()
-
-
-def suppressed_tokens(tokenizer) -> list[int]:
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return sorted(i for i in tokenizer.all_special_ids if i != eos)
 
 
 class VLLMUnavailable(ValueError):
@@ -236,7 +243,7 @@ def build_trainer(model, processor, dataset, reward_fns, phase: GRPOPhase, ckpt_
         freeze_vision_tower(model)
     bf16 = bf16 and torch.cuda.is_available()
     kw = grpo_args(phase, ckpt_dir, current_ranks().world, use_cpu=not torch.cuda.is_available(), bf16=bf16,
-                   suppress_tokens=suppressed_tokens(processor.tokenizer), report_to=report_to)
+                   suppress_tokens=suppressed_ids(processor.tokenizer), report_to=report_to)
     if bf16:
         kw["model_init_kwargs"] = {"dtype": "bfloat16"}  # TRL builds the KL reference model with these
     args = GRPOConfig(**{**kw, **overrides})
@@ -282,7 +289,7 @@ def train_grpo(model, processor, dataset, reward_fns, phase: GRPOPhase, out_dir:
     runs this (`visplay.evolve.worker`), the main rank writes.
     """
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
+    ckpt_dir = checkpoint_dir(out_dir)
     done = finished_phase(out_dir)
     if done is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -297,3 +304,68 @@ def train_grpo(model, processor, dataset, reward_fns, phase: GRPOPhase, out_dir:
     if ranks is None or ranks.main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir, history(), guard.fired
+
+
+# -- the loop's GRPO phase --------------------------------------------------------------------------
+
+
+def label_column(ev) -> str:
+    """The column the reasoner's accuracy reward reads: the silver label, or (ablation) the questioner's answer."""
+    return "questioner_answer" if ev.labels == "questioner" else "label"
+
+
+def reward_fns(ctx: Context, role: str, frozen=None, rank: int = 0) -> list:
+    """The TRL rewards of a GRPO phase, from its config (built here only, for the loop and every
+    worker rank; the questioner's frozen-reasoner samples get a seed per iteration and rank)."""
+    ev = ctx.cfg.evolve
+    # every sampling knob of the evolve section at once (temperature, top_k, top_p, max_new_tokens), so none is lost
+    return build_rewards(getattr(ev, role).rewards, grader=ctx.grader, reasoner=frozen, m=ev.reward_samples,
+                         **{**ev.knobs(), "seed": ev.seed + ctx.t + RANK_SEED_STRIDE * rank},
+                         threshold=ev.diversity_threshold if ev.diversity_penalty else 1.0)
+
+
+def phase_dataset(ctx: Context, role: str):
+    """The GRPO rows of a phase: unseen images (questioner) or kept silver labels (reasoner)."""
+    ev = ctx.cfg.evolve
+    if role == "questioner":
+        return questioner_dataset(take_images(ctx, ev.questioner_images)[0])
+    return reasoner_dataset(reasoner_rows(ctx.run.root, ctx.t, ev.accumulate_labels), label_column(ev))
+
+
+def train_phase(ctx: Context, role: str, dataset=None) -> tuple[list[dict], str | None]:
+    """Train iteration t's ``role`` from the previous one and save it; (log history, guard verdict).
+
+    In the loop's process, or (``ctx.ranks`` set) on every rank of ``hardware.launcher``, where
+    the frozen reasoner of the questioner's reward runs on the rank's own GPU."""
+    import torch
+
+    cfg, run, stage, ranks = ctx.cfg, ctx.run, ctx.name(role), ctx.ranks
+    dataset = phase_dataset(ctx, role) if dataset is None else dataset
+    if role == "questioner" and ranks is not None:
+        device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else None
+        frozen = open_sampler(for_rank(cfg.sampler, ranks.local_rank), ctx.model("reasoner", ctx.t - 1), cfg.dtype,
+                              device=device, log_path=run.log_path(stage, f"rank{ranks.rank}.server"))
+    elif role == "questioner":
+        frozen = ctx.sampler(ctx.model("reasoner", ctx.t - 1), stage=stage)
+    else:
+        frozen = contextlib.nullcontext()
+    # fp32 master weights (bf16 autocast on GPU when cfg.dtype is bfloat16)
+    model, processor = load_model(ctx.model(role, ctx.t - 1), dtype=torch.float32)
+    main = ranks is None or ranks.main
+    with frozen as sampler:
+        rewards = reward_fns(ctx, role, sampler, ranks.rank if ranks else 0)
+        _, history, guard = train_grpo(model, processor, dataset, rewards, getattr(cfg.evolve, role), run.output(stage),
+                                       log_dir=run.tb_dir(stage),
+                                       report_to=list(cfg.evolve.report_to) if main else [],
+                                       bf16=cfg.dtype == "bfloat16", role=role, ranks=ranks)
+    return history, guard
+
+
+def logged_phase(ctx: Context, role: str, phase: tuple[list[dict], str | None]) -> str | None:
+    """Record a finished GRPO phase (log history, guard verdict): history to metrics.jsonl; the verdict back."""
+    stage, (history, guard) = ctx.name(role), phase
+    for h in history:
+        ctx.run.log({"stage": stage, **h})
+    if guard:
+        ctx.say(f"{stage}: health guard stopped the phase: {guard}")
+    return guard

@@ -6,14 +6,14 @@
   phase record saved with the model (``train_result.json``).
 * `run_sharded_stage`: ``hardware.generation_shards`` > 1 -- one ``worker shard`` process per
   shard, shard r on GPU r; their parts are merged by item once all have finished.
-* `run_member_workers`: the co-evolving committee members train at once (``worker sft``, member i
-  in slot i; `bodies.member_slots`: one per GPU, or on a CPU one per core); each saves its model,
-  which the loop reads back.
+* `run_workers`: any of these at once, job r on GPU r; the co-evolving committee's members train
+  this way (``worker sft``, `visplay.evolve.committee.train`), each saving its own model.
 On a CPU the slots split the cores (``OMP_NUM_THREADS``): the embedded default runs on 2 cores as 2
 one-thread workers.
 
-The workers themselves are `visplay.evolve.worker`; both sides run the stage bodies of
-`visplay.evolve.bodies`. Test: `pytest tests/test_shards.py`.
+The workers themselves are `visplay.evolve.worker`; they call the modules that own their job
+(`visplay.evolve.grpo`, `visplay.evolve.sampling_stages`, `visplay.evolve.committee`), never the
+loop's stage bodies. Test: `pytest tests/test_shards.py`.
 """
 
 from __future__ import annotations
@@ -67,19 +67,11 @@ def _gpu_for(rank: int) -> str | None:
 def run_sharded_stage(cfg: Config, run: RunDir, stage: str, items, key, row_key) -> list[dict]:
     """Start ``hardware.generation_shards`` shard workers, wait for all, merge their rows by item."""
     world = cfg.hardware.generation_shards
-    _run_workers(run, stage, [(["shard", str(rank), str(world)], f"shard{rank}") for rank in range(world)], world)
+    run_workers(run, stage, [(["shard", str(rank), str(world)], f"shard{rank}") for rank in range(world)], world)
     return gather_shards(run.parts(stage), items, world, cfg.evolve.chunk_size, key, row_key)
 
 
-def run_member_workers(cfg: Config, run: RunDir, stage: str, members: list[int], slots: int) -> None:
-    """Fine-tune the co-evolving committee ``members`` of reasoner ``stage`` at once, up to ``slots``
-    worker processes at a time; each saves its own model."""
-    jobs = [(["sft", str(i)], f"member{i}") for i in members]
-    for start in range(0, len(jobs), slots):
-        _run_workers(run, stage, jobs[start : start + slots], slots)
-
-
-def _run_workers(run: RunDir, stage: str, jobs: list[tuple[list[str], str]], slots: int) -> None:
+def run_workers(run: RunDir, stage: str, jobs: list[tuple[list[str], str]], slots: int) -> None:
     """``python -m visplay.evolve.worker <job> RUN STAGE <args>`` for each (args, log name) in
     ``jobs``, all at once, job r on GPU r or on its share of the CPU cores; wait for all."""
     procs = []

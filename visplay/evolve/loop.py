@@ -1,16 +1,18 @@
-"""The self-evolution loop: runs `visplay.evolve.bodies.STEPS` (the stages of `visplay.run.stages.STAGES`,
+"""The self-evolution loop: runs `visplay.evolve.steps.STEPS` (the stages of `visplay.run.stages.STAGES`,
 each with its body) in order, once per iteration.
 
     iter0/eval                               held-out accuracy of the base model
+    survey                                   (evolve.survey_images) the pool, easiest first
     for t in 1..N:
       iter<t>/questioner    Q_t = GRPO(Q_{t-1}), reward from the frozen reasoner R_{t-1}
       iter<t>/questions     Q_t writes k questions per unseen image
-      iter<t>/labels        R_{t-1} samples m answers; majority = silver label; keep c in band
-      iter<t>/reasoner      R_t = GRPO(R_{t-1}) on the kept silver labels
+      iter<t>/labels        R_{t-1} (and the committee) sample m answers each; the vote's label; keep c in band
+      iter<t>/reasoner      R_t from R_{t-1} on the kept labels: GRPO or SFT (evolve.reasoner_objective)
       iter<t>/eval          held-out accuracy of R_t (world seeds never used in training)
 
-Two lineages from the same base model, as in the reference. Each stage's body is
-`visplay.evolve.bodies.run_<kind>`; its outputs are written atomically, then the manifest marks it
+What a given config runs is printed by `visplay evolve --dry-run` (`visplay.evolve.plan`). Two
+lineages from the same base model, as in the reference. Each stage's body is
+`visplay.evolve.steps.run_<kind>`; its outputs are written atomically, then the manifest marks it
 done; `--resume` skips done stages and GRPO phases resume from their last checkpoint. This process
 is the only writer of the manifest; GRPO phases can run on other GPUs/nodes through
 `hardware.launcher` and generation/labeling as per-GPU shards (`visplay/evolve/worker.py`,
@@ -29,10 +31,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from visplay.answers import Grader, rate
-from visplay.run.cards import publish_stage
+from visplay.run.publish import publish_stage
 from visplay.config import Config, config_from_manifest, to_dict
 from visplay.eval.world import level_groups, paired
-from visplay.evolve.bodies import BASELINE_STEP, STEPS, Context, Step, pct, run_survey, stop_signal
+from visplay.evolve.context import Context
+from visplay.evolve.steps import BASELINE_STEP, STEPS, Step, pct, run_survey, stop_signal
 from visplay.run.tracker import log_loop_metrics
 from visplay.run.stages import BASELINE, stage_name
 from visplay.evolve.preflight import preflight
@@ -57,7 +60,7 @@ def run_evolve(cfg: Config, run_dir: str | Path, resume: bool = False, command: 
         log_loop_metrics(run.root, ev.report_to, 0, run.manifest()["stages"])
         for t in range(1, ev.iterations + 1):
             ctx = Context(cfg, run, base, t, grader, say)
-            for step in STEPS:  # questioner GRPO, questions, silver labels, reasoner GRPO, eval
+            for step in STEPS:  # questioner, questions, labels, reasoner, eval
                 info = _run_step(step, ctx)
                 if info.get("stopped"):
                     return results  # the label-free stop signal fired: the last trained reasoner is the result

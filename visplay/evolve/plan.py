@@ -4,7 +4,10 @@ Nothing is loaded, downloaded or written: the model's shape comes from the prese
 section (or the model's config.json when it is on disk, e.g. the embedded tiny model), the
 parameter count from building the real HF class on the meta device (`visplay.arch`).
 
-The plan lists the stages of each iteration with their sizes (images, rollouts, samples,
+The plan first says what the run does, in words from the resolved config (`visplay.modes.describe`:
+the reasoner's objective, who labels and by which rule, the curriculum, replay, when it stops, the
+settings it will not read, and the devices here: CPU when there is no GPU). Then it lists the
+stages of each iteration with their sizes (images, rollouts, samples,
 optimizer updates, per-GPU micro-batches), the token volume of each phase (an upper bound:
 prompts are sized at ``max_pixels``, completions at their maximum length) and the memory each
 GPU needs under DDP, ZeRO-2, ZeRO-3 and FSDP for bf16 mixed-precision AdamW with fp32 master
@@ -32,8 +35,9 @@ from pathlib import Path
 import yaml
 
 from visplay.arch import ParamCounts, arch_from_hf, image_tokens, param_counts
+from visplay import modes
 from visplay.config import REPO_ROOT, ArchConfig, Config, ConfigError, GRPOPhase, resolve_model
-from visplay.lora import SHARDED_WEIGHTS, lora_params
+from visplay.evolve.lora import SHARDED_WEIGHTS, lora_params
 from visplay.run.stages import BASELINE, STAGES, stage_name
 
 GIB = 1024 ** 3
@@ -177,6 +181,11 @@ def phase_flops(cfg: Config, p: PhasePlan, params: int) -> float:
     return 2 * params * (passes * p.train_tokens + reward)
 
 
+def gpus_here() -> int:
+    """NVIDIA GPUs this machine exposes (device files; torch is not imported: the plan loads nothing)."""
+    return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+
+
 def _n(x: float) -> str:
     for unit, div in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= div:
@@ -200,7 +209,8 @@ def build_plan(cfg: Config, preset: str = "") -> dict:
     phases = []
     if ev.train_questioner:
         phases.append(phase_plan("questioner", ev.questioner, n, prompt, ev.reward_samples))
-    phases.append(phase_plan("reasoner", ev.reasoner, n, prompt))
+    if ev.reasoner_objective == "grpo":  # under SFT the reasoner has no GRPO phase to size
+        phases.append(phase_plan("reasoner", ev.reasoner, n, prompt))
     plan = {
         "preset": preset, "model": cfg.model, "model_path": str(model_path),
         "model_found": (model_path / "config.json").is_file(), "dtype": cfg.dtype,
@@ -256,9 +266,7 @@ def _stage_lines(cfg: Config, plan: dict) -> list[str]:
                     f"{who}; {ev.agreement} agreement; keep agreement in [{ev.band_low:g}, {ev.band_high:g}]"
                     + ("; labels of every iteration so far" if ev.accumulate_labels else "")]
         elif stage.kind == "reasoner" and ev.reasoner_objective == "sft":
-            members = "the reasoner" + (" and every local committee member" if ev.coevolve else "")
-            text = [f"SFT of {members} on its own agreeing chains: {ev.sft_epochs} epochs, batch {ev.sft_batch_size}, "
-                    f"lr {ev.sft_lr:g} ({ev.sft_schedule}, warmup {ev.sft_warmup:g})"]
+            text = [modes.objective(ev)]
         elif stage.kind == "reasoner":
             text = [f"GRPO on the kept silver labels: {_phase_text(by['reasoner'], ev.reasoner)}"]
         else:
@@ -293,14 +301,23 @@ def format_plan(cfg: Config, plan: dict) -> str:
     px = (f"pixels {ev.min_pixels or '-'}..{ev.max_pixels or '-'}"
           + (f" (<= {plan['image_tokens_max']:,} image tokens)" if plan["image_tokens_max"] else ""))
     out.append(f"images     {ev.source}; {px}; parquet image column '{ev.image_column}'")
+    out.append(f"loop       {modes.pipeline(cfg)}")
+    out += [f"{key:<10} {text}" for key, text in modes.describe(cfg).items()]
+    unread = modes.unread(cfg)
+    if unread:
+        out.append(f"not read   {', '.join(unread)} (set in the preset for another mode; this run ignores them)")
+    gpus = gpus_here()
+    out.append(f"devices    {gpus} GPU(s) here" if gpus else "devices    CPU: no GPU here, so every stage runs on the CPU "
+               "(the GPU sizes below are what the hardware section assumes for a GPU machine)")
     if s.in_process:
         out.append("sampling   transformers, in-process (questions, labels, questioner reward, eval)")
     else:
         out.append(f"sampling   {s.backend}: OpenAI-compatible server {s.url}" + (f", launched per stage: {s.launch}" if s.launch
                                                                       else " (already running)")
                    + f"; {s.concurrency} requests in flight")
-    out.append(f"hardware   {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) = {hw.world_size}, {hw.gpu_memory_gib:g} GiB "
-               f"each; GRPO memory layout {launcher_strategy(hw.launcher)} (from the launcher's config)")
+    out.append(f"hardware   sized for {hw.nodes} node(s) x {hw.gpus_per_node} GPU(s) = {hw.world_size}, "
+               f"{hw.gpu_memory_gib:g} GiB each; GRPO memory layout {launcher_strategy(hw.launcher)} (from the launcher's "
+               "config)")
     if hw.launcher:
         out.append(f"GRPO       {hw.launcher} -m visplay.evolve.worker grpo RUN iter<t>/<role>   (launched per phase; "
                    "docs/scaling.md)")

@@ -1,49 +1,31 @@
-"""Checks a run passes before anything is written: model, images, vLLM, sampling server, rewards.
+"""Checks that what a run names exists and loads, before anything is written: the model, the
+committee's members, the images, vLLM, the launcher, a sampling server, the rewards.
 
 `preflight(cfg)` runs before the run directory is created (and again on resume), so bad input
 -- a preset naming a model that is not on disk, a parquet folder without the image column, a
-folder without images, vLLM asked for but not installed, LoRA under a launcher that shards the
-weights (ZeRO-3, FSDP), a launcher that is not on PATH, a
+folder without images, vLLM asked for but not installed, LoRA under a launcher whose accelerate
+config shards the weights (ZeRO-3, FSDP: read from that file), a launcher that is not on PATH, a
 sampling server that does not answer, a parquet or folder whose every row or file is unusable
--- is one clear error naming the thing, never a half-written stage. `open_images` is the one
-place that turns ``evolve.source`` + pixel range + image column into an image source.
-Test: `pytest tests/test_scale.py`.
+-- is one clear error naming the thing, never a half-written stage. The rules between settings
+are the config tree's (`visplay.evolve.modes`), checked when the config is loaded.
+Test: `pytest tests/test_scale.py tests/test_untrusted_inputs.py`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-from visplay.config import WORLD_SEED_SCENES, Config, SamplerConfig, resolve_model
-from visplay.data.sources import ImageSource, open_source
-from visplay.lora import check_lora_layout
+from visplay.config import Config, resolve_model
+from visplay.data.sources import ImageSource
+from visplay.evolve import committee
+from visplay.evolve.context import open_images
+from visplay.evolve.lora import check_lora_layout
 from visplay.models import ModelError, check_model_dir
 from visplay.evolve.plan import launcher_strategy
 from visplay.rewards.registry import resolve_reward
 from visplay.evolve.grpo import check_vllm
 from visplay.evolve.launch import launcher_path
 from visplay.sampling.factory import client
-
-
-def _is_parquet(spec: str) -> bool:
-    kind, sep, _ = spec.partition(":")
-    if sep and kind in ("parquet", "folder", "world"):
-        return kind == "parquet"
-    path = Path(spec).expanduser()
-    return path.suffix.lower() == ".parquet" or (path.is_dir() and any(p.is_file() for p in path.glob("*.parquet")))
-
-
-def open_images(cfg: Config, t: int = 1) -> ImageSource:
-    """Iteration ``t``'s image source with its pixel range (and image column, for parquet)."""
-    ev = cfg.evolve
-    kw = {k: v for k, v in (("min_pixels", ev.min_pixels), ("max_pixels", ev.max_pixels)) if v is not None}
-    if _is_parquet(ev.source):
-        kw["column"] = ev.image_column
-        kw["allow_outside_root"] = ev.allow_outside_source
-    if ev.source.startswith("world"):  # each run seed its own scenes: seeds differ in their data
-        kw["start"] = ev.seed * WORLD_SEED_SCENES
-    return open_source(ev.source, world_config=cfg.source_world_at(t), **kw)
 
 
 def check_images(source: ImageSource, spec: str) -> None:
@@ -74,34 +56,12 @@ def model_dir(cfg: Config) -> Path:
             "then pass --model DIR (or --set model=DIR)") from e
 
 
-def committee_members(cfg: Config) -> list[Path | str]:
-    """`evolve.committee` as the labels stage opens it: local model dirs (checked) and ``url=`` strings."""
-    out: list[Path | str] = []
-    for entry in cfg.evolve.committee:
-        if entry.startswith("url="):
-            out.append(entry)
-            continue
-        try:
-            out.append(check_model_dir(resolve_model(entry)))
-        except ModelError as e:
-            raise ModelError(f"evolve.committee member {entry!r}: {e}") from e
-    return out
-
-
-def member_sampler(base: SamplerConfig, member: Path | str) -> tuple[SamplerConfig, Path | str]:
-    """How a committee member samples: a ``url=`` member through an OpenAI-compatible client at that
-    address, a local model like the run's own models (``sampler``)."""
-    if isinstance(member, str) and member.startswith("url="):
-        return dataclasses.replace(base, backend="openai", url=member[4:], launch=None), member[4:]
-    return base, member
-
-
 def preflight(cfg: Config) -> Path:
     """Validate everything a run needs before it writes anything; returns the base model directory."""
     base = model_dir(cfg)
-    for member in committee_members(cfg):  # a member that does not load is an error before the run exists
+    for member in committee.members(cfg):  # a member that does not load is an error before the run exists
         if isinstance(member, str):
-            member_cfg, _ = member_sampler(cfg.sampler, member)
+            member_cfg, _ = committee.member_sampler(cfg.sampler, member)
             client(member_cfg, timeout=min(cfg.sampler.timeout, 30.0)).preflight()
     check_images(open_images(cfg), cfg.evolve.source)  # ValueError naming the folder/file/column/rows when unusable
     ev = cfg.evolve

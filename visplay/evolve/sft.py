@@ -1,12 +1,16 @@
-"""The reasoner's other objective: supervised fine-tuning on the chains that agree with the label.
+"""The reasoner's SFT objective: supervised fine-tuning on the chains that agree with the label.
 
-`evolve.reasoner_objective: sft` trains R_t on one of its *own* agreeing chains per kept question
+`evolve.reasoner_objective: sft` (settings: `visplay.evolve.sections.SFTPhase`, the ``evolve.sft_*``
+keys) trains R_t on one of its *own* agreeing chains per kept question
 (the samples whose answer -- or with `evolve.agreement: trace`, whose whole trace -- matched the
 committee), loss on the completion only. It is rejection-sampling SFT with a committee as the
 filter: the measured recipe that first gained on unlabelled levels here (docs/experiments.md,
 session 8; GRPO on the same labels rewards any chain that reaches the answer, including chains whose
-listing is wrong). Runs on `transformers.Trainer`: checkpoints, resume mid-phase, the model saved
-atomically with its card. Test: `pytest tests/test_committee.py`.
+listing is wrong). With a co-evolving committee every member trains the same way; which member
+trains where (in process or in worker slots) is `visplay.evolve.committee`'s, one member's
+fine-tuning is `fine_tune` here. Runs on `transformers.Trainer`: checkpoints, resume mid-phase, the
+model saved atomically with its card. `visplay self-train` fine-tunes through `train_sft` too.
+Test: `pytest tests/test_committee.py tests/test_selftrain.py`.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from visplay.models import finished_phase, freeze_vision_tower, train_resumable, training_args
+from visplay.model_files import dress_checkpoint
+from visplay.models import finished_phase, freeze_vision_tower, load_model, train_resumable, training_args
 from visplay.roles.prompts import reasoner_messages
 from visplay.data.images import image_id
-from visplay.evolve.stages import from_png
+from visplay.evolve.sections import SFTPhase
+from visplay.evolve.rows import from_png
 from visplay.io import image_bytes
+from visplay.run.stages import checkpoint_dir
 from visplay.tiny.pretrain import Collator
 
 
@@ -31,7 +38,7 @@ def chain_rows(rows: Sequence[dict], member: int = 0, seed: int = 0) -> list[dic
     content and the question (never its id), so it is reproducible and the same rows make the same
     SFT data whatever source they came from (a world scene or the same picture in a folder).
 
-    >>> from visplay.evolve.stages import png_bytes
+    >>> from visplay.evolve.rows import png_bytes
     >>> from PIL import Image
     >>> r = {"kept": True, "question": "q?", "image_id": "x", "sample": 0, "image_png": png_bytes(Image.new("RGB", (2, 2))),
     ...      "chains": [["<think>a</think>\\\\boxed{1}"], []]}
@@ -68,7 +75,7 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     out_dir = Path(out_dir)
-    ckpt_dir = out_dir.with_name(out_dir.name + ".ckpt")
+    ckpt_dir = checkpoint_dir(out_dir)
     done = finished_phase(out_dir)
     if done is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -90,3 +97,17 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return out_dir, history()
 
+
+
+def fine_tune(start: Path, data: list[dict], out_dir: Path, phase: SFTPhase, *, seed: int, title: str, card: dict,
+              max_new_tokens: int) -> Path:
+    """One model's SFT step: the model at ``start`` fine-tuned on ``data`` (`chain_rows`) with ``phase``,
+    saved to ``out_dir`` with its model card (``title``, ``card``) and generation defaults."""
+    import torch  # heavy: only where a model is trained
+
+    model, processor = load_model(start, dtype=torch.float32)
+    train_sft(model, processor, data, out_dir, epochs=phase.epochs, batch_size=phase.batch_size, lr=phase.lr,
+              schedule=phase.schedule, warmup=phase.warmup, seed=seed,
+              dress=lambda tmp: dress_checkpoint(tmp, title, card, tokenizer=processor.tokenizer,
+                                                 max_new_tokens=max_new_tokens, card_dir=out_dir))
+    return out_dir

@@ -1,8 +1,10 @@
 """Stage workers: the loop stays one controller process; its heavy parts can run in other processes.
 
-Each worker runs a piece of the same stage body the loop runs in process
-(`visplay.evolve.bodies`: `train_phase` for GRPO, `chunk_fn` for a shard); the loop's side --
-starting workers and reading back their outputs -- is `visplay.evolve.launch`.
+Each worker calls the module that owns its job -- `visplay.evolve.grpo.train_phase` (a GRPO rank),
+`visplay.evolve.sampling_stages.chunk_fn` (a shard), `visplay.evolve.committee.train_member` (a
+committee member's SFT) -- the same functions the loop calls in process, never the loop's stage
+bodies; the loop's side -- starting workers and reading back their outputs -- is
+`visplay.evolve.launch`.
 
 The loop (`visplay evolve`) is the only writer of the run directory's manifest. Two parts of an
 iteration can be handed to workers that rebuild their inputs from the run directory alone (the
@@ -42,8 +44,11 @@ from pathlib import Path
 from visplay import dist
 from visplay.answers import Grader
 from visplay.config import Config, config_from_manifest
-from visplay.evolve.bodies import CHUNK_KEYS, Context, chunk_fn, chunk_samplers, stage_items, train_member, train_phase
+from visplay.evolve import committee
+from visplay.evolve.context import Context
+from visplay.evolve.grpo import train_phase
 from visplay.evolve.launch import CONTROLLER_PID, WorkerError
+from visplay.evolve.sampling_stages import CHUNK_KEYS, chunk_fn, open_stage_samplers, stage_items
 from visplay.run.stages import BY_KIND, parse_stage
 from visplay.evolve.preflight import model_dir
 from visplay.run.rundir import RunDir
@@ -83,7 +88,7 @@ def shard_main(run_root: str, stage: str, rank: int, world: int) -> None:
     with _grader(cfg) as grader:
         ctx = Context(cfg, run, model_dir(cfg), t, grader)
         items, (key, row_key) = stage_items(ctx, kind), CHUNK_KEYS[kind]
-        with chunk_samplers(ctx, kind) as sampler:
+        with open_stage_samplers(ctx, kind) as sampler:
             run_shard(run.parts(stage), items, dist.Ranks(rank, world), cfg.evolve.chunk_size,
                       chunk_fn(ctx, kind, sampler), key=key, row_key=row_key)
 
@@ -92,7 +97,7 @@ def sft_main(run_root: str, stage: str, member: int) -> None:
     """Fine-tune one co-evolving committee member of iteration t's reasoner stage on its agreeing chains."""
     cfg, run, t, _ = _open(run_root, stage, "sft")
     with _grader(cfg) as grader:
-        model, _ = train_member(Context(cfg, run, model_dir(cfg), t, grader), member)
+        model = committee.train_member(Context(cfg, run, model_dir(cfg), t, grader), member)
     print(f"worker {stage}: member {member} -> {model}", flush=True)
 
 

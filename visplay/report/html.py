@@ -2,9 +2,10 @@
 
 Sections, in the order of the loop: where the run stands; held-out accuracy per iteration (overall,
 by family, and the benchmark table when RUN/iter<t>/bench/summary.json exists); the questioner's
-GRPO (reward and its parts, question-type mix); the silver labels (agreement c per iteration with
-the kept band, pseudo-label accuracy — the paper's Table 2); the reasoner's GRPO (accuracy and
-format rewards, response length); a gallery of generated questions with their images; what was
+GRPO (reward and its parts, question-type mix); the silver labels (who voted and by which rule, read
+from the run's config by `visplay.modes`; agreement c per iteration with the kept band, pseudo-label
+accuracy — the paper's Table 2); the reasoner's training (its objective, from the config; under GRPO
+the accuracy and format rewards, response length); a gallery of generated questions with their images; what was
 skipped and why; the exact config and command.
 
 Every number is copied from manifest.json, metrics.jsonl or a summary.json and printed with
@@ -35,6 +36,8 @@ from collections.abc import Callable, Iterable
 from html import escape
 from pathlib import Path
 
+from visplay import modes
+from visplay.config import config_from_manifest
 from visplay.run.stages import BASELINE, ITERATION_STAGES, iteration_folder, stage_name
 from visplay.report import plots
 from visplay.report.data import Run, degenerate, load_run, qtype_mix
@@ -453,6 +456,15 @@ def qtypes(run: Run) -> str:
             + img(plots.qtype_mix(mix, kinds), "question type mix"))
 
 
+def _evolve_section(run: Run):
+    """The run's evolve section as today's dataclass (for the texts that say what ran), or None when
+    the manifest's config no longer loads (an old run): the report is drawn all the same."""
+    try:
+        return config_from_manifest(run.config).evolve
+    except Exception:  # noqa: BLE001 -- a view of the run must never fail on its config
+        return None
+
+
 def labels(run: Run) -> str:
     ev = run.evolve
     lo, hi = ev.get("band_low", 0.25), ev.get("band_high", 0.75)
@@ -470,8 +482,10 @@ def labels(run: Run) -> str:
     rows = [f'<tr data-iter="{t}">{text(_label(t))}' + "".join(num(f"{c:.3f}", h.get(c, 0), data_c=repr(c)) for c in cs)
             + num("in_band", sum(v for c, v in h.items() if lo <= c <= hi)) + num("labeled", sum(h.values())) + "</tr>"
             for t, h in sorted(hists.items())]
-    out = [f"<p>m = {escape(str(m or '?'))} reasoner samples per valid question; the majority answer is the silver label "
-           f"and c = its share. Kept band: c in [{escape(fmt(lo))}, {escape(fmt(hi))}] (evolve.band_low/high).</p>"]
+    section = _evolve_section(run)
+    rule = (f"from {modes.labellers(section)}; {modes.labelling_rule(section)}" if section is not None
+            else f"the majority answer is the silver label and c = its share; kept when c is in [{fmt(lo)}, {fmt(hi)}]")
+    out = [f"<p>m = {escape(str(m or '?'))} samples per valid question {escape(rule)} (evolve.band_low/high).</p>"]
     if hists:
         out += [table("agreement", ["agreement c", *(f"{c:.3f}" for c in cs), "in band", "labeled"], rows),
                 img(plots.agreement(hists, (lo, hi), len(run.iterations) - 1), "agreement distribution")]
@@ -505,8 +519,13 @@ def reasoner(run: Run) -> str:
     trained = {t: run.info(stage_name(t, "reasoner")).get("train_rows")
                for t in run.iterations if t and run.done(stage_name(t, "reasoner"))}
     rows_info = "".join(f"<li>{stage_name(t, 'reasoner')}: trained on {escape(fmt(n))} kept questions</li>" for t, n in trained.items())
-    return ("<p>Reasoner GRPO per step (metrics.jsonl) on the kept silver labels: accuracy reward (answer equals the "
-            "label) and format reward (think + boxed).</p>" + (f"<ul>{rows_info}</ul>" if rows_info else "")
+    section = _evolve_section(run)
+    how = (f"<p>The reasoner's objective: {escape(modes.objective(section))}.</p>" if section is not None else "")
+    grpo = section is None or section.reasoner_objective == "grpo"
+    return (how + ("<p>Reasoner GRPO per step (metrics.jsonl) on the kept silver labels: accuracy reward (answer equals "
+                   "the label) and format reward (think + boxed).</p>" if grpo else
+                   "<p>Its SFT losses are in metrics.jsonl, one record per logged step and member.</p>")
+            + (f"<ul>{rows_info}</ul>" if rows_info else "")
             + _curves(run, "reasoner", REASONER_PANELS, "reasoner reward curves") + _step_tables(run, "reasoner"))
 
 

@@ -7,14 +7,12 @@ Test: `pytest tests/test_roles.py`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from visplay.answers.grading import MAX_CHARS, QTYPES, last_boxed
+from visplay.worlds.trace import THINK_OPEN, split_trace
 
 __all__ = ["MAX_CHARS", "QTYPES", "last_boxed"]  # with the parsers below
-
-_THINK_RE = re.compile(r"\s*<think>(?P<think>.*?)</think>\s*(?P<rest>.*)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -29,14 +27,15 @@ def parse_reasoner(text: str) -> ReasonerOutput:
         return ReasonerOutput(None, False, "not a string")
     text = text[:MAX_CHARS]
     answer = last_boxed(text)
-    m = _THINK_RE.fullmatch(text)
+    trace = split_trace(text)
     if answer is None:
         return ReasonerOutput(None, False, "no boxed answer")
     if answer == "":
         return ReasonerOutput(None, False, "empty boxed answer")
-    if not m:
+    if trace is None or trace[0].strip():
         return ReasonerOutput(answer, False, "no <think>...</think> before the answer")
-    if "<think>" in m.group("rest") or "\\boxed" not in m.group("rest"):
+    rest = trace[2].lstrip()
+    if THINK_OPEN in rest or "\\boxed" not in rest:
         return ReasonerOutput(answer, False, "answer not after </think>")
     return ReasonerOutput(answer, True, "ok")
 

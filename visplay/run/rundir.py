@@ -36,7 +36,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from visplay.eval.store import AppendLog
-from visplay.run.stages import BY_KIND, iteration_folder, parse_stage, split_stage, stage_names
+from visplay.run.stages import BY_KIND, checkpoint_dir, iteration_folder, parse_stage, split_stage, stage_names
 from visplay.io import WriteError, atomic_write_json, atomic_write_text, stale_temps
 
 
@@ -103,8 +103,13 @@ class RunDir:
 
     def checkpoints(self, stage: str) -> Path:
         """The Trainer checkpoints of a GRPO stage (removed once its model is saved)."""
+        return checkpoint_dir(self.output(stage))
+
+    def member_output(self, stage: str, member: int) -> Path:
+        """Where committee member ``member`` of reasoner ``stage`` is saved: the stage's output for
+        member 0 (the reasoner), ``committee<i>`` beside it for the others."""
         out = self.output(stage)
-        return out.with_name(out.name + ".ckpt")
+        return out if member == 0 else out.with_name(f"committee{member}")
 
     def log_path(self, stage: str, what: str) -> Path:
         """A stage's side log: ``<stage>.server.log``, ``<stage>.worker.log``, ``<stage>.shard0.log``."""

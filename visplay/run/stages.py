@@ -22,7 +22,7 @@ class Stage:
     kind: str  # the stage's name inside an iteration: iter<t>/<kind>
     output: str  # what it writes, inside iter<t>/: a model folder, a parquet file or a folder
     reads: str  # what it needs (for docs/architecture.md and the dry-run plan)
-    trains: bool = False  # a GRPO phase: checkpoints in <output>.ckpt, may run through hardware.launcher
+    trains: bool = False  # a training phase: checkpoints in <output>.ckpt (GRPO: may run through hardware.launcher)
     chunked: bool = False  # written in durable chunk parts (iter<t>/<kind>.parts), may run as shards
 
 
@@ -30,10 +30,10 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("questioner", "questioner", "unseen images; the frozen reasoner R_{t-1} (inside the reward)", trains=True),
     Stage("questions", "questions.parquet", "unseen images; the questioner Q_t", chunked=True),
-    Stage("labels", "labels.parquet", "iter<t>/questions.parquet; the reasoner R_{t-1} (m samples, majority vote)",
-          chunked=True),
-    Stage("reasoner", "reasoner", "the kept rows of iter<t>/labels.parquet (or of every iteration so far)",
-          trains=True),
+    Stage("labels", "labels.parquet", "iter<t>/questions.parquet; R_{t-1} and evolve.committee's members (m samples "
+          "each, the vote of evolve.agreement)", chunked=True),
+    Stage("reasoner", "reasoner", "the kept rows of iter<t>/labels.parquet (or of every iteration so far); "
+          "R_{t-1} (and the co-evolving members), trained by evolve.reasoner_objective", trains=True),
     Stage("eval", "eval", "held-out world scenes; the reasoner R_t"),
 )
 #: The stage before the first iteration: the base model's held-out accuracy (an `eval` stage).
@@ -66,6 +66,20 @@ def split_stage(name: str) -> tuple[int, str] | None:
     return (int(m.group(1)), m.group(2)) if m else None
 
 
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def checkpoint_dir(out_dir) -> Path:
+    """Where a training phase saving to ``out_dir`` keeps its Trainer checkpoints: ``<out_dir>.ckpt``
+    (removed once the model is saved; a killed phase resumes there).
+
+    >>> checkpoint_dir("runs/x/iter1/questioner").as_posix()
+    'runs/x/iter1/questioner.ckpt'
+    """
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + CHECKPOINT_SUFFIX)
+
+
 def stage_at(path) -> str:
     """The stage whose output or checkpoints are at ``path``.
 
@@ -73,7 +87,7 @@ def stage_at(path) -> str:
     ('iter1/questioner', 'iter2/reasoner')
     """
     path = Path(path)
-    return f"{path.parent.name}/{path.name.removesuffix('.ckpt')}"
+    return f"{path.parent.name}/{path.name.removesuffix(CHECKPOINT_SUFFIX)}"
 
 
 def stage_names(iterations: int) -> list[str]:

@@ -24,6 +24,7 @@ from transformers import (LogitsProcessor, LogitsProcessorList, StaticCache, Tem
 
 from visplay.sampling.base import Prompt, SamplingParams
 from visplay.console import bar_disable
+from visplay.models import END_OF_TURN, suppressed_ids
 
 
 def _chunks(seq: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
@@ -75,14 +76,10 @@ class TransformersSampler:
             threads = torch.get_num_threads() if model.device.type == "cpu" else 1
         self.threads = threads
         tok = processor.tokenizer
-        self.eos_id = tok.convert_tokens_to_ids("<|im_end|>")
+        self.eos_id = tok.convert_tokens_to_ids(END_OF_TURN)
         self.pad_id = tok.pad_token_id
-        self.suppress = sorted({i for i in tok.all_special_ids if i != self.eos_id} | set(self._added_special(tok)))
+        self.suppress = suppressed_ids(tok)
         self._tokenizer_lock = threading.Lock()  # a fast tokenizer is not safe to call from two threads at once
-
-    @staticmethod
-    def _added_special(tok) -> list[int]:
-        return [i for i, t in tok.added_tokens_decoder.items() if t.special and t.content != "<|im_end|>"]
 
     def encode(self, prompts: Sequence[Prompt]) -> dict:
         texts = [self.processor.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False) for p in prompts]

@@ -16,6 +16,7 @@ from visplay.arch import ArchConfig, TextArch, VisionArch, random_model
 from visplay.roles.prompts import QUESTIONER_INSTRUCTION, REASONER_INSTRUCTION, questioner_target
 from visplay.worlds.questions import make_question
 from visplay.worlds.scene import WorldConfig, make_scene
+from visplay.worlds.trace import target
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -58,7 +59,7 @@ def corpus(n_scenes: int = 3000, seed: int = 0, world: WorldConfig = WorldConfig
     texts = [QUESTIONER_INSTRUCTION, REASONER_INSTRUCTION, "user\n", "assistant\n", "system\n"]
     for i in range(n_scenes):
         q = make_question(make_scene("train", i, world), rng)
-        texts += [q.text, q.target, questioner_target(q.qtype, q.text, q.answer)]
+        texts += [q.text, target(q), questioner_target(q.qtype, q.text, q.answer)]
     return texts
 
 

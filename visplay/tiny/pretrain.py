@@ -20,8 +20,10 @@ from pathlib import Path
 from visplay.roles.prompts import questioner_messages, questioner_target, reasoner_messages
 from visplay.arch import ArchConfig
 from visplay.tiny.build import build_model, build_processor, build_tokenizer, tiny_arch
-from visplay.worlds.questions import MARKED_FAMILIES, WALKS, check_families, in_walk_order, make_question
+from visplay.worlds.questions import MARKED_FAMILIES, check_families, make_question
+from visplay.worlds.trace import WALKS, in_walk_order, target, write_trace
 from visplay.worlds.scene import ROWS, WorldConfig, make_scene
+from visplay.run.stages import checkpoint_dir
 from visplay.models import freeze_vision_tower, load_model, train_resumable, training_args
 
 
@@ -40,7 +42,7 @@ class PretrainConfig:
     logging_steps: int = 50
     world: WorldConfig = field(default_factory=lambda: WorldConfig(min_objects=1, max_objects=5))  # labelled levels
     families: tuple[str, ...] = MARKED_FAMILIES
-    walk: str = "reading"  # order of the marked walk (visplay.worlds.questions.WALKS): rows moves the length wall
+    walk: str = "reading"  # order of the marked walk (visplay.worlds.trace.WALKS): rows moves the length wall
     model: ArchConfig = field(default_factory=tiny_arch)  # the shape (a full arch: text + vision)
 
     def __post_init__(self) -> None:
@@ -60,7 +62,7 @@ DESCRIBE = "Describe the objects row by row."
 def describe_target(scene) -> str:
     """Every object in reading order with its cell: a dense lesson in finding a cell and reading it."""
     listing = ". ".join(f"{o.cell}: {o.size} {o.colour} {o.shape}" for o in scene.objects) or "none"
-    return f"<think>{listing}</think>\\boxed{{{len(scene.objects)}}}"
+    return write_trace(listing, str(len(scene.objects)))
 
 
 def example(i: int, cfg: PretrainConfig) -> dict:
@@ -74,7 +76,7 @@ def example(i: int, cfg: PretrainConfig) -> dict:
     if role < cfg.questioner_share + cfg.describe_share:
         return {"messages": reasoner_messages(DESCRIBE), "target": describe_target(scene), "image": scene.render()}
     return {"messages": reasoner_messages(q.text), "image": scene.render(),
-            "target": in_walk_order(q.target, cfg.walk, ROWS[:cfg.world.grid])}
+            "target": in_walk_order(target(q), cfg.walk, ROWS[:cfg.world.grid])}
 
 
 class WorldDataset:
@@ -131,7 +133,7 @@ def pretrain(out_dir: str | Path, cfg: PretrainConfig, resume: bool = True, init
     from transformers import Trainer, TrainingArguments
 
     out = Path(out_dir)
-    ckpt_dir = out.with_name(out.name + ".ckpt")
+    ckpt_dir = checkpoint_dir(out)
     model, processor = load_model(init) if init is not None else init_model_dir(out, cfg)
     model.train()
     if cfg.freeze_vision:

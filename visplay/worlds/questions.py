@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from visplay.answers import LETTERS, Grader, normalize_answer
+from visplay.answers import LETTERS, Grader
 from visplay.answers import grade as grade_answer
 from visplay.worlds.scene import COLOURS, SHAPES, SIZES, Obj, Scene
 
@@ -30,11 +30,6 @@ class Question:
     qtype: str
     answer: str
     think: str
-
-    @property
-    def target(self) -> str:
-        """The reasoner's training completion: trace then boxed answer."""
-        return f"<think>{self.think}</think>\\boxed{{{self.answer}}}"
 
 
 def _cells(objs: list[Obj], rng: random.Random | None) -> str:
@@ -53,44 +48,6 @@ def _marked(objs, match, attrs: tuple[str, ...]) -> str:
         tally += hit
         parts.append(" ".join([o.cell, *(getattr(o, a) for a in attrs), str(tally) if hit else "-"]))
     return ". ".join(parts) if parts else "none"
-
-
-#: Orders of the marked walk (`in_walk_order`): ``reading`` as `_marked` writes it; ``rows`` grouped by
-#: grid row, every row named (the trace ends after the last row, not after a learnt number of
-#: objects: session 8's length wall); ``rows-reversed`` the same from the last row, right to left
-#: (a committee partner that drops other objects than the forward walk; docs/experiments.md, session 9).
-WALKS = ("reading", "rows", "rows-reversed")
-_WALK = re.compile(r"<think>(.*)</think>(\\boxed\{.*\})", re.S)
-
-
-def in_walk_order(target: str, walk: str, rows: str = "abcde") -> str:
-    """A marked-walk training target rewritten in another `WALKS` order, tallies recomputed (the
-    answer is unchanged); other targets unchanged. ``rows``: the grid's row letters.
-
-    >>> t = "<think>a1 red 1. c3 blue -. c4 red 2</think>\\\\boxed{2}"
-    >>> in_walk_order(t, "rows")
-    '<think>a: a1 red 1. b: none. c: c3 blue -. c4 red 2. d: none. e: none</think>\\\\boxed{2}'
-    >>> in_walk_order(t, "rows-reversed")
-    '<think>e: none. d: none. c: c4 red 1. c3 blue -. b: none. a: a1 red 2</think>\\\\boxed{2}'
-    """
-    if walk not in WALKS:
-        raise ValueError(f"unknown walk {walk!r}; known: {', '.join(WALKS)}")
-    m = _WALK.fullmatch(target)
-    if walk == "reading" or not m:
-        return target
-    entries = [] if m.group(1) == "none" else m.group(1).split(". ")
-    backwards = walk == "rows-reversed"
-    tally, out = 0, []
-    for row in (rows[::-1] if backwards else rows):
-        mine = []
-        for entry in (reversed if backwards else list)([e for e in entries if e[0] == row]):
-            *head, mark = entry.split(" ")
-            if mark != "-":
-                tally += 1
-                mark = str(tally)
-            mine.append(" ".join([*head, mark]))
-        out.append(f"{row}: " + (". ".join(mine) if mine else "none"))
-    return f"<think>{'. '.join(out)}</think>{m.group(2)}"
 
 
 def _options(correct: str, pool: list[str], k: int, rng: random.Random) -> tuple[list[str], str]:
@@ -386,7 +343,7 @@ def make_question(
         if ans is None:
             continue
         return Question(fam.text(p), fam.name, fam.qtype, ans, fam.think(scene, p, rng if shuffle_trace else None))
-    raise ValueError(f"no answerable question from families {names} for scene {scene.id}")
+    raise ValueError(f"no answerable question from families {names} for scene {scene.split}/{scene.index}")
 
 
 def parse(text: str) -> tuple[Family, dict] | None:
@@ -402,97 +359,6 @@ def oracle(scene: Scene, text: str) -> str | None:
     """The true answer of any grammatical question about ``scene``; None if not answerable."""
     hit = parse(text)
     return hit[0].solve(scene, hit[1]) if hit else None
-
-
-_LISTED = re.compile(rf"\b([a-h][1-8]) ({_C})\b")
-
-
-def _think(completion: str | None) -> str | None:
-    """The text between ``<think>`` and ``</think>`` of a completion, or None without both tags."""
-    if not isinstance(completion, str) or "<think>" not in completion or "</think>" not in completion:
-        return None
-    return completion.split("<think>", 1)[1].split("</think>", 1)[0]
-
-
-def listed_objects(completion: str | None) -> tuple[str, ...] | None:
-    """The ``cell colour`` entries a reasoner completion's trace lists, in order (None: no trace).
-
-    >>> listed_objects("<think>b2 red 1. a1 blue -</think>\\\\boxed{1}")
-    ('b2 red', 'a1 blue')
-    """
-    think = _think(completion)
-    return None if think is None else tuple(f"{cell} {colour}" for cell, colour in _LISTED.findall(think))
-
-
-_ENTRY = re.compile(rf"\b([a-h][1-8]) ({_C}) (\d+|-)(?=\.|$)")
-
-
-def _counted_colours(question: str) -> frozenset[str] | None:
-    """The colours a counting question counts (count of a colour, sum of two), or None."""
-    hit = parse(question)
-    if hit is None:
-        return None
-    fam, p = hit
-    if fam.name == "sum":
-        return frozenset((p["a"], p["b"]))
-    if fam.name == "count" and p["colour"] and not p["shape"] and not p["size"]:
-        return frozenset((p["colour"],))
-    return None
-
-
-def follows_from_listing(question: str, completion: str | None, answer: str | None) -> bool:
-    """Does a marked walk agree with itself: each mark the running tally of the listed objects whose
-    colour the question counts (``-`` for the others), the answer the last tally? Label-free: the
-    question's rule applied to the trace's *own* listing, never to the scene. Above the labelled
-    levels two walks in opposite orders both mark their last object wrongly (docs/experiments.md,
-    session 9): the listing agrees, the answer does not follow from it. Questions that are not
-    colour counts: True (nothing to check).
-
-    >>> follows_from_listing("How many red objects are there?", "<think>a1 red 1. b2 blue -</think>\\\\boxed{1}", "1")
-    True
-    >>> follows_from_listing("How many red objects are there?", "<think>a1 red 1. b2 blue 2</think>\\\\boxed{2}", "2")
-    False
-    """
-    colours = _counted_colours(question)
-    if colours is None:
-        return True
-    think = _think(completion)
-    if think is None or answer is None:
-        return False
-    entries = _ENTRY.findall(think)
-    if len(entries) != len(_LISTED.findall(think)):
-        return False  # an object listed without its mark
-    tally = 0
-    for _, colour, mark in entries:
-        if colour in colours:
-            tally += 1
-            if mark != str(tally):
-                return False
-        elif mark != "-":
-            return False
-    return normalize_answer(answer) == str(tally)
-
-
-def trace_key(question: str, completion: str | None, answer: str | None) -> str | None:
-    """The world's canonical key of a reasoning chain: the sorted objects its trace lists, and the
-    answer -- what decides a counting answer, with the walk's order and marks left out (two chains
-    with the same key saw the same scene and concluded the same). None without a trace or answer,
-    or when the answer does not follow from the chain's own listing (`follows_from_listing`).
-
-    >>> trace_key("How many red objects are there?", "<think>b2 red 1. a1 blue -</think>\\\\boxed{1}", "1")
-    'a1 blue. b2 red => 1'
-    """
-    listed = listed_objects(completion)
-    if listed is None or answer is None or not follows_from_listing(question, completion, answer):
-        return None
-    return f"{'. '.join(sorted(set(listed))) or 'none'} => {normalize_answer(answer)}"
-
-
-def listing_complete(scene: Scene, completion: str | None) -> bool:
-    """Does the trace list exactly the scene's objects (each once, right colour)? The length probe:
-    above the labelled levels a base drops objects to keep the walk as long as it learnt."""
-    listed = listed_objects(completion)
-    return listed is not None and sorted(listed) == sorted(f"{o.cell} {o.colour}" for o in scene.objects)
 
 
 def grade(question: str, predicted: str | None, truth: str, grader: Grader | None = None) -> bool:

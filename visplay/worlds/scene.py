@@ -84,10 +84,6 @@ class Scene:
     cell_marks: bool = True
 
     @property
-    def id(self) -> str:
-        return f"world/{self.split}/{self.index}"
-
-    @property
     def level(self) -> int:
         """The scene's difficulty level: its number of objects (the ladder's axis)."""
         return len(self.objects)

@@ -4,7 +4,7 @@ Copies ``SRC``'s iterations before T (hard links: the files are never written ag
 without the stages of T on, applies ``--set`` overrides to the manifest's config, resumes the loop in
 ``DST``, and scores the forked final reasoner on the study's held-out items (`evolve_study.score`).
 The same earlier rounds on both sides make the comparison paired by construction.
-Run: `python scripts/exp_fork.py runs/study11/default-s2 runs/s12/cos-s2 --at 1 --set evolve.sft_schedule=cosine`.
+Run: `python experiments/exp_fork.py runs/study11/default-s2 runs/s12/cos-s2 --at 1 --set evolve.sft_schedule=cosine`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # evolve_study: a product tool
 from evolve_study import _acc, score  # noqa: E402
 
 from visplay.config import apply_overrides, config_from_manifest  # noqa: E402

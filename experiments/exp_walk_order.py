@@ -2,8 +2,8 @@
 base's samples disagree where they are wrong, i.e. give majority voting headroom above the labelled
 levels (the thing session 6 found missing: errors shared by every sample)?
 
-    python scripts/exp_walk_order.py --order random  --out runs/walk/random   # the treatment
-    python scripts/exp_walk_order.py --order reading --out runs/walk/reading  # compute-matched control
+    python experiments/exp_walk_order.py --order random  --out runs/walk/random   # the treatment
+    python experiments/exp_walk_order.py --order reading --out runs/walk/reading  # compute-matched control
 
 Fine-tunes `models/tiny` for ``--steps`` on its own labelled levels (presets/tiny.yaml `pretrain`,
 levels 1-5), with the counting families' marked walk in a random order per example (tallies
@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visplay.worlds.questions import WALKS
+from visplay.worlds.trace import WALKS
 
 REPO = Path(__file__).resolve().parents[1]
 WALK = re.compile(r"<think>(.*)</think>(\\boxed\{.*\})", re.S)

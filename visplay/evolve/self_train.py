@@ -5,7 +5,8 @@ sample k answers, take the majority answer as the label, keep questions whose ag
 ``min_agreement``, and fine-tune on one sampled chain per question that reaches the majority.
 Held-out greedy accuracy before and after says within minutes whether the loop has something to
 convert; the oracle is only used to report how right the labels were, never to train.
-Settings: the config tree's ``self_train`` section. Run: `visplay self-train --model tiny`;
+Settings: the config tree's ``self_train`` section. The fine-tuning is the loop's SFT objective
+(`visplay.evolve.sft.train_sft`). Run: `visplay self-train --model tiny`;
 test: `pytest tests/test_selftrain.py`.
 """
 
@@ -15,7 +16,6 @@ import dataclasses
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from visplay.answers import vote
 
@@ -30,14 +30,11 @@ from visplay.evolve.sft import train_sft
 from visplay.io import atomic_write_json
 from visplay.models import denormals_flushed, load_model
 
-if TYPE_CHECKING:  # the tree that holds this section, for annotations only
-    from visplay.config import Config
-
 
 @dataclass
 class SelfTrainConfig:
     """`visplay self-train`: one round of rejection-sampling SFT on majority labels of unlabeled
-    questions, measured by held-out greedy accuracy before and after (`visplay.eval.selftrain`)."""
+    questions, measured by held-out greedy accuracy before and after (`visplay.evolve.self_train`)."""
 
     n: int = 400  # unlabeled questions to label
     k: int = 10  # samples per question for the vote
@@ -85,22 +82,24 @@ def finetune(model, processor, rows: list[dict], probe: SelfTrainConfig, out_dir
     return model
 
 
-def run_self_train_probe(model_path: str | Path, cfg: Config, out_dir: str | Path) -> dict:
-    """Greedy held-out accuracy (``eval.split``) before and after one round of majority-label
-    fine-tuning (the ``self_train`` section), on the ``world`` with ``eval``'s families and knobs."""
+def run_self_train_probe(model_path: str | Path, world: WorldConfig, settings: EvalConfig, probe: SelfTrainConfig,
+                         out_dir: str | Path) -> dict:
+    """Greedy held-out accuracy (``settings.split``: the config's ``eval`` section) before and after
+    one round of majority-label fine-tuning (``probe``: the ``self_train`` section), on ``world``
+    with the eval's families and knobs."""
     from visplay.sampling.hf import TransformersSampler  # imports torch: only where a model is loaded here
 
-    out, probe = Path(out_dir), cfg.self_train
-    held_out = dataclasses.replace(cfg.eval, n=probe.eval_n, seed=probe.seed + 1)
+    out = Path(out_dir)
+    held_out = dataclasses.replace(settings, n=probe.eval_n, seed=probe.seed + 1)
     model, processor = load_model(model_path)  # in process: the probe fine-tunes these very weights
     with denormals_flushed():
         sampler = TransformersSampler(model, processor, progress=True)
-        before = evaluate_world(sampler, cfg.world, held_out, greedy_only=True)
-        rows, stats = majority_chains(sampler, cfg.world, probe, cfg.eval)
+        before = evaluate_world(sampler, world, held_out, greedy_only=True)
+        rows, stats = majority_chains(sampler, world, probe, settings)
         if not rows:
             raise ValueError(f"no question reached agreement >= {probe.min_agreement}; nothing to fine-tune on")
         finetune(model, processor, rows, probe, out)
-        after = evaluate_world(sampler, cfg.world, held_out, greedy_only=True)
+        after = evaluate_world(sampler, world, held_out, greedy_only=True)
     result = {
         "model": str(model_path), "probe": asdict(probe), **stats,
         "greedy_before": before.summary["overall"]["greedy"], "greedy_after": after.summary["overall"]["greedy"],

@@ -1,6 +1,8 @@
 """The loop's config sections: `EvolveConfig` (``evolve``: the loop and its sampling), `GRPOPhase`
-(``evolve.questioner`` / ``evolve.reasoner``: one GRPO phase, read by `visplay.evolve.grpo`) and
-`HardwareConfig` (``hardware``: where the heavy parts run, what the plan assumes).
+(``evolve.questioner`` / ``evolve.reasoner``: one GRPO phase, read by `visplay.evolve.grpo`),
+`SFTPhase` (``evolve.sft_*``: the reasoner's SFT objective, read by `visplay.evolve.sft`) and
+`HardwareConfig` (``hardware``: where the heavy parts run, what the plan assumes). Each section
+checks its own fields; the rules *between* settings are `visplay.modes`'.
 Test: `pytest tests/test_config.py tests/test_scale.py`.
 """
 
@@ -69,7 +71,7 @@ class GRPOPhase:
     vllm_server_url: str | None = None  # server mode, e.g. http://10.0.0.2:8000
     vllm_gpu_memory_utilization: float = 0.3  # colocate mode
     vllm_tensor_parallel_size: int = 1  # colocate mode
-    # LoRA (TRL's peft_config; visplay/lora.py): adapters on the language model's `lora_target_modules`
+    # LoRA (TRL's peft_config; visplay/evolve/lora.py): adapters on the language model's `lora_target_modules`
     # and the merger (+ the vision blocks when freeze_vision is false); the phase's model is saved merged
     lora_rank: int = 0  # 0 = off: every parameter trains
     lora_alpha: float | None = None  # None = 2 x lora_rank
@@ -150,6 +152,35 @@ class GRPOPhase:
 SFT_SCHEDULES = ("constant", "cosine", "linear")
 
 
+@dataclass(frozen=True)
+class SFTPhase:
+    """The reasoner's other objective, SFT on its own agreeing chains (`visplay.evolve.sft`), read
+    by nothing else. Its keys sit flat in the evolve section (``evolve.sft_epochs``, ...: the
+    presets' spelling); `EvolveConfig.sft` groups them here, where they are checked together."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 1e-4
+    schedule: str = "constant"  # the learning-rate schedule (a transformers name: constant, cosine, linear)
+    warmup: float = 0.0  # share of the steps spent warming up
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"evolve.sft_{key} must be >= 1, got {getattr(self, key)}")
+        if self.schedule not in SFT_SCHEDULES:
+            raise ConfigError(f"evolve.sft_schedule must be one of {list(SFT_SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.warmup < 1:
+            raise ConfigError(f"evolve.sft_warmup must be in [0, 1), got {self.warmup}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.lr}")
+
+    def describe(self, rows: int | None = None) -> str:
+        """One line for a model card or the plan: what this phase trains (on ``rows`` chains)."""
+        of = f" of {rows} chains" if rows is not None else ""
+        return f"{self.epochs} epochs{of}, batch {self.batch_size}, lr {self.lr:g} ({self.schedule}, warmup {self.warmup:g})"
+
+
 @dataclass
 class EvolveConfig(Sampling):
     """The self-evolution loop; its sampling knobs are those of the questions, labels and the
@@ -217,7 +248,7 @@ class EvolveConfig(Sampling):
         if self.source_objects is not None and (len(self.source_objects) != 2
                                                 or not 0 <= self.source_objects[0] <= self.source_objects[1]):
             raise ConfigError(f"evolve.source_objects must be [min, max] with 0 <= min <= max, got {self.source_objects}")
-        if self.advance_kept_share is not None and not (0 < self.advance_kept_share <= 1 and self.ladder):
+        if self.advance_kept_share is not None and not 0 < self.advance_kept_share <= 1:
             raise ConfigError(f"evolve.advance_kept_share must be in (0, 1] with evolve.ladder=true, or null; "
                               f"got {self.advance_kept_share} (ladder {self.ladder})")
         if self.stop_agreement is not None and not 0 < self.stop_agreement <= 1:
@@ -226,36 +257,13 @@ class EvolveConfig(Sampling):
             raise ConfigError(f"evolve.agreement must be one of {list(AGREEMENT_MODES)}, got {self.agreement!r}")
         if self.reasoner_objective not in ("grpo", "sft"):
             raise ConfigError(f"evolve.reasoner_objective must be 'grpo' or 'sft', got {self.reasoner_objective!r}")
-        if self.coevolve and (self.reasoner_objective != "sft" or not self.committee):
-            raise ConfigError("evolve.coevolve trains the committee's members by SFT on their own chains: it needs "
-                              "evolve.reasoner_objective=sft and at least one evolve.committee member")
-        if self.reasoner_objective == "sft" and self.reasoner.lora:
-            raise ConfigError(f"evolve.reasoner.lora_rank={self.reasoner.lora_rank} is for the reasoner's GRPO phase; "
-                              "evolve.reasoner_objective=sft fine-tunes every parameter: set one of them back "
-                              "(lora_rank=0 or reasoner_objective=grpo)")
-        if self.coevolve and any(e.startswith("url=") for e in self.committee):
-            raise ConfigError("evolve.coevolve cannot train a url= committee member (a server); use local model dirs")
-        if self.survey_images < 0 or (self.survey_images and self.survey_images < self.images_per_iteration):
+        if self.survey_images < 0:
             raise ConfigError(f"evolve.survey_images must be 0 (off) or at least evolve.images_per_iteration "
                               f"({self.images_per_iteration}): the pool each iteration takes its images from; "
                               f"got {self.survey_images}")
-        if self.survey_images and self.ladder:
-            raise ConfigError("evolve.survey_images orders an unsorted pool by the reasoner's own answers; "
-                              "evolve.ladder draws each iteration's level from the world's generator: choose one")
         if self.replay_images < 0:
             raise ConfigError(f"evolve.replay_images must be >= 0, got {self.replay_images}")
-        if self.replay_images and not self.ladder:
-            raise ConfigError("evolve.replay_images draws world scenes below the ladder's level: it needs "
-                              "evolve.ladder=true (or replay_images=0)")
-        for key in ("sft_epochs", "sft_batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"evolve.{key} must be >= 1, got {getattr(self, key)}")
-        if self.sft_schedule not in SFT_SCHEDULES:
-            raise ConfigError(f"evolve.sft_schedule must be one of {list(SFT_SCHEDULES)}, got {self.sft_schedule!r}")
-        if not 0 <= self.sft_warmup < 1:
-            raise ConfigError(f"evolve.sft_warmup must be in [0, 1), got {self.sft_warmup}")
-        if not (isinstance(self.sft_lr, (int, float)) and 0 < self.sft_lr < 1):
-            raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.sft_lr}")
+        self.sft  # noqa: B018 -- the SFT keys, checked as one phase (`SFTPhase`)
         for entry in self.committee:
             if not isinstance(entry, str) or not entry.strip():
                 raise ConfigError(f"evolve.committee entries must be model paths/names or url=..., got {entry!r}")
@@ -284,6 +292,19 @@ class EvolveConfig(Sampling):
                 raise ConfigError(f"evolve.{role}.reward_weights needs one weight per reward in {list(rewards)}")
             setattr(self, role, dataclasses.replace(phase, rewards=tuple(rewards),
                                                     reward_weights=tuple(phase.reward_weights or default)))
+
+
+    @property
+    def ends_when_nothing_kept(self) -> bool:
+        """With a committee, an iteration that kept no question ends the run (the committee agreed on
+        nothing at this level, so later levels will not do better); a lone reasoner carries itself
+        over to the next iteration instead. The dry-run plan says which."""
+        return bool(self.committee)
+
+    @property
+    def sft(self) -> SFTPhase:
+        """The SFT objective's settings (``sft_*``), as one phase."""
+        return SFTPhase(self.sft_epochs, self.sft_batch_size, self.sft_lr, self.sft_schedule, self.sft_warmup)
 
 
 @dataclass

@@ -13,7 +13,7 @@ A role checkpoint (a GRPO phase's output, `visplay pretrain`'s model) gets, next
   transformers snippet (`snippet`) that answers a held-out world question.
 
 The run's own cards (a GRPO phase's rows, an iteration's dataset card, a run's final model) are
-`visplay.run.cards`. Test: `pytest tests/test_cards.py`.
+`visplay.run.publish`. Test: `pytest tests/test_model_files.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from visplay.io import atomic_write_text
+from visplay.models import END_OF_TURN, suppressed_ids
 from visplay.roles.prompts import QUESTIONER_INSTRUCTION, REASONER_INSTRUCTION
 
 CARD = "README.md"
@@ -75,19 +76,12 @@ print(answer, "| oracle:", question.answer)
 '''
 
 
-def suppressed_ids(tokenizer) -> list[int]:
-    """Special tokens a completion never contains (image pads, chat markers): all but ``<|im_end|>``."""
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    extra = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    return sorted((set(tokenizer.all_special_ids) | extra) - {eos})
-
-
 def write_generation_defaults(model_dir: Path, tokenizer, max_new_tokens: int) -> None:
     from transformers import GenerationConfig
 
     gen = GenerationConfig.from_pretrained(model_dir)
     gen.update(do_sample=False, max_new_tokens=max_new_tokens, suppress_tokens=suppressed_ids(tokenizer),
-               eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
+               eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TURN), pad_token_id=tokenizer.pad_token_id)
     atomic_write_text(model_dir / "generation_config.json", gen.to_json_string(use_diff=True))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visplay.arch import ArchConfig
-from visplay.evolve.config import GRPOPhase
+from visplay.evolve.sections import GRPOPhase
 
 #: The vision blocks' linear layers (attention qkv/proj, SwiGLU MLP), adapted when the tower trains.
 VISION_MODULES = ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

@@ -4,7 +4,7 @@ For each ``labels.parquet`` of a committee run (trace agreement), re-runs the co
 first m of each member's recorded samples (m = 8, 6, 4 by default) and prints, per level, how many
 questions are kept and how many of the graded ones are right (oracle, recorded beside the labels,
 never trained on). The same samples, so it isolates m from the sampling noise of a second run.
-Run: `python scripts/exp_label_samples.py runs/study9/default-s0/iter*/labels.parquet`.
+Run: `python experiments/exp_label_samples.py runs/study9/default-s0/iter*/labels.parquet`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 
 from visplay.answers import Grader
 from visplay.answers.committee import committee_votes
-from visplay.evolve.stages import grade
-from visplay.worlds.questions import trace_key
+from visplay.evolve.rows import grade
+from visplay.worlds.trace import trace_key
 
 
 def main() -> None:

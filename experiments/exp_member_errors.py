@@ -4,15 +4,17 @@ Scores both models greedily on world seed ``--eval-seed`` (n items over all leve
 and cache as `scripts/evolve_study.py`), then prints per level: each model's error rate, the share of
 items both get wrong, what that share would be if their errors were independent (the product), and
 the share where both are wrong *with the same answer* -- the errors a committee vote cannot catch.
-Run: `python scripts/exp_member_errors.py tiny-rows tiny-rows-reversed --root runs/study10`.
+Run: `python experiments/exp_member_errors.py tiny-rows tiny-rows-reversed --root runs/study10`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from evolve_study import score
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # evolve_study: a product tool
+from evolve_study import score  # noqa: E402
 
 
 def main() -> None:

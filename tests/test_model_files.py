@@ -3,7 +3,7 @@ defaults that plain transformers can use; stage parquet that `datasets` loads wi
 outputs readable by the group (0644 under umask 022); `--model runs/X` naming the final reasoner.
 
 Offline, about a minute (one micro loop, one micro GRPO phase, the shipped tiny model's card
-snippet): `pytest -q tests/test_cards.py`.
+snippet): `pytest -q tests/test_model_files.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from visplay.cards import CHAT_TEMPLATE, dress_checkpoint, snippet
-from visplay.run.cards import final_model
+from visplay.model_files import CHAT_TEMPLATE, dress_checkpoint, snippet
+from visplay.run.publish import final_model
 from visplay.config import EMBEDDED_MODELS, load_config, resolve_model
 from visplay.roles.prompts import REASONER_INSTRUCTION, questioner_messages, reasoner_messages
 
@@ -64,7 +64,7 @@ def _phase(micro_model_dir, out):
     from visplay.answers import Grader
     from visplay.config import GRPOPhase
     from visplay.data.sources import WorldSource
-    from visplay.evolve.stages import questioner_dataset
+    from visplay.evolve.rows import questioner_dataset
     from visplay.models import load_model
     from visplay.sampling.hf import TransformersSampler
     from visplay.rewards.questioner import QuestionerReward

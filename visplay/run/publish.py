@@ -4,8 +4,8 @@ dataset card, and the run's final model.
 An iteration folder of a run gets a dataset card (`write_dataset_card`) whose ``configs`` make
 ``datasets.load_dataset("runs/X/iter1", "labels")`` load that iteration's questions or labels
 (with the image column decoded as an ``Image``). `final_model` finds a run's last reasoner. The
-checkpoint's own files (chat template, generation defaults, model card) are `visplay.cards`.
-Test: `pytest tests/test_cards.py`.
+checkpoint's own files (chat template, generation defaults, model card) are `visplay.model_files`.
+Test: `pytest tests/test_model_files.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from visplay.cards import CARD
+from visplay.model_files import CARD
 from visplay.io import atomic_write_text
 from visplay.run.rundir import RunDir, marked_done
 from visplay.run.stages import CHUNKED_STAGES, parse_stage, split_stage, stage_at, stage_name

@@ -2,7 +2,7 @@
 and which ones (by reading-order position) does it drop? `visplay eval` reports the share of complete
 listings per level; this adds the histogram of listed counts and the dropped positions.
 
-    python scripts/probe_listing.py --model models/tiny --level 7 --n 100
+    python experiments/probe_listing.py --model models/tiny --level 7 --n 100
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from visplay.models import denormals_flushed, load_model
 from visplay.roles.prompts import reasoner_messages
 from visplay.sampling.base import Prompt, SamplingParams
 from visplay.sampling.hf import TransformersSampler
-from visplay.worlds.questions import listed_objects, make_question
+from visplay.worlds.questions import make_question
+from visplay.worlds.trace import listed_objects
 from visplay.worlds.scene import WorldConfig, make_scene
 
 

@@ -1,4 +1,4 @@
-"""The loop's data stages as plain functions: images -> questions -> silver labels -> datasets.
+"""The rows of the loop's data stages, as plain functions: images -> questions -> silver labels -> datasets.
 
 Each takes data and returns rows (list of dicts, written as parquet by the loop). Rows carry the
 image as PNG bytes, so every stage output is self-contained and a resumed stage needs nothing but
@@ -10,7 +10,6 @@ Test: `pytest tests/test_evolve.py`.
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import replace
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -27,10 +26,10 @@ from visplay.run.stages import stage_name
 from visplay.roles.parsing import parse_questioner
 from visplay.roles.prompts import questioner_messages, reasoner_messages
 from visplay.sampling.base import Prompt, Sampler, SamplingParams
-from visplay.worlds.questions import grade, oracle, trace_key
+from visplay.evolve.seeds import MEMBER_SEED_STRIDE
+from visplay.worlds.questions import grade, oracle
 from visplay.worlds.scene import WorldConfig, make_scene
-
-_WORLD_ID = re.compile(r"world/(\w+)/(\d+)")
+from visplay.worlds.trace import has_trace_key, parse_world_id, trace_key
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -59,11 +58,11 @@ def question_key(row: dict) -> str:
 def world_scene(image_id: str, world: WorldConfig | Callable[[int], WorldConfig] | None):
     """The scene behind a world image id, or None for other images. ``world``: the config that drew
     it, or a function of the scene index giving it (a ladder with replay draws from two)."""
-    m = _WORLD_ID.fullmatch(image_id)
-    if world is None or m is None:
+    split_index = parse_world_id(image_id)
+    if world is None or split_index is None:
         return None
-    index = int(m.group(2))
-    return make_scene(m.group(1), index, world(index) if callable(world) else world)
+    split, index = split_index
+    return make_scene(split, index, world(index) if callable(world) else world)
 
 
 def generate_questions(
@@ -96,10 +95,6 @@ def unlabeled(row: dict) -> dict:
             "member_labels": [], "member_agreement": [], "chains": []}
 
 
-#: seed offset between committee members' samples (member 0, the reasoner, keeps the stage's seed)
-MEMBER_SEED_STRIDE = 1_000_003
-
-
 def label_questions(
     reasoner: Sampler | Sequence[Sampler], rows: Sequence[dict], m: int, params: SamplingParams, grader: Grader,
     band: tuple[float, float] = (0.25, 0.75), mode: str = "answer",
@@ -124,7 +119,7 @@ def label_questions(
     samples = [[member[0][q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
     answers = [[member[1][q] for member in per_member] for q in range(len(todo))]
     keys = [[[trace_key(r["question"], s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
-            if mode == "trace" and _WORLD_ID.fullmatch(r["image_id"]) else None
+            if mode == "trace" and has_trace_key(r["image_id"]) else None
             for r, qs, qa in zip(todo, samples, answers)]  # only world images have a trace key
     votes = iter(zip(samples, answers, committee_votes(answers, keys, mode, grader)))
     out = []
