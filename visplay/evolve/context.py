@@ -111,9 +111,9 @@ def take_images(ctx: Context, n: int, replay: bool = False):
     source = open_images(ctx.cfg, rung)
     seen = seen_ids(ctx.run, ctx.t)
     if ctx.cfg.evolve.survey_images:
-        rows = curriculum.read_survey(ctx.run.root)
+        rows = curriculum.read_survey(ctx.run.survey_path)
         if rows is None:
-            raise WorkerError(f"{ctx.run.root / curriculum.SURVEY_FILE} is missing; the loop surveys the pool "
+            raise WorkerError(f"{ctx.run.survey_path} is missing; the loop surveys the pool "
                               "before iteration 1 (visplay evolve --resume)")
         items = curriculum.take_easiest(curriculum.pool(source, ctx.cfg.evolve.survey_images), rows, seen, n)
     else:

@@ -9,7 +9,7 @@ Nothing here reads a scene's level, object count or any oracle field, so a folde
 the world are ordered by the same rule; the world's level is recorded beside each row for
 measurement only, as in every other stage output.
 
-The survey is written once, atomically, to ``<run>/survey.parquet`` (its existence means it is
+The survey is written once, atomically, to `RunDir.survey_path` (its existence means it is
 complete: a kill before then only repeats the survey on resume). Iteration t then takes the
 unseen pool images in order of (difficulty, position in the source): as the easy images are used
 up, the rounds climb. Test: `pytest tests/test_curriculum.py`.
@@ -30,7 +30,6 @@ from visplay.sampling.base import Prompt, Sampler, SamplingParams
 
 #: The survey's one question: generic, so that it means the same on any image source.
 SURVEY_QUESTION = "How many objects are there in the image?"
-SURVEY_FILE = "survey.parquet"
 
 
 def difficulty(answer: str) -> int:
@@ -57,14 +56,14 @@ def order(rows: Iterable[dict]) -> list[str]:
     return [r["image_id"] for r in sorted(rows, key=lambda r: (r["difficulty"], r["position"]))]
 
 
-def read_survey(run_root: str | Path) -> list[dict] | None:
-    """The run's survey rows, or None before the survey has been written."""
-    path = Path(run_root) / SURVEY_FILE
+def read_survey(path: str | Path) -> list[dict] | None:
+    """The survey rows at ``path`` (`RunDir.survey_path`), or None before the survey has been written."""
+    path = Path(path)
     return pq.read_table(path).to_pylist() if path.is_file() else None
 
 
-def write_survey(run_root: str | Path, rows: list[dict]) -> Path:
-    return atomic_write_parquet(Path(run_root) / SURVEY_FILE, rows)
+def write_survey(path: str | Path, rows: list[dict]) -> Path:
+    return atomic_write_parquet(path, rows)
 
 
 def pool(source: Iterable[ImageItem], size: int) -> list[ImageItem]:

@@ -105,6 +105,11 @@ class RunDir:
         """The Trainer checkpoints of a GRPO stage (removed once its model is saved)."""
         return checkpoint_dir(self.output(stage))
 
+    @property
+    def survey_path(self) -> Path:
+        """The label-free curriculum's survey of the pool (`visplay.evolve.curriculum`), written once."""
+        return self.root / "survey.parquet"
+
     def member_output(self, stage: str, member: int) -> Path:
         """Where committee member ``member`` of reasoner ``stage`` is saved: the stage's output for
         member 0 (the reasoner), ``committee<i>`` beside it for the others."""
