@@ -1,7 +1,8 @@
 """Wall-clock of the default self-evolution run (presets/tiny.yaml), stage by stage.
 
 Runs `visplay evolve` into a fresh run directory (``--run DIR``; one that already holds a run is
-read, not rerun) and prints each stage's seconds from the manifest, the total, the wall clock and
+read, not rerun) and prints each stage's seconds from the manifest (and the curriculum's survey from
+metrics.jsonl), the total, the wall clock and
 the 10-minute target side by side. Time it alone: anything else on the cores slows it.
 Run: `python benchmarks/bench_evolve.py [--run runs/bench] [--set key=value ...]`.
 """
@@ -35,7 +36,11 @@ def main() -> None:
     print(f"{'stage':<20} {'seconds':>8}")
     for name, info in stages.items():
         print(f"{name:<20} {info.get('seconds', float('nan')):>8.1f}")
-    total = sum(i.get("seconds", 0) for i in stages.values())
+    survey = [r["seconds"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if r.get("stage") == "survey" and "seconds" in r]  # the curriculum's survey: before iteration 1
+    if survey:
+        print(f"{'survey':<20} {survey[-1]:>8.1f}")
+    total = sum(i.get("seconds", 0) for i in stages.values()) + (survey[-1] if survey else 0.0)
     print(f"{'total (stages)':<20} {total:>8.1f}   target {TARGET_S} s -> {total / TARGET_S:.2f} of the budget")
     if fresh:
         print(f"{'wall clock':<20} {wall:>8.1f}   target {TARGET_S} s -> {wall / TARGET_S:.2f} of the budget")

@@ -13,6 +13,8 @@ Test: `pytest tests/test_evolve.py tests/test_scale.py tests/test_shards.py`.
 
 from __future__ import annotations
 
+import time
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +37,14 @@ def run_survey(ctx: Context) -> dict:
     ev, say = ctx.cfg.evolve, ctx.say
     rows = curriculum.read_survey(ctx.run.survey_path)
     if rows is None:
+        t0 = time.time()
         items = curriculum.pool(open_images(ctx.cfg, 1), ev.survey_images)
         level = lambda image_id: getattr(world_scene(image_id, ctx.cfg.source_world), "level", None)  # noqa: E731
         params = ev.params(1, temperature=0, top_k=0, top_p=1.0, seed=ev.seed)
         with ctx.sampler(ctx.base, stage="survey") as sampler:
             rows = curriculum.survey(sampler, items, params, level)
         curriculum.write_survey(ctx.run.survey_path, rows)
+        ctx.run.log({"stage": "survey", "images": len(rows), "seconds": round(time.time() - t0, 1)})
     words = sorted(r["difficulty"] for r in rows)
     say(f"survey: {len(rows)} unlabeled images ordered by the base reasoner's answer length "
         f"({words[0]}-{words[-1]} words, median {words[len(words) // 2]}); each iteration takes the easiest unseen")
