@@ -167,8 +167,9 @@ def report(scores: dict[str, dict[int, list[dict]]], labelled: set[int], referen
     any_rows = next(iter(next(iter(scores.values())).values()))
     levels = sorted({r["level"] for r in any_rows})
     unl = [lv for lv in levels if lv not in labelled]
+    span = lambda lv: f"L{min(lv)}-{max(lv)}" if lv else ""  # noqa: E731 -- the first three unlabelled levels, the rest
     groups = [("labelled", labelled & set(levels)), ("unlabelled", set(unl)),
-              ("L6-8", set(unl[:3])), ("L9-10", set(unl[3:]))]
+              (span(unl[:3]), set(unl[:3])), (span(unl[3:]), set(unl[3:]))]
     groups = [(name, lv) for name, lv in groups if lv]
     cols = groups + [(f"L{lv}", {lv}) for lv in levels]
     seeds = sorted(scores["final"])

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from visplay.evolve.sections import EvolveConfig
-from visplay.evolve.seeds import REPLAY_START, WORLD_SEED_SCENES
+from visplay.evolve.seeds import REPLAY_START, WORLD_SEED_SCENES, first_scene
 from visplay.settings import ConfigError
 
 #: The SFT objective's keys (`visplay.evolve.sections.SFTPhase`), flat in the evolve section.
@@ -34,7 +34,7 @@ def _world(cfg) -> bool:
 
 
 def _seed_scenes(cfg) -> str | None:
-    if _world(cfg) and not 0 <= cfg.evolve.seed * WORLD_SEED_SCENES < REPLAY_START:
+    if _world(cfg) and not 0 <= first_scene(cfg.evolve.seed) < REPLAY_START:
         return (f"evolve.seed must be in [0, {REPLAY_START // WORLD_SEED_SCENES}) for a world source "
                 f"(seed s draws scenes from s x {WORLD_SEED_SCENES:,}), got {cfg.evolve.seed}")
     return None

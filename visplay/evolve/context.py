@@ -20,7 +20,7 @@ from visplay.data.sources import ImageSource, WorldSource, open_source, skip_see
 from visplay.dist import Ranks
 from visplay.evolve import curriculum
 from visplay.evolve.launch import WorkerError
-from visplay.evolve.seeds import REPLAY_START, WORLD_SEED_SCENES
+from visplay.evolve.seeds import first_scene
 from visplay.run.rundir import RunDir
 from visplay.run.stages import BASELINE, stage_name
 from visplay.sampling.base import SamplingParams
@@ -90,7 +90,7 @@ def open_images(cfg: Config, t: int = 1) -> ImageSource:
         kw["column"] = ev.image_column
         kw["allow_outside_root"] = ev.allow_outside_source
     if ev.source.startswith("world"):  # each run seed its own scenes: seeds differ in their data
-        kw["start"] = ev.seed * WORLD_SEED_SCENES
+        kw["start"] = first_scene(ev.seed)
     return open_source(ev.source, world_config=cfg.source_world_at(t), **kw)
 
 
@@ -115,7 +115,7 @@ def take_images(ctx: Context, n: int, replay: bool = False):
         if rows is None:
             raise WorkerError(f"{ctx.run.survey_path} is missing; the loop surveys the pool "
                               "before iteration 1 (visplay evolve --resume)")
-        items = curriculum.take_easiest(curriculum.pool(source, ctx.cfg.evolve.survey_images), rows, seen, n)
+        items = curriculum.take_easiest(source, rows, seen, n)
     else:
         items = list(itertools.islice(skip_seen(source, seen), n))
     if not items:
@@ -123,7 +123,7 @@ def take_images(ctx: Context, n: int, replay: bool = False):
     below = ctx.cfg.replay_world_at(rung) if replay else None
     if below is not None:
         split = ctx.cfg.evolve.source.partition(":")[2] or "unlabeled"
-        older = WorldSource(below, split, start=REPLAY_START + ctx.cfg.evolve.seed * WORLD_SEED_SCENES)
+        older = WorldSource(below, split, start=first_scene(ctx.cfg.evolve.seed, replay=True))
         items += list(itertools.islice(skip_seen(older, seen), ctx.cfg.evolve.replay_images))
     return items, dict(source.skipped)
 

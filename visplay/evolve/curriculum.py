@@ -71,8 +71,10 @@ def pool(source: Iterable[ImageItem], size: int) -> list[ImageItem]:
     return list(itertools.islice(source, size))
 
 
-def take_easiest(items: Sequence[ImageItem], rows: Sequence[dict], seen: set[str], n: int) -> list[ImageItem]:
-    """The ``n`` easiest pool images not in ``seen``, easiest first (``items``: the pool, any order)."""
-    by_id = {it.id: it for it in items}
-    ranked = (by_id[i] for i in order(rows) if i not in seen and i in by_id)
-    return list(itertools.islice(ranked, n))
+def take_easiest(source: Iterable[ImageItem], rows: Sequence[dict], seen: set[str], n: int) -> list[ImageItem]:
+    """The ``n`` easiest surveyed images not in ``seen``, easiest first: one pass over the source's
+    first ``len(rows)`` images (the pool, in the order the survey saw it), keeping only those."""
+    wanted = list(itertools.islice((i for i in order(rows) if i not in seen), n))
+    rank = {image_id: k for k, image_id in enumerate(wanted)}
+    found = sorted((rank[it.id], it) for it in itertools.islice(source, len(rows)) if it.id in rank)
+    return [it for _, it in found]

@@ -243,8 +243,7 @@ def _stage_lines(cfg: Config, plan: dict) -> list[str]:
     eval_text = f"world '{e.split}' scenes: {e.n} questions, greedy + {e.k} samples each"
     lines = [f"  {BASELINE:<19} {eval_text}"]
     if ev.survey_images:
-        lines.append(f"  {'survey':<19} the base reasoner answers one question about each of {ev.survey_images:,} unseen "
-                     f"images, greedily: the pool, ordered by answer length (label-free curriculum)")
+        lines.append(f"  {'survey':<19} {modes.curriculum(cfg)}")
     lines.append(f"  then {ev.iterations} iteration(s) t = 1..{ev.iterations}:")
     for stage in STAGES:
         name = stage_name("<t>", stage.kind)
@@ -255,15 +254,11 @@ def _stage_lines(cfg: Config, plan: dict) -> list[str]:
                     f"reward: {ev.reward_samples} frozen-reasoner answers per rollout = "
                     f"{_n(by['questioner'].rollouts * ev.reward_samples)} answers of <= {ev.max_new_tokens} tokens"]
         elif stage.kind == "questions":
-            which = "the easiest unseen of the pool" if ev.survey_images else "unseen, in the source's order"
-            which = f"unseen, of ladder level {cfg.source_world_at(1).min_objects} + t - 1" if ev.ladder else which
-            text = [f"{ev.images_per_iteration:,} images ({which}) x {ev.questions_per_image} question(s), "
+            text = [f"{ev.images_per_iteration:,} unseen images (the curriculum) x {ev.questions_per_image} question(s), "
                     f"<= {ev.max_new_tokens} tokens, {ev.chunk_size} images per durable part"]
         elif stage.kind == "labels":
-            who = (f"a committee of {1 + len(ev.committee)} (the reasoner, {', '.join(ev.committee)})" if ev.committee
-                   else "the reasoner")
             text = [f"{ev.images_per_iteration * ev.questions_per_image:,} questions x {ev.label_samples} answers from "
-                    f"{who}; {ev.agreement} agreement; keep agreement in [{ev.band_low:g}, {ev.band_high:g}]"
+                    f"{modes.labellers(ev)}; {ev.agreement} agreement; keep agreement in [{ev.band_low:g}, {ev.band_high:g}]"
                     + ("; labels of every iteration so far" if ev.accumulate_labels else "")]
         elif stage.kind == "reasoner" and ev.reasoner_objective == "sft":
             text = [modes.objective(ev)]

@@ -21,3 +21,12 @@ MEMBER_SEED_STRIDE = 1_000_003
 REPLAY_START = 10**9
 #: run seed s draws the unlabeled world's scenes from s * WORLD_SEED_SCENES on: seeds differ in their images
 WORLD_SEED_SCENES = 10**6
+
+
+def first_scene(seed: int, replay: bool = False) -> int:
+    """The first world scene index run seed ``seed`` draws (its replay scenes with ``replay``).
+
+    >>> first_scene(3), first_scene(3, replay=True)
+    (3000000, 1003000000)
+    """
+    return (REPLAY_START if replay else 0) + seed * WORLD_SEED_SCENES
