@@ -39,6 +39,9 @@ VARIANTS: dict[str, list[str]] = {
     "default": ["pretrain.walk=rows"],
     # the same with the base questioner kept frozen: what the trained questioner adds to the committee recipe
     "frozen questioner": ["pretrain.walk=rows", "evolve.train_questioner=false"],
+    # the same with a label rule that knows no task: the members' chains must state the same clauses, in any
+    # order, numbers masked (`evolve.agreement: chain`), instead of the world's trace key and its verifier
+    "chain agreement": ["pretrain.walk=rows", "evolve.agreement=chain"],
     # the curriculum read from the world's generator instead of the reasoner's answers (an oracle ablation):
     # one level per round, 6 -> 7 -> 8, with self-labelled replay of the levels below
     "ladder": ["pretrain.walk=rows", "evolve.ladder=true", "evolve.survey_images=0", "evolve.replay_images=128",
@@ -208,6 +211,8 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=3000, help="items of the study's own held-out set (all levels: "
                     "3000 = 300 a level)")
     ap.add_argument("--eval-seed", type=int, default=7, help="its world seed (the loop's own eval uses eval.seed)")
+    ap.add_argument("--final-only", action="store_true", help="score only each run's final reasoner (the control "
+                    "still trains), not every iteration's")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra override for every run")
     args = ap.parse_args()
     root = Path(args.root)
@@ -229,7 +234,7 @@ def main() -> None:
                 for kind, picked in committee_baselines(rows).items():
                     scores.setdefault(kind, {})[seed] = picked
             models = models_of(run, manifest)
-            if name not in CONTROLLED:  # an ablation: its final reasoner is what the table compares
+            if name not in CONTROLLED or args.final_only:  # an ablation: its final reasoner is what the table compares
                 models = dict([max(models.items(), key=lambda kv: int(kv[0].removeprefix("iter")))])
             for t, model in models.items():
                 scores.setdefault(t, {})[seed] = score(model, held(f"{run.name}-{t}"), cfg, args.eval_n, args.eval_seed)
@@ -239,10 +244,14 @@ def main() -> None:
                 model = control(root, seed, cfg, base, manifest, cname)
                 scores.setdefault("control", {})[seed] = score(model, held(f"{cname}-s{seed}"), cfg, args.eval_n,
                                                                args.eval_seed)
-        variants[name] = (scores, labelled)
-    for name, (scores, labelled) in variants.items():
+        variants[name] = (scores, labelled, base)
+    for name, (scores, labelled, base) in variants.items():
         # the other variants' final reasoners on the same seeds (frozen questioner, ladder) are references too
-        others = {o: sc["final"] for o, (sc, _) in variants.items() if o != name and set(sc["final"]) >= set(scores["final"])}
+        others = {o: sc["final"] for o, (sc, _, _) in variants.items()
+                  if o != name and set(sc["final"]) >= set(scores["final"])}
+        if "control" not in scores:  # an ablation is held against the control of a variant with the same base
+            scores = {**scores, **next(({"control": sc["control"]} for sc, _, b in variants.values()
+                                        if b == base and "control" in sc), {})}
         refs = ["base", "control", *[k for k in scores if k.startswith("base committee")], *others]
         table = f"## {name}\n\n" + report({**scores, **others}, labelled, refs)
         print("\n" + table, flush=True)

@@ -255,24 +255,46 @@ def load_config(preset: str | Path | None = "tiny", overrides: list[str] | tuple
     data: dict = {}
     where = "defaults"
     if preset is not None:
-        path = Path(preset)
-        if not path.suffix:
-            path = PRESETS_DIR / f"{preset}.yaml"
-        if not path.is_file():
-            known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-            raise ConfigError(f"preset {preset!r} not found (looked for {path}); known presets: {known}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+        data, path = read_preset(preset)
         where = str(path)
     apply_overrides(data, overrides)
     cfg = from_dict(Config, data, f"{where} + overrides" if overrides else where)
     # a --set knob the chosen modes never read is an error, not ignored
     modes.check_overrides(cfg, [canonical_key(o.split("=", 1)[0].strip()) for o in overrides])
     return cfg
+
+
+def read_preset(preset: str | Path, _seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+    """A preset's settings (a name in presets/ or a YAML path) and its file. ``extends: NAME`` (a name in
+    presets/ or a path beside the preset) starts from that preset and sets only what differs."""
+    path = Path(preset)
+    if not path.suffix:
+        path = PRESETS_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"preset {preset!r} not found (looked for {path}); known presets: {known}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, path
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(map(str, _seen))}")
+    beside = path.parent / str(parent)
+    base, _ = read_preset(beside if beside.suffix and beside.is_file() else parent, (*_seen, path.resolve()))
+    return _merged(base, data), path
+
+
+def _merged(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, mappings merged key by key (lists and scalars replaced)."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:

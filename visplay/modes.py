@@ -2,7 +2,7 @@
 one pass when a config is built (`check`), and the knobs the chosen modes do not read (`unread`).
 
 About sixteen switches choose what a run does -- the reasoner's objective (``grpo`` | ``sft``),
-the committee and its agreement (``answer`` | ``trace``), co-evolution, the labels' column, the
+the committee and its agreement (``answer`` | ``trace`` | ``chain``), co-evolution, the labels' column, the
 curriculum (survey | ladder, replay, holding a level), the questioner (trained | frozen), the
 launcher -- and some combinations mean nothing. Each rule below names the settings it ties and
 says what to do; `check` reports every broken rule at once. A single field's own range stays in
@@ -121,7 +121,7 @@ def _trace_needs_world(cfg) -> str | None:
     ev = cfg.evolve
     if ev.agreement == "trace" and not _world(cfg):
         return (f"evolve.agreement=trace votes on the world task's trace key, which only world images have; "
-                f"evolve.source={ev.source!r} is not the world: set evolve.agreement=answer")
+                f"evolve.source={ev.source!r} is not the world: set evolve.agreement=chain (the same vote on a key any chain has) or answer")
     return None
 
 
@@ -169,6 +169,8 @@ def unread(cfg) -> dict[str, str]:
     else:
         why = f"a knob of the SFT objective; evolve.reasoner_objective={ev.reasoner_objective} does not read it"
         out.update({f"evolve.{k}": why for k in SFT_KEYS if getattr(ev, k) != getattr(default, k)})
+    if not ev.committee and ev.min_kept != default.min_kept:
+        out["evolve.min_kept"] = "ends a committee's run; a lone reasoner carries itself over instead (no evolve.committee)"
     if not ev.train_questioner:
         why = "a knob of the questioner's GRPO phase; evolve.train_questioner=false does not train it"
         out.update(dict.fromkeys(_changed(ev.questioner, default.questioner, "evolve.questioner."), why))
@@ -194,6 +196,9 @@ def labelling_rule(ev) -> str:
     if ev.agreement == "trace":
         rule = ("trace agreement: each member's modal trace key (the objects its walk lists and the answer, which "
                 "must follow from the listing) must be the same; the label is that answer")
+    elif ev.agreement == "chain":
+        rule = ("chain agreement: each member's modal chain key (the clauses its chain states, in any order, numbers "
+                "masked, and the answer; no task rule) must be the same; the label is that answer")
     elif ev.committee:
         rule = "answer agreement: each member's majority answer must be the same; that answer is the label"
     else:
@@ -247,7 +252,9 @@ def describe(cfg) -> dict[str, str]:
         "curriculum": curriculum(cfg),
         "replay": (f"{ev.replay_images} self-labelled images an iteration from the levels below the ladder's"
                    if ev.replay_images else "none"),
-        "stops": ("when an iteration keeps no question, the run ends (a committee agreed on nothing at its level)"
+        "stops": ((f"when an iteration keeps fewer than {ev.min_kept} labels, the run ends before training it (nothing "
+                   "further agrees)" if ev.min_kept > 1 else
+                   "when an iteration keeps no question, the run ends (a committee agreed on nothing at its level)")
                   if ev.ends_when_nothing_kept else "when an iteration keeps no question, the reasoner is carried over")
                  + (f"; when mean agreement reaches {ev.stop_agreement:g}" if ev.stop_agreement is not None else ""),
     }

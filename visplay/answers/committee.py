@@ -15,6 +15,9 @@ What a member chooses depends on ``mode``:
   objects do not agree: a right answer over a wrong listing still teaches the wrong habit
   (docs/experiments.md, session 8). Samples without a key (unparsable) count against the member,
   like unanswered samples do for ``answer``. A question whose task defines no key is voted on answers.
+* ``chain``: the same vote on `chain_key`, a key that knows no task: the clauses a chain states,
+  order-free, numbers masked, and the answer. Every chain has one, so it serves any image source
+  (docs/experiments.md, session 16: as right as the world's trace key on the world, without its verifier).
 
 >>> v = committee_votes([[["3", "3", "4"], ["3", "3", "3"]]], mode="answer")[0]
 >>> v.label, round(v.agreement, 2), v.member_labels
@@ -28,15 +31,18 @@ Test: ``pytest -q tests/test_committee.py``.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from visplay.answers.equivalence import normalize_answer
 from visplay.answers.grading import agreement
 from visplay.answers.pool import Grader
 from visplay.answers.voting import majority_vote_batch
 
-AGREEMENT_MODES = ("answer", "trace")
+AGREEMENT_MODES = ("answer", "trace", "chain")
+KEYED_MODES = ("trace", "chain")  # voted on a key of the whole chain: the task's (`trace`) or `chain_key`
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,12 @@ def committee_votes(answers: Sequence[Sequence[Sequence[str | None]]],
                     keys: Sequence[Sequence[Sequence[str | None]] | None] | None = None,
                     mode: str = "answer", grader: Grader | None = None) -> list[CommitteeVote]:
     """One `CommitteeVote` per question. ``answers[q][i]``: member i's parsed answers to question q;
-    ``keys[q][i]`` the matching trace keys (``mode`` trace; a question whose ``keys[q]`` is None
-    falls back to the answer vote). Every equivalence verdict goes through one batched vote call per
+    ``keys[q][i]`` the matching keys of whole chains (``mode`` trace or chain; a question whose
+    ``keys[q]`` is None falls back to the answer vote). Every equivalence verdict goes through one batched vote call per
     step (members' majorities, their agreement, the chains), so the grader resolves them together."""
     if mode not in AGREEMENT_MODES:
         raise ValueError(f"agreement mode must be one of {list(AGREEMENT_MODES)}, got {mode!r}")
-    traced = {q: keys[q] for q in range(len(answers)) if mode == "trace" and keys is not None and keys[q] is not None}
+    traced = {q: keys[q] for q in range(len(answers)) if mode in KEYED_MODES and keys is not None and keys[q] is not None}
     by_answer = [q for q in range(len(answers)) if q not in traced]
     flat = iter(majority_vote_batch([member for q in by_answer for member in answers[q]], grader))
     votes = {q: [next(flat) for _ in answers[q]] for q in by_answer}
@@ -118,9 +124,34 @@ def _trace_vote(member_answers, member_keys) -> CommitteeVote:
                          count=sum(map(len, chains)), answered=answered)
 
 
+_CLAUSE = re.compile(r"[.;:,\n]|<[^>]*>")  # clause breaks: punctuation, newlines, markup tags
+_NUMBER = re.compile(r"(?<!\w)\d+(?:\.\d+)?(?!\w)")
+
+
+def chain_key(completion: str | None, answer: str | None) -> str | None:
+    """A task-free canonical key of a whole chain: the sorted clauses it states (split at punctuation,
+    newlines and markup tags; whitespace and case folded; every standalone number written ``#``), then
+    the normalised answer. Two chains that state the same things in another order share a key. Numbers
+    are masked because a chain's intermediate quantities depend on its order (a running total); the
+    answer is the quantity the members must share. It reads no question grammar and no listing: any
+    chain of any task has a key. None without a completion or answer.
+
+    >>> chain_key("<think>b2 red 1. a1 blue -. c3 red 2</think>\\\\boxed{2}", "2")
+    '\\\\boxed{#} | a1 blue - | b2 red # | c3 red # => 2'
+    >>> chain_key("<think>c3 red 1. a1 blue -. b2 red 2</think>\\\\boxed{2}", "2") == _
+    True
+    >>> chain_key("<think>c3 red 1. a1 blue 2. b2 red -</think>\\\\boxed{2}", "2") == _  # another object counted
+    False
+    """
+    if not isinstance(completion, str) or answer is None:
+        return None
+    clauses = (" ".join(_NUMBER.sub("#", c).split()).casefold() for c in _CLAUSE.split(completion))
+    return " | ".join(sorted(c for c in clauses if c)) + f" => {normalize_answer(answer)}"
+
+
 def _answer_of(keys, answers, key) -> str | None:
     """The answer as written by the first sample whose trace key is ``key``."""
     return next((a for k, a in zip(keys, answers) if key is not None and k == key), None)
 
 
-__all__ = ["AGREEMENT_MODES", "CommitteeVote", "committee_votes"]
+__all__ = ["AGREEMENT_MODES", "KEYED_MODES", "CommitteeVote", "chain_key", "committee_votes"]

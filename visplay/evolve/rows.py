@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from visplay.answers import Grader, rate, sample_answers
-from visplay.answers.committee import committee_votes
+from visplay.answers.committee import chain_key, committee_votes
 from visplay.data.sources import ImageItem
 from visplay.io import image_bytes
 from visplay.run.rundir import RunDir
@@ -102,8 +102,8 @@ def label_questions(
     """Silver labels from m samples of the reasoner, or of every committee member (a list of
     samplers, the reasoner first), one output row per input row.
 
-    The vote is `visplay.answers.committee_votes` (``mode`` answer or trace; world images have a
-    trace key, other images are voted on answers). ``agreement`` c = the weakest member's share of
+    The vote is `visplay.answers.committee_votes` (``mode`` answer, trace or chain; world images have a
+    trace key, other images are voted on answers under trace; every chain has a `chain_key`). ``agreement`` c = the weakest member's share of
     its m samples on the label (one member: majority count / m, `visplay.answers.agreement`);
     ``kept`` = c in the band (inclusive). Each member's own answer and share are recorded beside
     the label, and ``chains`` holds the samples that agree with it. Rows that cannot be labeled keep
@@ -118,9 +118,10 @@ def label_questions(
         per_member.append(sample_answers(sampler, prompts, m, p, clean=storable))
     samples = [[member[0][q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
     answers = [[member[1][q] for member in per_member] for q in range(len(todo))]
-    keys = [[[trace_key(r["question"], s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
-            if mode == "trace" and has_trace_key(r["image_id"]) else None
-            for r, qs, qa in zip(todo, samples, answers)]  # only world images have a trace key
+    keys = [[[chain_key(s, a) if mode == "chain" else trace_key(r["question"], s, a) for s, a in zip(ss, aa)]
+             for ss, aa in zip(qs, qa)]
+            if mode == "chain" or (mode == "trace" and has_trace_key(r["image_id"])) else None
+            for r, qs, qa in zip(todo, samples, answers)]  # only world images have a trace key; every chain a chain key
     votes = iter(zip(samples, answers, committee_votes(answers, keys, mode, grader)))
     out = []
     for r in rows:

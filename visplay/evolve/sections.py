@@ -206,6 +206,8 @@ class EvolveConfig(Sampling):
     band_high: float = 0.75  #   (VisPlay's band; [0.7, 1] = an agreement threshold, the ladder's filter)
     accumulate_labels: bool = False  # train each reasoner on the kept labels of every iteration so far
     stop_agreement: float | None = None  # end the run when the labels' mean agreement reaches this (collapse guard)
+    min_kept: int = 1  # with a committee: a round that keeps fewer new labels than this ends the run before training
+    #   (the frontier has thinned out: nothing further agrees); 1 = only a round that keeps none
     min_valid_share: float | None = None  # questioner drift guard: keep the previous questioner when under this
     #   share of the trained one's questions parse and fewer than the previous one's do (label-free); None = off
     advance_kept_share: float | None = None  # ladder: climb after an iteration only if the share of its level's
@@ -227,6 +229,7 @@ class EvolveConfig(Sampling):
     labels: str = "majority"  # ablation: "questioner" trains on the questioner's own answers
     committee: tuple[str, ...] = ()  # more labellers beside the reasoner: model dirs/names, or url=http://host:port/v1
     agreement: str = "answer"  # answer: vote on final answers | trace: on the task's canonical trace key (world)
+    #                            | chain: on the chain's own clauses, order-free (any task; answers.committee.chain_key)
     coevolve: bool = False  # reasoner_objective sft: local committee members train on their own agreeing chains too
     reasoner_objective: str = "grpo"  # grpo: the reasoner's GRPO on the labels | sft: SFT on its own agreeing chains
     sft_epochs: int = 3
@@ -257,6 +260,9 @@ class EvolveConfig(Sampling):
             raise ConfigError(f"evolve.agreement must be one of {list(AGREEMENT_MODES)}, got {self.agreement!r}")
         if self.reasoner_objective not in ("grpo", "sft"):
             raise ConfigError(f"evolve.reasoner_objective must be 'grpo' or 'sft', got {self.reasoner_objective!r}")
+        if self.min_kept < 1:
+            raise ConfigError(f"evolve.min_kept must be >= 1 (a round that keeps fewer labels ends the run), "
+                              f"got {self.min_kept}")
         if self.survey_images < 0:
             raise ConfigError(f"evolve.survey_images must be 0 (off) or at least evolve.images_per_iteration "
                               f"({self.images_per_iteration}): the pool each iteration takes its images from; "
@@ -296,8 +302,8 @@ class EvolveConfig(Sampling):
 
     @property
     def ends_when_nothing_kept(self) -> bool:
-        """With a committee, an iteration that kept no question ends the run (the committee agreed on
-        nothing at this level, so later levels will not do better); a lone reasoner carries itself
+        """With a committee, an iteration that kept no question (fewer than `min_kept`) ends the run
+        (the committee agreed on nothing at this level, so later levels will not do better); a lone reasoner carries itself
         over to the next iteration instead. The dry-run plan says which."""
         return bool(self.committee)
 

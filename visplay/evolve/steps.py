@@ -140,8 +140,9 @@ def run_reasoner(ctx: Context) -> dict:
     if stop:
         ctx.say(f"{stage}: stopped before training: {stop}; the reasoner is carried over unchanged")
         return {"model": str(prev), "skipped": stop, "train_rows": 0, "stopped": True}
-    if ev.ends_when_nothing_kept and labels.get("n_kept") == 0:  # nothing at this level reached agreement
-        why = f"the committee agreed on no question of iteration {ctx.t}"
+    if ev.ends_when_nothing_kept and labels.get("n_kept", 0) < ev.min_kept:  # nothing further agrees
+        why = (f"the committee agreed on no question of iteration {ctx.t}" if not labels.get("n_kept") else
+               f"the committee kept {labels['n_kept']} labels in iteration {ctx.t}, under evolve.min_kept {ev.min_kept}")
         ctx.say(f"{stage}: stopped: {why}; the run ends with the reasoner of iteration {ctx.t - 1}")
         return {"model": str(prev), "skipped": why, "train_rows": 0, "stopped": True}
     rows = reasoner_rows(ctx.run.root, ctx.t, ev.accumulate_labels)
