@@ -86,6 +86,25 @@ def test_a_chain_whose_answer_does_not_follow_from_its_own_listing_has_no_key() 
     assert agreed["label"] == "2" and agreed["agreement"] == 0.5 and agreed["chains"] == [[right] * 2, [right]]
 
 
+def test_chain_agreement_knows_no_task_but_tells_which_object_was_counted() -> None:
+    """`chain_key` reads no grammar: two walks in opposite orders (different running tallies) that state
+    the same objects agree; two walks whose wrong last mark lands on different objects (session 9's
+    failure, which the world's verifier catches) do not, though their answers and token bags match."""
+    from visplay.answers.committee import chain_key
+
+    fwd = "<think>a: a1 red 1. b: none. c: c3 blue -. c4 red 2</think>\\boxed{2}"
+    rev = "<think>c: c4 red 1. c3 blue -. b: none. a: a1 red 2</think>\\boxed{2}"
+    assert chain_key(fwd, "2") == chain_key(rev, "2") is not None
+    # a red count over a1 green, b2 red, c4 green: each walk marks its last (green) object too
+    wrong_fwd = "<think>a: a1 green -. b: b2 red 1. c: c4 green 2</think>\\boxed{2}"
+    wrong_rev = "<think>c: c4 green -. b: b2 red 1. a: a1 green 2</think>\\boxed{2}"
+    assert chain_key(wrong_fwd, "2") != chain_key(wrong_rev, "2")
+    assert chain_key(fwd, "3") != chain_key(fwd, "2") and chain_key(fwd, None) is None and chain_key(None, "2") is None
+    votes = committee_votes([[["2", "2"], ["2", "2"]]], [[[chain_key(fwd, "2")] * 2, [chain_key(rev, "2")] * 2]],
+                            mode="chain")
+    assert votes[0].label == "2" and votes[0].chains == [[0, 1], [0, 1]]
+
+
 def test_listing_complete_is_exact() -> None:
     scene = make_scene("heldout", 3, WorldConfig(min_objects=3, max_objects=3))
     walk = ". ".join(f"{o.cell} {o.colour} -" for o in scene.objects)
@@ -237,6 +256,31 @@ def test_a_round_the_committee_agrees_on_nothing_ends_the_run(micro_model_dir, t
     assert stages["iter1/reasoner"]["stopped"] and "agreed on no question" in stages["iter1/reasoner"]["skipped"]
     assert "iter1/eval" not in stages and "iter2/questioner" not in stages and set(results) == {0}
     assert any("stopped: the committee agreed on no question" in s for s in said)
+
+
+@pytest.mark.parametrize("kept, stops", [(17, True), (24, False)])
+def test_a_round_that_keeps_fewer_than_min_kept_labels_ends_the_run(tmp_path, kept, stops) -> None:
+    """`evolve.min_kept`: a committee round whose labels thinned out under it ends the run before
+    training, with the reason; at the threshold it trains (here: on no kept row, so it carries over)."""
+    from visplay.evolve.context import Context
+    from visplay.evolve.steps import run_reasoner
+    from visplay.io import atomic_write_parquet
+    from visplay.run.rundir import RunDir
+
+    cfg = load_config("tiny-long", ["evolve.accumulate_labels=false"])
+    assert cfg.evolve.min_kept == 24 and cfg.evolve.committee
+    run = RunDir(tmp_path / "run")
+    run.create({}, [])
+    atomic_write_parquet(run.output("iter1/labels"), [{"kept": False, "label": None}])
+    run.mark("iter1/labels", "done", n_kept=kept)
+    said: list[str] = []
+    with Grader(workers=0) as grader:
+        info = run_reasoner(Context(cfg, run, Path("base"), 1, grader, say=said.append))
+    assert info["model"] == "base" and info["train_rows"] == 0
+    assert bool(info.get("stopped")) == stops
+    if stops:
+        assert info["skipped"] == "the committee kept 17 labels in iteration 1, under evolve.min_kept 24"
+        assert said == [f"iter1/reasoner: stopped: {info['skipped']}; the run ends with the reasoner of iteration 0"]
 
 
 def test_the_ladder_repeats_a_level_until_enough_of_it_is_kept(tmp_path) -> None:

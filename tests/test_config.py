@@ -61,6 +61,20 @@ def test_overrides_coerce_by_declared_type():
         load_config("tiny", ["evolve.questioner.lr=fast"])
 
 
+def test_a_preset_extends_another_and_sets_only_what_differs(tmp_path):
+    long, tiny = load_config("tiny-long"), load_config("tiny")
+    assert long.evolve.iterations == 6 and long.evolve.min_kept == 24 and long.evolve.survey_images == 3584
+    assert long.evolve.committee == tiny.evolve.committee and long.world == tiny.world and long.model == tiny.model
+    (tmp_path / "mine.yaml").write_text("extends: tiny-long\nevolve: {iterations: 2}\n")
+    mine = load_config(str(tmp_path / "mine.yaml"))
+    assert mine.evolve.iterations == 2 and mine.evolve.min_kept == 24
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(str(tmp_path / "loop.yaml"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "mine.yaml").replace("mine", "none"))
+
+
 def test_preset_file_with_scientific_notation(tmp_path):
     """A YAML preset written as users write it (`lr: 1e-6`, `report_to: wandb`) loads."""
     path = tmp_path / "mine.yaml"

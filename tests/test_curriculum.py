@@ -71,13 +71,14 @@ def test_a_folder_of_the_same_images_trains_on_identical_rows(tmp_path) -> None:
     """The curriculum reads nothing but the models' outputs: two micro loops, one on world scenes
     (whose rows record their level and the oracle's answer, for measurement) and one on a folder of
     the same scenes' PNGs (no level, no truth), take the same images in the same order, and label
-    and keep the same rows. Answer agreement in both: the trace key is the world task's verifier."""
+    and keep the same rows. Chain agreement in both (`evolve.agreement: chain`, the label rule that
+    knows no task): it runs unchanged on files that carry nothing but pixels."""
     from visplay.cli import main
 
     common = ["--quiet", "--set", "evolve.iterations=2", "--set", "evolve.images_per_iteration=12",
               "--set", "evolve.survey_images=40", "--set", "evolve.questioner_images=4",
               "--set", "evolve.questioner.steps=1", "--set", "evolve.label_samples=4", "--set", "evolve.sft_epochs=1",
-              "--set", "evolve.agreement=answer", "--set", "eval.n=12", "--set", "eval.k=1",
+              "--set", "evolve.agreement=chain", "--set", "eval.n=12", "--set", "eval.k=1",
               "--set", "evolve.report_to=[]", "--set", "evolve.seed=3"]
     world_cfg = load_config("tiny", ["evolve.seed=3"])
     folder = tmp_path / "images"
@@ -90,12 +91,16 @@ def test_a_folder_of_the_same_images_trains_on_identical_rows(tmp_path) -> None:
     surveys = [pq.read_table(tmp_path / r / "survey.parquet").to_pylist() for r in ("world", "folder")]
     assert [r["difficulty"] for r in surveys[0]] == [r["difficulty"] for r in surveys[1]]
     assert {r["level"] for r in surveys[0]} <= set(range(6, 11)) and {r["level"] for r in surveys[1]} == {None}
+    kept = 0
     for t in (1, 2):
         world, files = (pq.read_table(tmp_path / r / f"iter{t}" / "labels.parquet").to_pylist() for r in ("world", "folder"))
         assert [image_bytes(r["image_png"]) for r in world] == [image_bytes(r["image_png"]) for r in files]
         for column in TRAINING_COLUMNS:
             assert [r[column] for r in world] == [r[column] for r in files], (t, column)
         assert all(r["level"] is None and r["true_answer"] is None for r in files)
+        assert {r["rule"] for r in files if r["valid"]} == {"chain"}
+        kept += sum(r["kept"] for r in files)
+    assert kept  # the rule that knows no task kept labels on the folder
     # the easiest first: iteration 1's images had shorter survey answers than iteration 2's
     manifest = json.loads((tmp_path / "world" / "manifest.json").read_text())["stages"]
     hardness = {r["image_id"]: r["difficulty"] for r in surveys[0]}

@@ -325,6 +325,10 @@ def test_family_benchmark_and_label_tables_equal_their_sources(finished):
         for key in ("n_labeled", "n_kept", "n_with_truth", "label_accuracy", "label_accuracy_kept",
                     "questioner_answer_accuracy", "mean_agreement"):
             assert_shows(c[key], stages[f"iter{t}/labels"][key])
+        by_rule = stages[f"iter{t}/labels"]["by_rule"]  # which rule made the round's labels, and how many it kept
+        assert by_rule and sum(n["labeled"] for n in by_rule.values()) == stages[f"iter{t}/labels"]["n_labeled"]
+        assert table.find("tr", data_iter=str(t)).find_all("td")[1].text == "; ".join(
+            f"{rule}: {n['kept']} kept of {n['labeled']}" for rule, n in by_rule.items())
 
 
 def test_level_panel_equals_eval_summaries_and_labels_stage(finished):

@@ -92,7 +92,31 @@ def unlabeled(row: dict) -> dict:
     """A question row with every labeling column present and empty (the labels.parquet schema)."""
     return {**row, "samples": [], "answers": [], "label": None, "count": 0, "answered": 0, "agreement": 0.0,
             "kept": False, "label_correct": None, "questioner_correct": None, "skip_reason": None,
-            "member_labels": [], "member_agreement": [], "chains": []}
+            "member_labels": [], "member_agreement": [], "chains": [], "rule": None}
+
+
+def vote_rule(mode: str, image_id: str) -> str:
+    """The rule that votes on a question about ``image_id`` under ``evolve.agreement`` ``mode``: ``trace``
+    where the image's task defines a trace key (`TRACE_KEYS`), else ``answer``; ``chain`` and ``answer``
+    for every image.
+
+    >>> vote_rule("trace", "world/unlabeled/3"), vote_rule("trace", "ab12cd"), vote_rule("chain", "ab12cd")
+    ('trace', 'answer', 'chain')
+    """
+    if mode == "trace" and not any(has(image_id) for has, _ in TRACE_KEYS):
+        return "answer"
+    return mode
+
+
+#: The tasks that define a canonical key of a chain, as (does this image id have one, key(question,
+#: completion, answer)); ``agreement: trace`` votes on it. One entry per task: the world's walk today.
+TRACE_KEYS = ((has_trace_key, trace_key),)
+
+
+def _key(rule: str, image_id: str, question: str, completion: str | None, answer: str | None) -> str | None:
+    if rule == "chain":
+        return chain_key(completion, answer)
+    return next(key for has, key in TRACE_KEYS if has(image_id))(question, completion, answer)
 
 
 def label_questions(
@@ -102,8 +126,9 @@ def label_questions(
     """Silver labels from m samples of the reasoner, or of every committee member (a list of
     samplers, the reasoner first), one output row per input row.
 
-    The vote is `visplay.answers.committee_votes` (``mode`` answer, trace or chain; world images have a
-    trace key, other images are voted on answers under trace; every chain has a `chain_key`). ``agreement`` c = the weakest member's share of
+    The vote is `visplay.answers.committee_votes` (``mode`` answer, trace or chain); ``rule`` records
+    which rule voted on each question (`vote_rule`: under trace, a question without a trace key is
+    voted on answers). ``agreement`` c = the weakest member's share of
     its m samples on the label (one member: majority count / m, `visplay.answers.agreement`);
     ``kept`` = c in the band (inclusive). Each member's own answer and share are recorded beside
     the label, and ``chains`` holds the samples that agree with it. Rows that cannot be labeled keep
@@ -118,10 +143,11 @@ def label_questions(
         per_member.append(sample_answers(sampler, prompts, m, p, clean=storable))
     samples = [[member[0][q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
     answers = [[member[1][q] for member in per_member] for q in range(len(todo))]
-    keys = [[[chain_key(s, a) if mode == "chain" else trace_key(r["question"], s, a) for s, a in zip(ss, aa)]
-             for ss, aa in zip(qs, qa)]
-            if mode == "chain" or (mode == "trace" and has_trace_key(r["image_id"])) else None
-            for r, qs, qa in zip(todo, samples, answers)]  # only world images have a trace key; every chain a chain key
+    rules = [vote_rule(mode, r["image_id"]) for r in todo]
+    keys = [None if rule == "answer" else [[_key(rule, r["image_id"], r["question"], s, a) for s, a in zip(ss, aa)]
+                                           for ss, aa in zip(qs, qa)]
+            for r, rule, qs, qa in zip(todo, rules, samples, answers)]
+    rules = iter(rules)
     votes = iter(zip(samples, answers, committee_votes(answers, keys, mode, grader)))
     out = []
     for r in rows:
@@ -130,7 +156,7 @@ def label_questions(
             out.append({**base, "skip_reason": f"invalid question: {r['reason']}"})
             continue
         ss, ans, v = next(votes)
-        base.update(samples=[s for member in ss for s in member], answers=[a for member in ans for a in member],
+        base.update(rule=next(rules), samples=[s for member in ss for s in member], answers=[a for member in ans for a in member],
                     count=v.count, answered=v.answered, member_labels=v.member_labels,
                     member_agreement=v.member_agreement)
         if v.label is None:
@@ -197,5 +223,8 @@ def label_accuracy(rows: Sequence[dict]) -> dict:
         "questioner_answer_accuracy": rate(known, "questioner_correct"),
         "mean_agreement": sum(r["agreement"] for r in rows) / len(rows) if rows else None,
         "kept_share": rate(rows, "kept"),
+        "by_rule": {rule: {"labeled": sum(r.get("rule") == rule for r in rows),
+                           "kept": sum(bool(r["kept"]) and r.get("rule") == rule for r in rows)}
+                    for rule in sorted({r.get("rule") for r in rows if r.get("rule")})},
     }
 

@@ -113,7 +113,9 @@ def run_labels(ctx: Context) -> dict:
     labeled = run_stage(ctx, "labels", rows)
     atomic_write_parquet(ctx.run.output(ctx.name("labels")), labeled)
     stats, mix = label_accuracy(labeled), level_mix(labeled)
-    ctx.say(f"{ctx.name('labels')}: kept {stats['n_kept']}/{len(rows)}; pseudo-label accuracy (kept) "
+    by_rule = ", ".join(f"{rule} agreement: {n['kept']} kept of {n['labeled']} labeled" for rule, n in stats["by_rule"].items())
+    ctx.say(f"{ctx.name('labels')}: kept {stats['n_kept']}/{len(rows)}" + (f" ({by_rule})" if by_rule else "")
+            + "; pseudo-label accuracy (kept) "
             f"{pct(stats['label_accuracy_kept'])}"
             + ("; kept by level " + " ".join(f"{lv}:{m['kept']}/{m['valid']}" for lv, m in mix.items()) if mix else ""))
     return {**stats, "skipped": skip_reasons(labeled), "by_level": mix}

@@ -504,15 +504,16 @@ def label_accuracy(run: Run) -> str:
     for t, stage in run.phases("labels"):
         info = run.info(stage)
         if info:
-            rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}'
+            rules = "; ".join(f"{rule}: {n['kept']} kept of {n['labeled']}" for rule, n in info.get("by_rule", {}).items())
+            rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}{text(rules or "-")}'
                         + "".join(num(k, info.get(k)) for k, _ in LABEL_KEYS) + "</tr>")
         else:
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}" class="missing" data-missing="{stage}">{text(_label(t))}'
-                        f'<td colspan="{len(LABEL_KEYS)}">not reached</td></tr>')
+                        f'<td colspan="{len(LABEL_KEYS) + 1}">not reached</td></tr>')
             marks.append(missing(run, stage, f"pseudo-label accuracy of iteration {t}"))
     return ("<p>Share of silver labels that match the world oracle's answer (questions whose image is a world scene "
             "and whose text parses in the grammar); from manifest.json. Never used for training.</p>"
-            + table("label-accuracy", ["iteration", *(h for _, h in LABEL_KEYS)], rows) + "".join(marks))
+            + table("label-accuracy", ["iteration", "rule (agreement)", *(h for _, h in LABEL_KEYS)], rows) + "".join(marks))
 
 
 def reasoner(run: Run) -> str:
