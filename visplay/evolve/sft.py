@@ -95,28 +95,17 @@ def sft_batches(batch_size: int, world: int, per_device: int | None = None) -> t
     return micro, per_rank // micro
 
 
-def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int, batch_size: int, lr: float,
-              seed: int, schedule: str = "constant", warmup: float = 0.0, dress=None, per_device_batch: int | None = None,
-              gradient_checkpointing: bool = False, lora=None, bf16: bool = False,
-              ranks: Ranks | None = None) -> tuple[Path, list[dict]]:
-    """Fine-tune on ``rows`` (messages, target, image; e.g. from `chain_rows`), loss on the target
-    only, ``batch_size`` rows an update over all processes, and save to ``out_dir`` atomically; checkpoints in
-    ``out_dir.ckpt`` (a killed phase resumes there; a finished one is not rerun). ``lora``: a phase
-    with LoRA settings (`SFTPhase`) whose rank > 0 trains adapters, saved merged. ``ranks``: every rank of a
-    launcher runs this, the main rank writes. Returns the model directory and the log history."""
+def sft_trainer(model, processor, rows: list[dict], ckpt_dir: Path, *, steps: int, batch_size: int, lr: float,
+                seed: int, schedule: str = "constant", warmup: float = 0.0, per_device_batch: int | None = None,
+                gradient_checkpointing: bool = False, lora=None, bf16: bool = False, world: int = 1, **overrides):
+    """The `transformers.Trainer` of one SFT phase of ``steps`` updates of ``batch_size`` rows over ``world``
+    processes (`sft_batches`), checkpointing to ``ckpt_dir``; with ``lora`` (a phase whose lora_rank > 0) the
+    model is first wrapped by peft (`visplay.evolve.lora.peft_config`), else its vision tower is frozen.
+    ``overrides`` go to `TrainingArguments` as is (the GPU benchmark turns saving off)."""
     import torch  # heavy: only where a model is trained
     from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
 
-    out_dir = Path(out_dir)
-    ckpt_dir = checkpoint_dir(out_dir)
-    main = ranks is None or ranks.main
-    done = finished_phase(out_dir)
-    if done is not None:
-        if main:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-        return out_dir, list(done.get("log_history", []))
-    micro, accumulation = sft_batches(batch_size, ranks.world if ranks else 1, per_device_batch)
-    steps = max(1, math.ceil(len(rows) / batch_size) * epochs)
+    micro, accumulation = sft_batches(batch_size, world, per_device_batch)
     adapters = peft_config(lora) if lora is not None else None
     if adapters is not None:  # the same adapters on every rank and in every process: seeded before they are drawn
         from peft import get_peft_model
@@ -127,16 +116,42 @@ def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int,
         freeze_vision_tower(model)
     model.train()
     bf16 = bf16 and torch.cuda.is_available()
-    args = TrainingArguments(
+    kw = dict(
         **training_args(ckpt_dir, steps=steps, lr=lr, weight_decay=0.0, max_grad_norm=1.0,
                         save_steps=max(1, steps // 4), save_total_limit=2, seed=seed, report_to=[]),
         per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
         lr_scheduler_type=schedule, warmup_steps=round(warmup * steps), logging_steps=10, bf16=bf16,
         use_cpu=not torch.cuda.is_available(), **{checkpointing_arg(): gradient_checkpointing},
-        **({"gradient_checkpointing_kwargs": {"use_reentrant": False}} if gradient_checkpointing else {}),
+        **({f"{checkpointing_arg()}_kwargs": {"use_reentrant": False}} if gradient_checkpointing else {}),
         remove_unused_columns=False, dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=list(rows), data_collator=Collator(processor))
+    trainer = Trainer(model=model, args=TrainingArguments(**{**kw, **overrides}), train_dataset=list(rows),
+                      data_collator=Collator(processor))
     trainer.remove_callback(PrinterCallback)  # the loop's console stays quiet; the history goes to metrics.jsonl
+    return trainer
+
+
+def train_sft(model, processor, rows: list[dict], out_dir: Path, *, epochs: int, batch_size: int, lr: float,
+              seed: int, schedule: str = "constant", warmup: float = 0.0, dress=None, per_device_batch: int | None = None,
+              gradient_checkpointing: bool = False, lora=None, bf16: bool = False,
+              ranks: Ranks | None = None) -> tuple[Path, list[dict]]:
+    """Fine-tune on ``rows`` (messages, target, image; e.g. from `chain_rows`), loss on the target
+    only, ``batch_size`` rows an update over all processes, and save to ``out_dir`` atomically; checkpoints in
+    ``out_dir.ckpt`` (a killed phase resumes there; a finished one is not rerun). ``lora``: a phase
+    with LoRA settings (`SFTPhase`) whose rank > 0 trains adapters, saved merged. ``ranks``: every rank of a
+    launcher runs this, the main rank writes. Returns the model directory and the log history."""
+    out_dir = Path(out_dir)
+    ckpt_dir = checkpoint_dir(out_dir)
+    main = ranks is None or ranks.main
+    done = finished_phase(out_dir)
+    if done is not None:
+        if main:
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return out_dir, list(done.get("log_history", []))
+    steps = max(1, math.ceil(len(rows) / batch_size) * epochs)
+    trainer = sft_trainer(model, processor, rows, ckpt_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                          schedule=schedule, warmup=warmup, per_device_batch=per_device_batch,
+                          gradient_checkpointing=gradient_checkpointing, lora=lora, bf16=bf16,
+                          world=ranks.world if ranks else 1)
     history = lambda: [dict(h) for h in trainer.state.log_history]  # noqa: E731
     train_resumable(trainer, processor, out_dir, ckpt_dir, record=lambda: {"log_history": history()}, dress=dress,
                     ranks=ranks)
