@@ -447,10 +447,10 @@ def format_plan(cfg: Config, plan: dict) -> str:
 def _sft_where(cfg: Config) -> str:
     """Where the SFT objective's members train (`visplay.evolve.committee.member_plan`, in words)."""
     hw, ev = cfg.hardware, cfg.evolve
-    who = "each member" if ev.coevolve else "the reasoner"
+    who = "each member, one after another, each" if ev.coevolve else "the reasoner (member 0)"
     if hw.launcher:
-        return (f"{hw.launcher} -m visplay.evolve.worker sft RUN iter<t>/reasoner MEMBER   ({who}, one after another, "
-                f"each on all {hw.world_size} GPU(s); memory layout {launcher_strategy(hw.launcher)})")
+        return (f"{hw.launcher} -m visplay.evolve.worker sft RUN iter<t>/reasoner MEMBER   ({who} on all "
+                f"{hw.world_size} GPU(s); memory layout {launcher_strategy(hw.launcher)})")
     if ev.coevolve and hw.generation_shards > 1:
         return f"co-evolving members at once in worker slots, one GPU each (hardware.generation_shards {hw.generation_shards})"
     return "in the `visplay evolve` process (hardware.launcher unset); on a CPU the members at once, one core each"
