@@ -1,4 +1,5 @@
-"""One questioner and one reasoner GRPO step on a randomly initialised model of a preset's shape.
+"""One questioner and one reasoner GRPO step, and one SFT step full and with LoRA, on a randomly
+initialised model of a preset's shape.
 
 The GPU check of docs/scaling.md section 12 (`make bench-gpu`: installs `.[vllm]` into its own venv,
 then runs this at Qwen2.5-VL-3B on one GPU; no GPU is one clear line, before anything is installed).
@@ -19,12 +20,17 @@ ids with ``allowed_token_ids``), images are random at ``--pixels``. The step is 
 `visplay.evolve.grpo.build_trainer` with the preset's phase settings (lr, KL beta, gradient checkpointing,
 frozen vision or not, LoRA), batch sizes from the flags; the questioner reward samples
 ``--reward-samples`` answers per rollout from the policy itself (the loop uses the frozen reasoner:
-same cost). With ``--steps 2`` (default) the first step is a warm-up and the second is reported.
+same cost). The SFT steps (``sft``: every parameter but the vision tower; ``sft_lora``: LoRA of rank
+``--sft-lora-rank``) are the committee recipe's member SFT: `visplay.evolve.sft.sft_trainer` on chain rows of
+``--prompts`` rows per GPU (an image and a ``--completion``-token chain each), tokens/s and MFU over the
+whole step (an SFT step is all update), gradient checkpointing as the preset's GRPO phases have it.
+With ``--steps 2`` (default) the first step is a warm-up and the second is reported.
 With vLLM each phase runs in a fresh process, so one phase's vLLM engine never holds the next one's
 memory. Under `accelerate launch` every GPU runs one process (rank 0 prints).
 
     make bench-gpu                                                                  # the GPU check
     python benchmarks/bench_gpu_step.py --preset qwen2_5_vl_3b                      # one GPU, real shape
+    python benchmarks/bench_gpu_step.py --preset qwen2_5_vl_3b --phases sft,sft_lora   # the member SFT only
     accelerate launch --config_file configs/accelerate/zero3.yaml benchmarks/bench_gpu_step.py \
         --preset qwen2_5_vl_7b --rollouts generate                                  # 8 GPUs
     python benchmarks/bench_gpu_step.py --preset qwen2_5_vl_3b --scale tiny --steps 1   # CPU smoke run
@@ -178,6 +184,50 @@ def run_phase(name: str, model, processor, dataset, reward, phase, out: Path, n_
     return result
 
 
+def run_sft(name: str, model, processor, rows: list[dict], lora_rank: int, checkpointing: bool, out: Path,
+            n_params: int, gpus: int, peak_tflops: float, steps: int, per_device: int | None) -> dict:
+    """One member-SFT phase of ``steps`` steps of ``len(rows) / steps`` rows per GPU; the last step reported."""
+    from visplay.config import SFTPhase
+    from visplay.evolve.sft import sft_trainer
+    from visplay.tiny.pretrain import Collator
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    per_gpu = len(rows) // steps
+    phase = SFTPhase(batch_size=per_gpu * gpus, lr=1e-5, lora_rank=lora_rank, per_device_batch=per_device)
+    timer = StepTimer()
+    trainer = sft_trainer(model, processor, rows, out / f"{name}.ckpt", steps=steps, batch_size=phase.batch_size,
+                          lr=phase.lr, seed=0, per_device_batch=per_device, gradient_checkpointing=checkpointing,
+                          lora=phase, bf16=torch.cuda.is_available(), world=gpus, save_strategy="no")
+    trainer.add_callback(timer.callback)
+    trainer.train()
+    per_row = int(Collator(processor)(rows[:1])["attention_mask"].sum())  # rows alike: image + chain
+    step_tokens, step_s = per_row * phase.batch_size, timer.times[-1]
+    if lora_rank:
+        trainer.model.unload()  # the adapters out again: the model is the same for whatever runs next
+    result = {"phase": name, "rollouts": None, "lora_rank": lora_rank, "steps": len(timer.times),
+              "step_seconds": step_s, "tokens_per_step": step_tokens, "tokens_per_s": step_tokens / step_s,
+              "mfu": mfu(n_params, step_tokens, step_s, gpus, peak_tflops), "completion_mean_length": None,
+              "rollout_seconds": None, "rollout_tokens": None, "rollout_tokens_per_s": None, "update_seconds": step_s,
+              "peak_memory_gib": peak_memory_gib()}
+    result["update_mfu"] = result["mfu"]
+    del trainer
+    return result
+
+
+def chain_rows(images: list, completion: int) -> list[dict]:
+    """SFT rows like `visplay.evolve.sft.chain_rows`' (a question, its image, an agreeing chain), the chain
+    about ``completion`` tokens long."""
+    from visplay.roles.prompts import reasoner_messages
+
+    walk = " ".join(f"a{i % 5 + 1} red {i % 9}." for i in range(max(1, completion // 6)))
+    return [{"messages": reasoner_messages("How many objects are there?"), "target": f"<think>{walk}</think>\\boxed{{3}}",
+             "image": im} for im in images]
+
+
+GRPO_PHASES, SFT_PHASES = ("questioner", "reasoner"), ("sft", "sft_lora")
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -194,15 +244,18 @@ def main(argv: list[str] | None = None) -> dict:
                     help="auto: TRL's vLLM colocate when vllm is installed (and a GPU is there), else transformers")
     ap.add_argument("--vllm-share", type=float, default=0.2,
                     help="vllm_gpu_memory_utilization: share of the GPU for vLLM (the 3B training state takes ~63 GiB)")
-    ap.add_argument("--phases", default="questioner,reasoner", help="comma-separated, in this order")
+    ap.add_argument("--phases", default="questioner,reasoner,sft,sft_lora",
+                    help="comma-separated, in this order: questioner, reasoner (GRPO), sft, sft_lora (member SFT)")
+    ap.add_argument("--sft-lora-rank", type=int, default=64, help="the sft_lora phase's LoRA rank")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.scale == "full" and not torch.cuda.is_available():
         raise SystemExit(NO_GPU)
     phases = [p for p in args.phases.split(",") if p]
-    if not phases or set(phases) - {"questioner", "reasoner"}:
-        raise SystemExit(f"bench_gpu_step: --phases takes questioner and/or reasoner, got {args.phases!r}")
+    if not phases or set(phases) - set(GRPO_PHASES + SFT_PHASES):
+        raise SystemExit(f"bench_gpu_step: --phases takes some of {', '.join(GRPO_PHASES + SFT_PHASES)}, "
+                         f"got {args.phases!r}")
     vllm = use_vllm(args.rollouts)
     if vllm and len(phases) > 1:  # a fresh process per phase: one vLLM engine per process, freed with it
         results: dict | None = None
@@ -289,6 +342,11 @@ def measure(args, phases: list[str], vllm: bool) -> dict:
                                                build_rewards(cfg.evolve.reasoner.rewards, grader=grader),
                                                settings["reasoner"], out, n_params, gpus, cfg.hardware.peak_tflops,
                                                **extra))
+        for name in (p for p in SFT_PHASES if p in phases):  # sft_lora last: its adapters come out again anyway
+            rank = args.sft_lora_rank if name == "sft_lora" else 0
+            results["phases"].append(run_sft(name, model, processor, chain_rows(images, args.completion), rank,
+                                             cfg.evolve.reasoner.gradient_checkpointing, out, n_params, gpus,
+                                             cfg.hardware.peak_tflops, args.steps, args.per_device_batch))
     if args.out and ranks.main:
         Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
     return results

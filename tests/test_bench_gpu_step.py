@@ -2,7 +2,8 @@
 
 Proves: at `--scale tiny` on CPU the benchmark builds the preset's structure (downscaled), runs one
 questioner and one reasoner GRPO step through `visplay.evolve.grpo.build_trainer` (rollouts by transformers
-generate: no vllm here) and reports, per phase and as the JSON on its last line, the rollout
+generate: no vllm here) and one member-SFT step, full and with LoRA, through `visplay.evolve.sft.sft_trainer`
+(LoRA trains fewer parameters, and its adapters come out again), and reports, per phase and as the JSON on its last line, the rollout
 tokens/s, the update and step MFU against the bf16 peak, and the peak memory, with the EasyR1
 anchors beside them; the MFU arithmetic is 6·N·tokens/s over the peak; at full scale without a GPU
 it stops with one line saying so. Offline, ~30 s: `pytest -q tests/test_bench_gpu_step.py`.
@@ -45,8 +46,14 @@ def test_bench_gpu_step_tiny_scale(bench, tmp_path, capsys):
     vocab = len(AutoTokenizer.from_pretrained(EMBEDDED_MODELS["tiny"]))
     assert res["params"] == param_counts(downscaled(load_config("qwen2_5_vl_3b").arch, vocab_size=vocab)).total
     assert res["rollouts"] == "transformers generate" and res["versions"]["transformers"]
-    assert [p["phase"] for p in res["phases"]] == ["questioner", "reasoner"]
-    for p in res["phases"]:
+    assert [p["phase"] for p in res["phases"]] == ["questioner", "reasoner", "sft", "sft_lora"]
+    for p in res["phases"][2:]:  # the member SFT: all update, no rollouts; tokens = 2 rows of image + chain
+        assert p["steps"] == 1 and p["step_seconds"] > 0 and p["rollout_tokens"] is None
+        assert p["tokens_per_step"] > 2 * 4 and p["tokens_per_s"] == pytest.approx(p["tokens_per_step"] / p["step_seconds"])
+        assert 0 < p["mfu"] == p["update_mfu"] < 1 and p["peak_memory_gib"] > 0
+    assert [p["lora_rank"] for p in res["phases"][2:]] == [0, 64]
+    assert res["phases"][2]["tokens_per_step"] == res["phases"][3]["tokens_per_step"]
+    for p in res["phases"][:2]:
         assert p["steps"] == 1 and p["step_seconds"] > 0 and p["tokens_per_step"] > 0
         assert 0 < p["mfu"] < 1 and p["peak_memory_gib"] > 0
         # generation was timed and counted: 2 prompts x 2 samples of <= 4 tokens
@@ -55,7 +62,8 @@ def test_bench_gpu_step_tiny_scale(bench, tmp_path, capsys):
         assert 0 < p["update_seconds"] < p["step_seconds"] and p["mfu"] < p["update_mfu"] < 1
     text = capsys.readouterr().out
     assert "rollout tok/s" in text and "update MFU" in text and "cpu" in text and "1,200 rollout tokens/s" in text
-    assert json.loads(text.strip().splitlines()[-1])["phases"][1]["phase"] == "reasoner"  # the JSON, last line
+    assert json.loads(text.strip().splitlines()[-1])["phases"][3]["phase"] == "sft_lora"  # the JSON, last line
+    assert "\nsft_lora " in text
 
 
 def test_mfu_arithmetic(bench):

@@ -158,7 +158,6 @@ def test_the_labels_stage_samples_every_member_and_records_them() -> None:
     (["evolve.sft_schedule=step"], "evolve.sft_schedule must be one of"),
     (["evolve.sft_warmup=1"], "evolve.sft_warmup must be in"),
     (["evolve.replay_images=-1"], "evolve.replay_images must be >= 0"),
-    (["evolve.reasoner_objective=sft", "hardware.launcher=accelerate launch"], "trains in the loop's process"),
     (["evolve.replay_images=8", "evolve.ladder=false"], "needs evolve.ladder=true"),
 ])
 def test_bad_committee_config_is_one_clear_error(overrides, message) -> None:

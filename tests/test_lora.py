@@ -36,7 +36,12 @@ from visplay.evolve.lora import lora_params, peft_config, target_pattern
     ("evolve.reasoner.lora_dropout=1.0", "lora_dropout must be in [0, 1), got 1.0"),
     ("evolve.reasoner.lora_target_modules=[qkv]", "lora_target_modules must name some of the language model's"),
     ("evolve.reasoner.lora_rank=8 evolve.reasoner_objective=sft", "evolve.reasoner.lora_rank=8 is for the reasoner's "
-                                                                   "GRPO phase; evolve.reasoner_objective=sft"),
+                                                                   "GRPO phase; evolve.reasoner_objective=sft reads "
+                                                                   "evolve.sft_lora_rank"),
+    ("evolve.sft_lora_rank=-1", "evolve.sft_lora_rank must be 0 (off) .. 1024, got -1"),
+    ("evolve.sft_lora_dropout=1.0", "evolve.sft_lora_dropout must be in [0, 1), got 1.0"),
+    ("evolve.sft_lora_target_modules=[qkv]", "evolve.sft_lora_target_modules must name some"),
+    ("evolve.sft_per_device_batch=8", "evolve.sft_per_device_batch must be in [1, evolve.sft_batch_size (4)]"),
 ])
 def test_bad_lora_settings_are_one_line_before_anything_is_written(override, message, tmp_path, capsys):
     overrides = override.split()
@@ -49,15 +54,21 @@ def test_bad_lora_settings_are_one_line_before_anything_is_written(override, mes
 
 
 @pytest.mark.parametrize("launcher, strategy", [("zero3.yaml", "zero3"), ("fsdp.yaml", "fsdp")])
-def test_lora_with_sharded_weights_is_refused_before_anything_is_written(launcher, strategy, micro_model_dir,
-                                                                          tmp_path, capsys):
+@pytest.mark.parametrize("objective", ["grpo", "sft"])
+def test_lora_with_sharded_weights_is_refused_before_anything_is_written(launcher, strategy, objective,
+                                                                          micro_model_dir, tmp_path, capsys):
+    """GRPO's LoRA and the SFT objective's alike: the merge needs whole weights on one rank."""
     run = tmp_path / "run"
-    argv = ["evolve", "--run", str(run), "--model", str(micro_model_dir), *[a for o in VISPLAY_LOOP for a in ("--set", o)],
-            "--set", "evolve.reasoner.lora_rank=8", "--set", f"hardware.launcher='accelerate launch --config_file {{repo}}/configs/accelerate/{launcher}'"]
+    if objective == "grpo":
+        overrides, key = [*VISPLAY_LOOP, "evolve.reasoner.lora_rank=8"], "evolve.reasoner.lora_rank"
+    else:  # the default preset's committee SFT
+        overrides, key = ["evolve.sft_lora_rank=8"], "evolve.sft_lora_rank"
+    argv = ["evolve", "--run", str(run), "--model", str(micro_model_dir), *[a for o in overrides for a in ("--set", o)],
+            "--set", f"hardware.launcher='accelerate launch --config_file {{repo}}/configs/accelerate/{launcher}'"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert f"evolve.reasoner.lora_rank=8 needs whole weights on every GPU" in err and f"is {strategy}" in err, err
-    assert len(err.splitlines()) == 1 and not run.exists()
+    assert f"{key}=8 needs whole weights on every GPU" in err and f"is {strategy}" in err, err
+    assert f"or set {key}=0" in err and len(err.splitlines()) == 1 and not run.exists()
 
 
 def test_adapters_sit_where_documented_and_have_the_counted_size():
@@ -213,3 +224,74 @@ def test_killed_in_the_middle_of_a_lora_phase_resumes_to_the_same_weights_and_ro
 
         rows = [pq.read_table(Path(r) / stage / "items.parquet").to_pylist() for r in (reference, run)]
         assert rows[0] == rows[1]
+
+
+# ---------------------------------------------------------------- LoRA for the SFT objective
+
+
+def _chain_rows(n: int = 8):
+    from visplay.evolve.rows import png_bytes
+    from visplay.evolve.sft import chain_rows
+    from visplay.worlds.scene import WorldConfig, make_scene
+
+    scenes = [make_scene("unlabeled", i, WorldConfig(grid=5, min_objects=1, max_objects=3)) for i in range(n)]
+    return chain_rows([{"kept": True, "question": "How many objects are there?", "image_id": f"s{i}", "sample": 0,
+                        "image_png": png_bytes(s.render()), "chains": [[f"<think>{s.level}</think>\\boxed{{{s.level}}}"]]}
+                       for i, s in enumerate(scenes)])
+
+
+class _Killed(Exception):
+    """Raised right after a mid-phase checkpoint: the phase stops there, as a killed process would."""
+
+
+def test_lora_sft_saves_a_plain_merged_model_and_resumes_exactly(tmp_path, monkeypatch):
+    """`evolve.sft_lora_rank`: `train_sft` on the shipped tiny model trains adapters, saves a merged plain
+    checkpoint that `AutoModelForImageTextToText` loads (no adapter keys, only adapted layers changed),
+    keeps only the adapter in its mid-phase checkpoints, and a phase stopped after one of them resumes
+    to exactly the weights of the uninterrupted phase."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText, Trainer
+
+    from visplay.config import SFTPhase
+    from visplay.evolve.sft import train_sft
+    from visplay.models import load_model
+
+    rows = _chain_rows()
+    phase = SFTPhase(epochs=2, batch_size=2, lr=1e-2, lora_rank=4)  # 8 steps, a checkpoint every 2
+
+    def sft(out):
+        model, processor = load_model(EMBEDDED_MODELS["tiny"])
+        return train_sft(model, processor, rows, out, epochs=phase.epochs, batch_size=phase.batch_size, lr=phase.lr,
+                         seed=3, lora=phase)
+
+    _, history = sft(tmp_path / "whole")
+    assert [h["step"] for h in history if "train_loss" in h] == [8]
+    files = {p.name for p in (tmp_path / "whole").iterdir()}
+    assert "model.safetensors" in files and not any(f.startswith("adapter_") for f in files)
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "whole")
+    base = AutoModelForImageTextToText.from_pretrained(EMBEDDED_MODELS["tiny"])
+    before, after = base.state_dict(), merged.state_dict()
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all(re.search(r"(q|k|v|o|gate|up|down)_proj|merger", k) for k in changed), changed
+    assert not any("visual.blocks" in k for k in changed)
+
+    real_save = Trainer._save_checkpoint
+
+    def save_then_stop(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        if self.state.global_step == 4:
+            raise _Killed
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_stop)
+    with pytest.raises(_Killed):
+        sft(tmp_path / "resumed")
+    monkeypatch.setattr(Trainer, "_save_checkpoint", real_save)
+    ckpt = tmp_path / "resumed.ckpt" / "checkpoint-4"
+    assert (ckpt / "adapter_config.json").is_file() and not (ckpt / "model.safetensors").exists()  # the adapter only
+    assert not (tmp_path / "resumed").exists()
+    _, resumed = sft(tmp_path / "resumed")
+    assert [h["step"] for h in resumed if "train_loss" in h] == [8]
+    want, got = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert not (tmp_path / "resumed.ckpt").exists()

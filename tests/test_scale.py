@@ -246,6 +246,57 @@ def test_plan_numbers(tmp_path):
         __import__("visplay.evolve.plan", fromlist=["format_plan"]).format_plan(sampled, build_plan(sampled))
 
 
+def test_committee_preset_plans_every_members_memory(capsys, monkeypatch, tmp_path):
+    """presets/qwen2_5_vl_7b_committee.yaml without any weights here: the dry run sizes both members (the
+    MiMo-VL member from the preset's committee_arch), their labels-stage weights + KV cache on each GPU,
+    each member's SFT per GPU full and with LoRA (the launcher's zero2 marked), the SFT launcher line and
+    the questioner's vLLM share; a url= member is served on GPUs of its own and never trains; a member
+    with no shape anywhere is sized as the base model, and the plan says so."""
+    from visplay.arch import param_counts
+    from visplay.evolve.lora import lora_params
+    from visplay.evolve.plan import format_plan, kv_bytes_per_token
+
+    cfg = load_config("qwen2_5_vl_7b_committee")
+    assert cfg.evolve.reasoner_objective == "sft" and cfg.evolve.coevolve and cfg.evolve.agreement == "answer"
+    assert cfg.evolve.sft.lora and cfg.committee_arch[0] == load_config("mimo_vl_7b").arch
+    plan = build_plan(cfg, "qwen2_5_vl_7b_committee")
+    members = plan["members"]
+    assert [m["member"] for m in members] == [0, 1] and all(m["trains"] for m in members)
+    mimo = param_counts(load_config("mimo_vl_7b").arch)
+    assert members[1]["params"] == mimo and members[1]["arch_source"] == "preset committee_arch[0]"
+    assert members[0]["params"] == plan["params"]
+    prompt = plan["prompt_tokens"]
+    for m, arch in zip(members, (cfg.arch, cfg.committee_arch[0])):
+        p = m["params"]
+        assert m["weights"] == 2 * p.total  # bf16, every member loaded at once in the labels stage
+        assert m["kv_cache"] == 16 * (prompt + 4096) * kv_bytes_per_token(arch)  # sampler.batch_rows 16
+        # full SFT: fp32 weights of the whole model, grads + Adam for all but the frozen vision tower, no KL reference
+        assert m["sft"]["ddp"]["total"] == 4 * p.total + 12 * p.trainable(True)
+        adapters = lora_params(arch, cfg.evolve.sft, 64)
+        assert m["sft_lora_params"] == adapters and set(m["sft_lora"]) == {"ddp", "zero2", "zero2_offload"}
+        z2 = m["sft_lora"]["zero2"]
+        assert z2["weights"] == 2 * p.total and z2["optimizer"] == pytest.approx(12 * adapters / 8)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evolve", "--preset", "qwen2_5_vl_7b_committee", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    assert "-m visplay.evolve.worker sft RUN iter<t>/reasoner MEMBER   (each member, one after another, each on all 8" in out
+    assert "labels stage per GPU: 2 member(s) at once = 60.1 GiB of 80: fits" in out
+    assert "member 1  /models/MiMo-VL-7B-SFT: 8.30B params (shape: preset committee_arch[0])" in out
+    assert "questioner 0.4 x 80 GiB = 32.0 GiB" in out  # the vLLM share of the questioner's colocated rollouts
+    sft_rows = [line.split() for line in out.split("SFT per GPU")[1].splitlines()[2:] if line[:3].strip().isdigit()]
+    assert {r[0] for r in sft_rows} == {"0", "1"} and len(sft_rows) == 2 * (5 + 3)
+    marked = [r[:2] for r in sft_rows if r[-1] == "launcher's"]
+    assert marked == [["0", "zero2"], ["1", "zero2"]] and all("fits" in r for r in sft_rows if r[1] == "zero2")
+    served = load_config("qwen2_5_vl_7b_committee", ["evolve.committee=[url=http://10.0.0.9:8000/v1]",
+                                                      "evolve.coevolve=false", "committee_arch=[]"])
+    text = format_plan(served, build_plan(served))
+    assert "served at http://10.0.0.9:8000/v1: needs GPUs of its own" in text and "never trains" in text
+    assert [m["trains"] for m in build_plan(served)["members"]] == [True, False]
+    guessed = build_plan(load_config("qwen2_5_vl_7b_committee", ["committee_arch=[]"]))["members"][1]
+    assert guessed["arch_source"].startswith("assumed the base model's") and guessed["params"] == plan["params"]
+
+
 # --- accelerate configs ------------------------------------------------------------------------------------
 
 

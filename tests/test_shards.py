@@ -206,7 +206,7 @@ def test_workers_exit_when_the_loop_is_killed(mode):
         controller.wait()
 
 
-def sft_run(tmp_path, model_dir, shards: int):
+def sft_run(tmp_path, model_dir, shards: int, overrides=()):
     """A run directory whose iteration 1 stands just before its reasoner phase: a two-member committee
     (the micro model twice), co-evolving with SFT, 6 kept labels, member 1 agreeing on 4 of them."""
     from test_evolve import SHORT
@@ -220,7 +220,7 @@ def sft_run(tmp_path, model_dir, shards: int):
     short = [o for o in SHORT if not o.startswith("evolve.reasoner.")]  # GRPO knobs: an error under sft
     cfg = load_config("tiny", short + [f"model={model_dir}", f"evolve.committee=[{model_dir}]", "evolve.agreement=trace",
                                        "evolve.reasoner_objective=sft", "evolve.coevolve=true", "evolve.sft_epochs=1",
-                                       "evolve.sft_batch_size=2", f"hardware.generation_shards={shards}"])
+                                       "evolve.sft_batch_size=2", f"hardware.generation_shards={shards}", *overrides])
     run = RunDir(tmp_path / "run")
     run.create(to_dict(cfg), [])
     chain = "<think>a1 red 1</think>\\boxed{1}"
@@ -289,3 +289,55 @@ def test_coevolving_members_train_at_once_in_worker_processes(micro_model_dir, t
     assert [(iter1[2] / name / PHASE_RECORD).stat().st_mtime_ns for name in ("reasoner", "committee1")] == stamps
     assert (iter1[2] / "reasoner.member1.log").read_text().count("member 1 -> ") == 1  # no worker started again
     assert Path(again["committee"][0]).name == "committee1"
+
+
+TORCHRUN_2 = "{python} -m torch.distributed.run --nproc_per_node 2"
+
+
+def test_committee_sft_under_the_launcher_trains_each_member_on_every_rank(micro_model_dir, tmp_path):
+    """``hardware.launcher`` with the SFT objective: each co-evolving member's SFT runs as
+    ``{launcher} -m visplay.evolve.worker sft RUN iter1/reasoner MEMBER`` (torchrun, 2 processes, gloo:
+    DDP on CPU), one member after the other; the global batch stays ``sft_batch_size`` (1 row per
+    rank), so the steps and the saved weights are the in-process ones up to float rounding; rank 0
+    saves each member with its record; asking again launches nothing."""
+    from pathlib import Path
+
+    import torch
+
+    from visplay.answers import Grader
+    from visplay.evolve.context import Context
+    from visplay.evolve.steps import run_reasoner
+    from visplay.models import PHASE_RECORD, load_model
+
+    runs = {}
+    for where, overrides in (("launched", [f'hardware.launcher="{TORCHRUN_2}"']), ("in process", [])):
+        cfg, run = sft_run(tmp_path / where.replace(" ", "-"), micro_model_dir, 1, overrides)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # in process: one slot, the members one after the other
+        try:
+            with Grader(workers=0) as g:
+                info = run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
+        finally:
+            torch.set_num_threads(threads)
+        assert [Path(m).name for m in [info["model"], *info["committee"]]] == ["reasoner", "committee1"]
+        logged = [json.loads(x) for x in (run.root / "metrics.jsonl").read_text().splitlines()]
+        steps = {m: [h["step"] for h in logged if h.get("member") == m and "train_loss" in h] for m in (0, 1)}
+        assert steps == {0: [3], 1: [2]}  # 6 and 4 agreeing chains, global batch 2, one epoch
+        runs[where] = (cfg, run, info)
+    iter1 = {w: run.root / "iter1" for w, (_, run, _) in runs.items()}
+    for member in (0, 1):
+        log = (iter1["launched"] / f"reasoner.member{member}.log").read_text()
+        assert f"member {member}, rank 0 of 2" in log and f"member {member}, rank 1 of 2" in log, log[-2000:]
+    assert not list(iter1["in process"].glob("*.log"))
+    for name in ("reasoner", "committee1"):
+        a, _ = load_model(iter1["launched"] / name)
+        b, _ = load_model(iter1["in process"] / name)
+        for (n, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=1e-4, rtol=1e-3), n  # DDP over 2 ranks or one process: rounding only
+        assert not (iter1["launched"] / f"{name}.ckpt").exists() and not (iter1["launched"] / f"{name}.tmp").exists()
+    cfg, run, _ = runs["launched"]
+    stamps = [(iter1["launched"] / name / PHASE_RECORD).stat().st_mtime_ns for name in ("reasoner", "committee1")]
+    with Grader(workers=0) as g:
+        run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
+    assert [(iter1["launched"] / name / PHASE_RECORD).stat().st_mtime_ns for name in ("reasoner", "committee1")] == stamps
+    assert (iter1["launched"] / "reasoner.member1.log").read_text().count("member 1 -> ") == 1  # not launched again

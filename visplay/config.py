@@ -55,6 +55,8 @@ class Config:
     model: str = "tiny"  # embedded name, local directory, or HF repo id already in the local HF cache
     dtype: str = "float32"  # weights in memory: float32 on CPU; bfloat16 for the GPU presets
     arch: ArchConfig | None = None  # the model's shape, for --dry-run and benchmarks (None: read config.json)
+    committee_arch: tuple[ArchConfig | None, ...] = ()  # entry i: evolve.committee[i]'s shape, for --dry-run
+    #   (None or absent: its config.json when on disk, else the base model's shape, which the plan says it assumed)
     world: WorldConfig = field(default_factory=WorldConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -136,6 +136,18 @@ def training_args(output_dir: str | Path, *, steps: int, lr: float, weight_decay
                 report_to=report_to, seed=seed, data_seed=seed)
 
 
+def checkpointing_arg() -> str:
+    """The `TrainingArguments` name of gradient checkpointing: transformers 5.23 renamed it
+    ``activation_checkpointing`` (the old name a deprecated alias); 5.20-5.22 know only
+    ``gradient_checkpointing``."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: bool = True,
                     record: Callable[[], dict] | None = None, dress: Callable[[Path], None] | None = None,
                     ranks: Ranks | None = None) -> Path:

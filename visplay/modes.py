@@ -26,7 +26,9 @@ from visplay.evolve.seeds import REPLAY_START, WORLD_SEED_SCENES, first_scene
 from visplay.settings import ConfigError
 
 #: The SFT objective's keys (`visplay.evolve.sections.SFTPhase`), flat in the evolve section.
-SFT_KEYS = ("sft_epochs", "sft_batch_size", "sft_lr", "sft_schedule", "sft_warmup")
+SFT_KEYS = ("sft_epochs", "sft_batch_size", "sft_lr", "sft_schedule", "sft_warmup", "sft_per_device_batch",
+            "sft_gradient_checkpointing", "sft_lora_rank", "sft_lora_alpha", "sft_lora_dropout",
+            "sft_lora_target_modules")
 
 
 def _world(cfg) -> bool:
@@ -45,13 +47,6 @@ def _source_objects(cfg) -> str | None:
         cfg.source_world  # noqa: B018 -- evolve.source_objects against the world's grid
     except ValueError as e:
         return f"evolve.source_objects: {e}"
-    return None
-
-
-def _sft_in_process(cfg) -> str | None:
-    if cfg.evolve.reasoner_objective == "sft" and cfg.hardware.launcher:
-        return ("evolve.reasoner_objective=sft trains in the loop's process; hardware.launcher "
-                "(multi-GPU GRPO) is for the grpo objective: unset one of them")
     return None
 
 
@@ -81,8 +76,8 @@ def _sft_no_lora(cfg) -> str | None:
     ev = cfg.evolve
     if ev.reasoner_objective == "sft" and ev.reasoner.lora:
         return (f"evolve.reasoner.lora_rank={ev.reasoner.lora_rank} is for the reasoner's GRPO phase; "
-                "evolve.reasoner_objective=sft fine-tunes every parameter: set one of them back "
-                "(lora_rank=0 or reasoner_objective=grpo)")
+                f"evolve.reasoner_objective=sft reads evolve.sft_lora_rank: set evolve.sft_lora_rank="
+                f"{ev.reasoner.lora_rank} instead (and evolve.reasoner.lora_rank=0), or reasoner_objective=grpo")
     return None
 
 
@@ -125,11 +120,18 @@ def _trace_needs_world(cfg) -> str | None:
     return None
 
 
+def _committee_arch_per_member(cfg) -> str | None:
+    n, shapes = len(cfg.evolve.committee), len(cfg.committee_arch)
+    if shapes > n:
+        return (f"committee_arch gives {shapes} shapes for {n} evolve.committee member(s): entry i is member i's "
+                "shape (null: its config.json, else the base model's); drop the extra entries")
+    return None
+
+
 #: name -> the rule: None when the config keeps it, else what is wrong and what to do.
 RULES: dict[str, Callable[[Any], str | None]] = {
     "seed_scenes": _seed_scenes,
     "source_objects": _source_objects,
-    "sft_in_process": _sft_in_process,
     "advance_needs_ladder": _advance_needs_ladder,
     "coevolve_needs_sft_committee": _coevolve_needs_sft_committee,
     "coevolve_local_members": _coevolve_local_members,
@@ -139,6 +141,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "replay_needs_ladder": _replay_needs_ladder,
     "questioner_labels_need_grpo": _questioner_labels_need_grpo,
     "trace_needs_world": _trace_needs_world,
+    "committee_arch_per_member": _committee_arch_per_member,
 }
 
 

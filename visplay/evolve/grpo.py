@@ -21,7 +21,6 @@ Test: `pytest tests/test_evolve.py tests/test_scale.py tests/test_lora.py`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -34,8 +33,8 @@ from visplay.evolve.seeds import RANK_SEED_STRIDE
 from visplay.rewards.registry import build_rewards
 from visplay.run.stages import checkpoint_dir, stage_at
 from visplay.sampling.factory import for_rank, open_sampler
-from visplay.models import (finished_phase, freeze_vision_tower, load_model, suppressed_ids, train_resumable,
-                            training_args)
+from visplay.models import (checkpointing_arg, finished_phase, freeze_vision_tower, load_model, suppressed_ids,
+                            train_resumable, training_args)
 from visplay import console
 from visplay.console import quiet_library_warnings
 from visplay.dist import current as current_ranks
@@ -150,16 +149,6 @@ def check_vllm(phase: GRPOPhase, name: str = "phase") -> None:
             "`pip install 'visplay[vllm]'` (TRL's vLLM rollouts, colocate and server mode alike, import vllm in the "
             f"training processes), or turn vLLM rollouts off with --set {name}.use_vllm=false (transformers "
             "generate: fine for small rollout batches; docs/scaling.md section 9)")
-
-
-def checkpointing_arg() -> str:
-    """The `TrainingArguments` name of gradient checkpointing: transformers 5.23 renamed it
-    ``activation_checkpointing`` (the old name a deprecated alias); 5.20-5.22 know only
-    ``gradient_checkpointing``."""
-    from transformers import TrainingArguments
-
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def grpo_args(phase: GRPOPhase, output_dir: str | Path, world_size: int = 1, *, use_cpu: bool = True,

@@ -4,6 +4,9 @@
   ``{launcher} -m visplay.evolve.worker grpo RUN iter<t>/<role>`` and waits (``{python}`` and
   ``{repo}`` in the launcher become this interpreter and the repository root), then reads the
   phase record saved with the model (``train_result.json``).
+* `launch_member`: one co-evolving committee member's SFT (``reasoner_objective: sft``) through the same
+  launcher, ``{launcher} -m visplay.evolve.worker sft RUN iter<t>/reasoner MEMBER``: the members train
+  one after another, each on every GPU, and each saves its own model with its phase record.
 * `run_sharded_stage`: ``hardware.generation_shards`` > 1 -- one ``worker shard`` process per
   shard, shard r on GPU r; their parts are merged by item once all have finished.
 * `run_workers`: any of these at once, job r on GPU r; the co-evolving committee's members train
@@ -39,18 +42,30 @@ class WorkerError(RuntimeError):
 def launch_phase(cfg: Config, run: RunDir, stage: str) -> tuple[list[dict], str | None]:
     """Run GRPO ``stage`` through ``hardware.launcher`` (unless its model is already saved);
     return the phase's log history and health-guard verdict from the record saved with the model."""
-    out_dir = run.output(stage)
+    done = _launched(cfg, run, stage, ["grpo"], run.output(stage), "worker")
+    return list(done.get("log_history", [])), done.get("guard")
+
+
+def launch_member(cfg: Config, run: RunDir, stage: str, member: int) -> dict:
+    """Committee member ``member``'s SFT of reasoner ``stage`` through ``hardware.launcher`` (unless its
+    model is already saved); the phase record saved with its model (log history)."""
+    return _launched(cfg, run, stage, ["sft", str(member)], run.member_output(stage, member), f"member{member}")
+
+
+def _launched(cfg: Config, run: RunDir, stage: str, job: list[str], out_dir: Path, log_name: str) -> dict:
+    """``{launcher} -m visplay.evolve.worker JOB[0] RUN STAGE JOB[1:]``, waited for; the record of ``out_dir``."""
     done = finished_phase(out_dir)
     if done is None:
         launcher = (cfg.hardware.launcher.replace("{python}", shlex.quote(sys.executable))
                     .replace("{repo}", shlex.quote(str(REPO_ROOT))))
-        cmd = f"{launcher} -m visplay.evolve.worker grpo {shlex.quote(str(run.root))} {shlex.quote(stage)}"
-        log = run.log_path(stage, "worker")
+        cmd = (f"{launcher} -m visplay.evolve.worker {job[0]} {shlex.quote(str(run.root))} {shlex.quote(stage)}"
+               + "".join(f" {shlex.quote(a)}" for a in job[1:]))
+        log = run.log_path(stage, log_name)
         _run_logged(cmd, log, shell=True)
         done = finished_phase(out_dir)
         if done is None:
             raise WorkerError(f"{stage}: `{cmd}` finished but saved no model in {out_dir}; see {log}")
-    return list(done.get("log_history", [])), done.get("guard")
+    return done
 
 
 def _gpu_for(rank: int) -> str | None:

@@ -1,4 +1,5 @@
-"""LoRA for a GRPO phase (``evolve.<role>.lora_rank > 0``): TRL's ``peft_config``, its size, and the merge.
+"""LoRA for a GRPO phase (``evolve.<role>.lora_rank > 0``) and for the SFT objective
+(``evolve.sft_lora_rank > 0``): the ``peft_config``, its size, the layouts it refuses, and the merge.
 
 TRL's `GRPOTrainer` wraps the policy with `peft.get_peft_model` when given a ``peft_config``; the
 KL reference is then the same model with its adapters switched off (no second copy in memory). A
@@ -8,7 +9,8 @@ the adapter alone, which is what `--resume` continues from.
 
 Adapters go on the language model's linear layers named by ``lora_target_modules`` (default: all
 seven of every decoder layer), on the merger (which full fine-tuning trains even with a frozen
-vision tower) and, when ``freeze_vision`` is false, on the vision blocks' linear layers.
+vision tower) and, when ``freeze_vision`` is false, on the vision blocks' linear layers. The SFT objective (`visplay.evolve.sft.train_sft`) wraps its model
+with the same config through `peft.get_peft_model` itself and saves the same way.
 Test: `pytest tests/test_lora.py`.
 """
 
@@ -17,13 +19,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from visplay.arch import ArchConfig
-from visplay.evolve.sections import GRPOPhase
+from visplay.evolve.sections import GRPOPhase, SFTPhase
+
+#: A phase with LoRA settings (lora_rank, lora_scale_alpha, lora_dropout, lora_target_modules, freeze_vision).
+LoraPhase = GRPOPhase | SFTPhase
 
 #: The vision blocks' linear layers (attention qkv/proj, SwiGLU MLP), adapted when the tower trains.
 VISION_MODULES = ("attn.qkv", "attn.proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def target_pattern(phase: GRPOPhase) -> str:
+def target_pattern(phase: LoraPhase) -> str:
     """The full-match regex of module names that get adapters (peft's ``target_modules`` as a string).
 
     >>> import re
@@ -40,8 +45,8 @@ def target_pattern(phase: GRPOPhase) -> str:
     return "|".join(f"(?:{p})" for p in parts)
 
 
-def peft_config(phase: GRPOPhase):
-    """The `peft.LoraConfig` TRL wraps the policy with, or None when the phase trains every parameter."""
+def peft_config(phase: LoraPhase):
+    """The `peft.LoraConfig` TRL (or the SFT) wraps the policy with, or None when the phase trains every parameter."""
     if not phase.lora:
         return None
     from peft import LoraConfig  # here, not at the top: the dry-run plan imports this module and loads no torch
@@ -50,7 +55,7 @@ def peft_config(phase: GRPOPhase):
                       target_modules=target_pattern(phase), bias="none", task_type="CAUSAL_LM")
 
 
-def lora_params(arch: ArchConfig, phase: GRPOPhase, rank: int | None = None) -> int:
+def lora_params(arch: ArchConfig, phase: LoraPhase, rank: int | None = None) -> int:
     """Trainable parameters of the adapters at ``rank`` (default the phase's): r x (in + out) per adapted
     linear layer. Equals what peft builds (tests/test_lora.py counts it on the real class)."""
     r = phase.lora_rank if rank is None else rank
@@ -72,15 +77,16 @@ def lora_params(arch: ArchConfig, phase: GRPOPhase, rank: int | None = None) -> 
 SHARDED_WEIGHTS = ("zero3", "fsdp")
 
 
-def check_lora_layout(phase: GRPOPhase, name: str, strategy: str) -> None:
+def check_lora_layout(phase: LoraPhase, key: str, strategy: str) -> None:
     """A ValueError when a LoRA phase would run under a layout that shards the weights (ZeRO-3, FSDP):
-    the adapters are merged into the saved model on one rank, which needs every weight there."""
+    the adapters are merged into the saved model on one rank, which needs every weight there. ``key``
+    is the phase's rank setting (``evolve.reasoner.lora_rank``, ``evolve.sft_lora_rank``)."""
     if phase.lora and strategy in SHARDED_WEIGHTS:
         raise ValueError(
-            f"{name}.lora_rank={phase.lora_rank} needs whole weights on every GPU to merge the adapters into the "
+            f"{key}={phase.lora_rank} needs whole weights on every GPU to merge the adapters into the "
             f"saved model, but the memory layout of hardware.launcher's accelerate config is {strategy}, which shards "
             "them: launch with configs/accelerate/zero2.yaml or multi_gpu.yaml (LoRA's gradients and optimizer "
-            f"state are small), or set {name}.lora_rank=0")
+            f"state are small), or set {key}=0")
 
 
 def merged_model(model):

@@ -22,7 +22,15 @@ weights (16 bytes per trainable parameter in every layout; lr 1e-6 updates vanis
 
 Activations are a rough estimate (hidden states kept by gradient checkpointing + the fp32
 log-softmax of the completion logits) and vLLM's colocated share is ``vllm_gpu_memory_utilization``
-of the card. Test: `pytest tests/test_scale.py`.
+of the card.
+
+With a committee (`evolve.committee`) the plan sizes every member (`member_plans`): its shape (the
+preset's ``committee_arch`` entry, else its config.json on disk, else -- said so -- the base model's),
+its weights and one batch's KV cache in the labels stage, where the in-process sampler holds every
+local member at once on each generation GPU (a ``url=`` member is served elsewhere, on its own GPUs),
+and with the SFT objective its SFT memory per GPU, full and with LoRA, in each layout: the members
+train one after another on all N GPUs, so one member's SFT has the GPUs to itself.
+Test: `pytest tests/test_scale.py`.
 """
 
 from __future__ import annotations
@@ -47,6 +55,10 @@ PROMPT_TEXT_TOKENS = 128
 PLAN_LORA_RANK = 8
 #: Model FLOPs utilisation assumed for the wall-clock guess (labelled as an assumption in the output).
 ASSUMED_MFU = 0.3
+
+
+#: Bytes per weight of each `Config.dtype` (the sampler's copies of the members).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,58 @@ def arch_of(cfg: Config) -> tuple[ArchConfig | None, str]:
     if path.is_file():
         return arch_from_hf(json.loads(path.read_text())), str(path)
     return None, "unknown (no arch in the config and no config.json on disk)"
+
+
+def member_shape(cfg: Config, i: int) -> tuple[ArchConfig | None, str]:
+    """Committee member ``i``'s shape (0: the reasoner, `arch_of`) and where it came from: the preset's
+    ``committee_arch[i - 1]``, else the member's config.json on disk, else the base model's shape (assumed,
+    and the plan says so); a ``url=`` member without a ``committee_arch`` entry has no known shape."""
+    if i == 0:
+        return arch_of(cfg)
+    entry = cfg.evolve.committee[i - 1]
+    given = cfg.committee_arch[i - 1] if i - 1 < len(cfg.committee_arch) else None
+    if given is not None:
+        return given, f"preset committee_arch[{i - 1}]"
+    if entry.startswith("url="):
+        return None, "served: unknown (no committee_arch entry)"
+    path = resolve_model(entry) / "config.json"
+    if path.is_file():
+        return arch_from_hf(json.loads(path.read_text())), str(path)
+    base, _ = arch_of(cfg)
+    return base, "assumed the base model's (no committee_arch entry, no config.json here)"
+
+
+def member_plans(cfg: Config, prompt: int) -> list[dict]:
+    """Every labeller's sizes (the reasoner first): parameters, its weights and one sampler batch's KV
+    cache in the labels stage (every local member loaded at once), and -- when it trains (the SFT
+    objective: the reasoner, and with co-evolution every local member) -- its SFT memory per GPU in each
+    layout, full and with LoRA (rank ``evolve.sft_lora_rank``, else `PLAN_LORA_RANK`)."""
+    ev, hw, n = cfg.evolve, cfg.hardware, cfg.hardware.world_size
+    sft = ev.sft
+    micro = sft.per_device_batch or max(1, sft.batch_size // n)
+    sft_phase = PhasePlan(name="sft", steps=sft.epochs, rollouts=0, updates=0, micro_batch=micro, accumulation=1,
+                          prompt_tokens=prompt, completion_tokens=ev.max_new_tokens, reward_samples=0)
+    out = []
+    for i in range(1 + len(ev.committee)):
+        name = cfg.model if i == 0 else ev.committee[i - 1]
+        served = name.startswith("url=")
+        arch, source = member_shape(cfg, i)
+        counts = param_counts(arch) if arch is not None else None
+        trains = ev.reasoner_objective == "sft" and (i == 0 or (ev.coevolve and not served))
+        m = {"member": i, "name": name, "served": served, "arch_source": source, "params": counts, "trains": trains,
+             "weights": 0.0, "kv_cache": 0.0, "sft": {}, "sft_lora": {}, "sft_activations": 0.0}
+        if counts is not None and not served and cfg.sampler.in_process:
+            m["weights"] = DTYPE_BYTES[cfg.dtype] * counts.total
+            m["kv_cache"] = cfg.sampler.batch_rows * (prompt + ev.max_new_tokens) * kv_bytes_per_token(arch)
+        if counts is not None and trains:
+            rank = sft.lora_rank or PLAN_LORA_RANK
+            m["sft"] = {s: memory_per_gpu(counts, counts.trainable(True), n, s, False) for s in STRATEGIES}
+            m["sft_lora"] = {s: memory_per_gpu(counts, lora_params(arch, sft, rank), n, s, False)
+                             for s in STRATEGIES if s not in SHARDED_WEIGHTS}
+            m["sft_lora_params"], m["sft_lora_rank"] = lora_params(arch, sft, rank), rank
+            m["sft_activations"] = activations(cfg, arch, sft_phase, sft.gradient_checkpointing)
+        out.append(m)
+    return out
 
 
 def phase_plan(name: str, phase: GRPOPhase, world_size: int, prompt_tokens: int, reward_samples: int = 0) -> PhasePlan:
@@ -216,7 +280,7 @@ def build_plan(cfg: Config, preset: str = "") -> dict:
         "model_found": (model_path / "config.json").is_file(), "dtype": cfg.dtype,
         "arch_source": arch_source, "params": counts, "hardware": hw, "world_size": n,
         "image_tokens_max": img, "phases": phases, "memory": {}, "memory_lora": {}, "lora": {}, "activations": {},
-        "vllm": {},
+        "vllm": {}, "prompt_tokens": prompt, "members": member_plans(cfg, prompt) if (ev.committee or ev.reasoner_objective == "sft") else [],
     }
     if counts is not None:
         for ph, phase in ((p, getattr(ev, p.name)) for p in phases):
@@ -318,6 +382,8 @@ def format_plan(cfg: Config, plan: dict) -> str:
                    "docs/scaling.md)")
     else:
         out.append("GRPO       in the `visplay evolve` process (hardware.launcher unset)")
+    if ev.reasoner_objective == "sft":
+        out.append(f"SFT        {_sft_where(cfg)}")
     if hw.generation_shards > 1 and s.in_process:
         out.append(f"generation {hw.generation_shards} shard workers (one per GPU) for questions and labels")
     out += ["", f"stages ({ev.iterations} iteration(s)):"] + _stage_lines(cfg, plan)
@@ -374,4 +440,71 @@ def format_plan(cfg: Config, plan: dict) -> str:
                           f"full-length sequences ({ph.max_prompt_length + ph.max_completion_length:,} tokens) at once"
                           if room else "leaves no KV cache: DOES NOT FIT (raise vllm_gpu_memory_utilization or "
                           "vllm_tensor_parallel_size)"))
+    out += _member_lines(cfg, plan)
     return "\n".join(out)
+
+
+def _sft_where(cfg: Config) -> str:
+    """Where the SFT objective's members train (`visplay.evolve.committee.member_plan`, in words)."""
+    hw, ev = cfg.hardware, cfg.evolve
+    who = "each member, one after another, each" if ev.coevolve else "the reasoner (member 0)"
+    if hw.launcher:
+        return (f"{hw.launcher} -m visplay.evolve.worker sft RUN iter<t>/reasoner MEMBER   ({who} on all "
+                f"{hw.world_size} GPU(s); memory layout {launcher_strategy(hw.launcher)})")
+    if ev.coevolve and hw.generation_shards > 1:
+        return f"co-evolving members at once in worker slots, one GPU each (hardware.generation_shards {hw.generation_shards})"
+    return "in the `visplay evolve` process (hardware.launcher unset); on a CPU the members at once, one core each"
+
+
+def _member_lines(cfg: Config, plan: dict) -> list[str]:
+    """The committee's members: shape, labels-stage memory, SFT memory per GPU (full and LoRA)."""
+    members, hw, ev = plan["members"], cfg.hardware, cfg.evolve
+    if not members:
+        return []
+    out = ["", f"committee members ({len(members)}; labels: every local member is loaded at once by the in-process "
+               "sampler, on each generation GPU; a url= member is served elsewhere, on GPUs of its own):"]
+    for m in members:
+        c = m["params"]
+        size = f"{_n(c.total)} params" if c is not None else "params unknown"
+        who = "the reasoner R_{t-1}, " if m["member"] == 0 else ""
+        out.append(f"  member {m['member']}  {who}{m['name']}: {size} (shape: {m['arch_source']})")
+        if m["served"]:
+            need = f"bf16 weights {_gib(2 * c.total)} GiB" if c is not None else "its weights"
+            out.append(f"            served at {m['name'][4:]}: needs GPUs of its own ({need} + the server's KV cache), "
+                       f"not among the {hw.world_size} here; it never trains")
+        elif m["weights"]:
+            out.append(f"            labels: weights {_gib(m['weights'])} GiB ({cfg.dtype}) + KV cache <= "
+                       f"{_gib(m['kv_cache'])} GiB (sampler.batch_rows {cfg.sampler.batch_rows} rows of <= "
+                       f"{plan['prompt_tokens']:,} prompt + {ev.max_new_tokens:,} tokens)")
+    local = [m for m in members if m["weights"]]
+    if local:
+        total = sum(m["weights"] + m["kv_cache"] for m in local) / GIB
+        fits = "fits" if total <= hw.gpu_memory_gib else "DOES NOT FIT (lower sampler.batch_rows or serve members: url=)"
+        out.append(f"  labels stage per GPU: {len(local)} member(s) at once = {total:.1f} GiB of {hw.gpu_memory_gib:g}: "
+                   f"{fits}")
+    trained = [m for m in members if m["sft"]]
+    if not trained:
+        return out
+    launched = launcher_strategy(hw.launcher)
+    sft = ev.sft
+    out += ["", f"SFT per GPU, GiB (one member at a time on all N = {hw.world_size} GPUs; 16 B/trainable param, vision "
+                f"tower frozen; no KL reference; batch {sft.batch_size}, "
+                f"{'gradient checkpointing' if sft.gradient_checkpointing else 'no gradient checkpointing'}):"]
+    out.append(f"  {'member':<7} {'strategy':<13} {'weights':>7} {'grads':>7} {'optim':>7} {'total':>7}  + activations")
+
+    def rows(key: str, lora: bool) -> None:
+        for m in trained:
+            for strategy, mem in m[key].items():
+                total = (mem["total"] + m["sft_activations"]) / GIB
+                mark = " <- the launcher's" if strategy == launched and sft.lora == lora else ""
+                out.append(f"  {m['member']:<7} {strategy:<13} {_gib(mem['weights']):>7} {_gib(mem['gradients']):>7} "
+                           f"{_gib(mem['optimizer']):>7} {_gib(mem['total']):>7}  + {_gib(m['sft_activations']):>5} = "
+                           f"{total:6.1f} {'fits' if total <= hw.gpu_memory_gib else 'DOES NOT FIT'}{mark}")
+
+    rows("sft", lora=False)
+    out.append("  with LoRA (" + "; ".join(f"member {m['member']} rank {m['sft_lora_rank']}"
+                                          f"{'' if sft.lora else ' if set'}: {_n(m['sft_lora_params'])} adapter params"
+                                          for m in trained)
+               + "; saved merged on one rank, so ZeRO-3/FSDP are refused):")
+    rows("sft_lora", lora=True)
+    return out

@@ -68,7 +68,10 @@ def preflight(cfg: Config) -> Path:
     strategy = launcher_strategy(cfg.hardware.launcher)
     for role in ("questioner", "reasoner") if ev.train_questioner else ("reasoner",):
         check_vllm(getattr(ev, role), f"evolve.{role}")
-        check_lora_layout(getattr(ev, role), f"evolve.{role}", strategy)
+        if role == "questioner" or ev.reasoner_objective == "grpo":
+            check_lora_layout(getattr(ev, role), f"evolve.{role}.lora_rank", strategy)
+    if ev.reasoner_objective == "sft":
+        check_lora_layout(ev.sft, "evolve.sft_lora_rank", strategy)
     for role in ("questioner", "reasoner"):
         for name in getattr(ev, role).rewards:
             try:

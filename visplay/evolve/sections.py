@@ -117,16 +117,7 @@ class GRPOPhase:
             raise ConfigError(str(e)) from None
 
     def _check_lora(self) -> None:
-        if not 0 <= self.lora_rank <= MAX_LORA_RANK:
-            raise ConfigError(f"lora_rank must be 0 (off) .. {MAX_LORA_RANK}, got {self.lora_rank}")
-        if self.lora_alpha is not None and not 0 < self.lora_alpha <= MAX_LORA_ALPHA:
-            raise ConfigError(f"lora_alpha must be in (0, {MAX_LORA_ALPHA:g}] or null (2 x lora_rank), got {self.lora_alpha}")
-        if not 0 <= self.lora_dropout < 1:  # NaN fails too
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        unknown = [m for m in self.lora_target_modules if m not in LORA_MODULES]
-        if unknown or not self.lora_target_modules:
-            raise ConfigError(f"lora_target_modules must name some of the language model's linear layers "
-                              f"{list(LORA_MODULES)}, got {list(self.lora_target_modules)}")
+        check_lora("", self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
     @property
     def lora(self) -> bool:
@@ -149,6 +140,21 @@ class GRPOPhase:
         return self.rollout_prompts // self.prompts_per_step
 
 
+def check_lora(prefix: str, rank: int, alpha: float | None, dropout: float, modules: tuple[str, ...]) -> None:
+    """The LoRA settings' ranges, one rule for a GRPO phase (``prefix`` "") and the SFT objective
+    (``prefix`` "evolve.sft_"): a `ConfigError` naming the key and its range."""
+    if not 0 <= rank <= MAX_LORA_RANK:
+        raise ConfigError(f"{prefix}lora_rank must be 0 (off) .. {MAX_LORA_RANK}, got {rank}")
+    if alpha is not None and not 0 < alpha <= MAX_LORA_ALPHA:
+        raise ConfigError(f"{prefix}lora_alpha must be in (0, {MAX_LORA_ALPHA:g}] or null (2 x lora_rank), got {alpha}")
+    if not 0 <= dropout < 1:  # NaN fails too
+        raise ConfigError(f"{prefix}lora_dropout must be in [0, 1), got {dropout}")
+    unknown = [m for m in modules if m not in LORA_MODULES]
+    if unknown or not modules:
+        raise ConfigError(f"{prefix}lora_target_modules must name some of the language model's linear layers "
+                          f"{list(LORA_MODULES)}, got {list(modules)}")
+
+
 SFT_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -163,8 +169,21 @@ class SFTPhase:
     lr: float = 1e-4
     schedule: str = "constant"  # the learning-rate schedule (a transformers name: constant, cosine, linear)
     warmup: float = 0.0  # share of the steps spent warming up
+    per_device_batch: int | None = None  # rows per forward/backward per GPU; None = batch_size / processes
+    #   (the rest of batch_size is gradient accumulation, `visplay.evolve.sft.sft_batches`)
+    gradient_checkpointing: bool = False  # on for 3B/7B presets
+    # LoRA (peft, `visplay.evolve.lora`): adapters on the language model's `lora_target_modules` and the merger
+    # (the vision tower stays frozen under SFT); the model is saved merged, a plain HF checkpoint
+    lora_rank: int = 0  # 0 = off: every parameter but the vision tower trains
+    lora_alpha: float | None = None  # None = 2 x lora_rank
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = LORA_MODULES
 
     def __post_init__(self) -> None:
+        if self.per_device_batch is not None and not 1 <= self.per_device_batch <= self.batch_size:
+            raise ConfigError(f"evolve.sft_per_device_batch must be in [1, evolve.sft_batch_size ({self.batch_size})] "
+                              f"or null, got {self.per_device_batch}")
+        check_lora("evolve.sft_", self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"evolve.sft_{key} must be >= 1, got {getattr(self, key)}")
@@ -175,10 +194,27 @@ class SFTPhase:
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.lr}")
 
+    @property
+    def lora(self) -> bool:
+        """True when the SFT trains LoRA adapters instead of every (non-vision) parameter."""
+        return self.lora_rank > 0
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        """``lora_alpha``, defaulting to 2 x rank."""
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+    @property
+    def freeze_vision(self) -> bool:
+        """The SFT never trains the vision tower (`visplay.models.freeze_vision_tower`); LoRA adapts the merger."""
+        return True
+
     def describe(self, rows: int | None = None) -> str:
         """One line for a model card or the plan: what this phase trains (on ``rows`` chains)."""
         of = f" of {rows} chains" if rows is not None else ""
-        return f"{self.epochs} epochs{of}, batch {self.batch_size}, lr {self.lr:g} ({self.schedule}, warmup {self.warmup:g})"
+        lora = f", LoRA rank {self.lora_rank} (saved merged)" if self.lora else ""
+        return (f"{self.epochs} epochs{of}, batch {self.batch_size}, lr {self.lr:g} ({self.schedule}, warmup "
+                f"{self.warmup:g}){lora}")
 
 
 @dataclass
@@ -237,6 +273,12 @@ class EvolveConfig(Sampling):
     sft_lr: float = 1e-4
     sft_schedule: str = "constant"  # the SFT's learning-rate schedule (a transformers name: constant, cosine, linear)
     sft_warmup: float = 0.0  # share of the SFT's steps spent warming up
+    sft_per_device_batch: int | None = None  # rows per forward/backward per GPU; None = sft_batch_size / processes
+    sft_gradient_checkpointing: bool = False  # on for 3B/7B presets
+    sft_lora_rank: int = 0  # LoRA for the SFT objective (0 = off); saved merged; refused under ZeRO-3/FSDP
+    sft_lora_alpha: float | None = None  # None = 2 x sft_lora_rank
+    sft_lora_dropout: float = 0.05
+    sft_lora_target_modules: tuple[str, ...] = LORA_MODULES
     replay_images: int = 0  # world ladders: images per iteration from the levels below the current one,
     #   questioned and labelled like the others (self-labelled replay; never the oracle); other sources: ignored
 
@@ -310,7 +352,9 @@ class EvolveConfig(Sampling):
     @property
     def sft(self) -> SFTPhase:
         """The SFT objective's settings (``sft_*``), as one phase."""
-        return SFTPhase(self.sft_epochs, self.sft_batch_size, self.sft_lr, self.sft_schedule, self.sft_warmup)
+        return SFTPhase(self.sft_epochs, self.sft_batch_size, self.sft_lr, self.sft_schedule, self.sft_warmup,
+                        self.sft_per_device_batch, self.sft_gradient_checkpointing, self.sft_lora_rank,
+                        self.sft_lora_alpha, self.sft_lora_dropout, tuple(self.sft_lora_target_modules))
 
 
 @dataclass
@@ -328,12 +372,13 @@ class HardwareConfig:
     gpu_memory_gib: float = 80.0
     peak_tflops: float = 989.0  # dense bf16 peak per GPU, for MFU (H100 SXM: 989)
     # How the loop (one controller process) runs its heavy parts elsewhere (visplay/evolve/worker.py):
-    launcher: str | None = None  # GRPO phases run as `{launcher} -m visplay.evolve.worker grpo ...`, e.g.
+    launcher: str | None = None  # GRPO phases run as `{launcher} -m visplay.evolve.worker grpo ...` and each SFT
+    #   member as `{launcher} -m visplay.evolve.worker sft ...` (one after another, each on every GPU), e.g.
     #   "accelerate launch --config_file {repo}/configs/accelerate/zero3.yaml"; None = in process
     generation_shards: int = 1  # questions/labels with the transformers sampler: this many local worker
     #   processes, worker r on GPU r (CUDA_VISIBLE_DEVICES=r; on a CPU each gets its share of the cores),
-    #   each taking items r, r+shards, ...; on GPUs the same slots fine-tune a co-evolving committee's
-    #   members at once (on a CPU: one per core, `evolve.bodies.member_slots`)
+    #   each taking items r, r+shards, ...; without a launcher the same slots fine-tune a co-evolving
+    #   committee's members at once, one GPU each (on a CPU: one per core, `evolve.committee.member_slots`)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0 or self.peak_tflops <= 0:

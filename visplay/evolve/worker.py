@@ -23,9 +23,12 @@ outputs:
   > 1): the loop starts one ``worker shard`` process per shard, shard r on GPU r, each taking
   items r, r+W, ... and writing its own parts (`visplay.evolve.shards`); the loop merges them by
   item once all have finished. A shard that crashes loses at most one chunk.
-* the co-evolving committee's SFT (``reasoner_objective: sft``, ``coevolve``) on the same slots:
-  ``worker sft RUN iter<t>/reasoner MEMBER`` per member, each saving its own model, which the
-  loop reads back (a saved member is not trained again on resume).
+* the reasoner's SFT and the co-evolving committee's (``reasoner_objective: sft``): with
+  ``hardware.launcher``, ``{launcher} -m visplay.evolve.worker sft RUN iter<t>/reasoner MEMBER`` per
+  member, one after another, every rank training (the Trainer shards the batch, and under ZeRO-3/FSDP
+  the weights) and the main rank saving; without a launcher, on the generation slots: one plain
+  ``worker sft`` process per member at once. Each saves its own model, which the loop reads back (a
+  saved member is not trained again on resume; a killed one resumes from its last checkpoint).
 
 With a sampling server (``sampler.url``) generation is already data parallel on the server side
 (e.g. `vllm serve --data-parallel-size 8`), so shards are not used then.
@@ -94,11 +97,15 @@ def shard_main(run_root: str, stage: str, rank: int, world: int) -> None:
 
 
 def sft_main(run_root: str, stage: str, member: int) -> None:
-    """Fine-tune one co-evolving committee member of iteration t's reasoner stage on its agreeing chains."""
+    """Fine-tune one committee member of iteration t's reasoner stage on its agreeing chains (on every
+    rank of a launcher; the main rank saves)."""
     cfg, run, t, _ = _open(run_root, stage, "sft")
+    ranks = dist.current()
+    print(f"worker {stage}: member {member}, rank {ranks.rank} of {ranks.world}", flush=True)
     with _grader(cfg) as grader:
-        model = committee.train_member(Context(cfg, run, model_dir(cfg), t, grader), member)
-    print(f"worker {stage}: member {member} -> {model}", flush=True)
+        model = committee.train_member(Context(cfg, run, model_dir(cfg), t, grader, ranks=ranks), member)
+    if ranks.main:  # the one that saved it
+        print(f"worker {stage}: member {member} -> {model}", flush=True)
 
 
 def _alive(pid: int) -> bool:
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("stage", help="iter<t>/questions or iter<t>/labels")
     s.add_argument("rank", type=int)
     s.add_argument("world", type=int)
-    f = sub.add_parser("sft", help="fine-tune one co-evolving committee member (reasoner_objective: sft)")
+    f = sub.add_parser("sft", help="fine-tune one committee member (reasoner_objective: sft; every rank of a launcher)")
     f.add_argument("run", help="run directory")
     f.add_argument("stage", help="iter<t>/reasoner")
     f.add_argument("member", type=int, help="0: the reasoner, i: committee member i")
