@@ -328,7 +328,7 @@ def test_family_benchmark_and_label_tables_equal_their_sources(finished):
         by_rule = stages[f"iter{t}/labels"]["by_rule"]  # which rule made the round's labels, and how many it kept
         assert by_rule and sum(n["labeled"] for n in by_rule.values()) == stages[f"iter{t}/labels"]["n_labeled"]
         assert table.find("tr", data_iter=str(t)).find_all("td")[1].text() == "; ".join(
-            f"{rule}: {n['kept']} kept of {n['labeled']}" for rule, n in by_rule.items())
+            f"{rule}: {n['labeled']} labelled, {n['kept']} kept" for rule, n in by_rule.items())
 
 
 def test_level_panel_equals_eval_summaries_and_labels_stage(finished):

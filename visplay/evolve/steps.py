@@ -113,7 +113,8 @@ def run_labels(ctx: Context) -> dict:
     labeled = run_stage(ctx, "labels", rows)
     atomic_write_parquet(ctx.run.output(ctx.name("labels")), labeled)
     stats, mix = label_accuracy(labeled), level_mix(labeled)
-    by_rule = ", ".join(f"{rule} agreement: {n['kept']} kept of {n['labeled']} labeled" for rule, n in stats["by_rule"].items())
+    by_rule = ", ".join(f"by {rule} agreement {n['labeled']} labelled, {n['kept']} kept"
+                        for rule, n in stats["by_rule"].items())
     ctx.say(f"{ctx.name('labels')}: kept {stats['n_kept']}/{len(rows)}" + (f" ({by_rule})" if by_rule else "")
             + "; pseudo-label accuracy (kept) "
             f"{pct(stats['label_accuracy_kept'])}"

@@ -504,7 +504,7 @@ def label_accuracy(run: Run) -> str:
     for t, stage in run.phases("labels"):
         info = run.info(stage)
         if info:
-            rules = "; ".join(f"{rule}: {n['kept']} kept of {n['labeled']}" for rule, n in info.get("by_rule", {}).items())
+            rules = "; ".join(f"{rule}: {n['labeled']} labelled, {n['kept']} kept" for rule, n in info.get("by_rule", {}).items())
             rows.append(f'<tr data-iter="{t}" data-stage="{stage}">{text(_label(t))}{text(rules or "-")}'
                         + "".join(num(k, info.get(k)) for k, _ in LABEL_KEYS) + "</tr>")
         else:
