@@ -259,19 +259,11 @@ def test_coevolving_members_train_at_once_in_worker_processes(micro_model_dir, t
     from visplay.evolve.steps import run_reasoner
     from visplay.models import PHASE_RECORD, load_model
 
-    runs, threads = {}, torch.get_num_threads()
+    runs = {}
     for shards in (2, 1):
         cfg, run = sft_run(tmp_path / f"s{shards}", micro_model_dir, shards)
-        torch.set_num_threads(2 if shards == 2 else 1)  # one thread: members one after the other, here
-        try:
-            with Grader(workers=0) as g:
-                info = run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
-        finally:
-            torch.set_num_threads(threads)
-        assert [Path(m).name for m in [info["model"], *info["committee"]]] == ["reasoner", "committee1"]
+        info, steps = _sft_round(cfg, run, micro_model_dir, 2 if shards == 2 else 1)  # one thread: one after the other
         assert info["train_rows"] == 6
-        logged = [json.loads(x) for x in (run.root / "metrics.jsonl").read_text().splitlines()]
-        steps = {m: [h["step"] for h in logged if h.get("member") == m and "train_loss" in h] for m in (0, 1)}
         assert steps == {0: [3], 1: [2]}  # 6 and 4 agreeing chains, batch 2, one epoch
         runs[shards] = (cfg, run)
     iter1 = {s: run.root / "iter1" for s, (_, run) in runs.items()}
@@ -294,14 +286,35 @@ def test_coevolving_members_train_at_once_in_worker_processes(micro_model_dir, t
 TORCHRUN_2 = "{python} -m torch.distributed.run --nproc_per_node 2"
 
 
+def _sft_round(cfg, run, model_dir, threads: int) -> tuple[dict, dict[int, list[int]]]:
+    """Iteration 1's reasoner stage (the committee's SFT) at ``threads`` torch threads: its record (both
+    members saved) and each member's logged SFT steps."""
+    from pathlib import Path
+
+    import torch
+
+    from visplay.answers import Grader
+    from visplay.evolve.context import Context
+    from visplay.evolve.steps import run_reasoner
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with Grader(workers=0) as g:
+            info = run_reasoner(Context(cfg, run, model_dir, 1, g, say=print))
+    finally:
+        torch.set_num_threads(before)
+    assert [Path(m).name for m in [info["model"], *info["committee"]]] == ["reasoner", "committee1"]
+    logged = [json.loads(x) for x in (run.root / "metrics.jsonl").read_text().splitlines()]
+    return info, {m: [h["step"] for h in logged if h.get("member") == m and "train_loss" in h] for m in (0, 1)}
+
+
 def test_committee_sft_under_the_launcher_trains_each_member_on_every_rank(micro_model_dir, tmp_path):
     """``hardware.launcher`` with the SFT objective: each co-evolving member's SFT runs as
     ``{launcher} -m visplay.evolve.worker sft RUN iter1/reasoner MEMBER`` (torchrun, 2 processes, gloo:
     DDP on CPU), one member after the other; the global batch stays ``sft_batch_size`` (1 row per
     rank), so the steps and the saved weights are the in-process ones up to float rounding; rank 0
     saves each member with its record; asking again launches nothing."""
-    from pathlib import Path
-
     import torch
 
     from visplay.answers import Grader
@@ -312,16 +325,7 @@ def test_committee_sft_under_the_launcher_trains_each_member_on_every_rank(micro
     runs = {}
     for where, overrides in (("launched", [f'hardware.launcher="{TORCHRUN_2}"']), ("in process", [])):
         cfg, run = sft_run(tmp_path / where.replace(" ", "-"), micro_model_dir, 1, overrides)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # in process: one slot, the members one after the other
-        try:
-            with Grader(workers=0) as g:
-                info = run_reasoner(Context(cfg, run, micro_model_dir, 1, g, say=print))
-        finally:
-            torch.set_num_threads(threads)
-        assert [Path(m).name for m in [info["model"], *info["committee"]]] == ["reasoner", "committee1"]
-        logged = [json.loads(x) for x in (run.root / "metrics.jsonl").read_text().splitlines()]
-        steps = {m: [h["step"] for h in logged if h.get("member") == m and "train_loss" in h] for m in (0, 1)}
+        info, steps = _sft_round(cfg, run, micro_model_dir, 1)  # in process: one slot, one member after the other
         assert steps == {0: [3], 1: [2]}  # 6 and 4 agreeing chains, global batch 2, one epoch
         runs[where] = (cfg, run, info)
     iter1 = {w: run.root / "iter1" for w, (_, run, _) in runs.items()}

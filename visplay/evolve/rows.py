@@ -113,10 +113,14 @@ def vote_rule(mode: str, image_id: str) -> str:
 TRACE_KEYS = ((has_trace_key, trace_key),)
 
 
-def _key(rule: str, image_id: str, question: str, completion: str | None, answer: str | None) -> str | None:
+def _key_of(rule: str, image_id: str, question: str):
+    """The key one question's chains are voted on under ``rule`` (None: the answer vote)."""
     if rule == "chain":
-        return chain_key(completion, answer)
-    return next(key for has, key in TRACE_KEYS if has(image_id))(question, completion, answer)
+        return chain_key
+    if rule == "trace":
+        key = next(key for has, key in TRACE_KEYS if has(image_id))
+        return lambda completion, answer: key(question, completion, answer)
+    return None
 
 
 def label_questions(
@@ -144,9 +148,9 @@ def label_questions(
     samples = [[member[0][q] for member in per_member] for q in range(len(todo))]  # [question][member][sample]
     answers = [[member[1][q] for member in per_member] for q in range(len(todo))]
     rules = [vote_rule(mode, r["image_id"]) for r in todo]
-    keys = [None if rule == "answer" else [[_key(rule, r["image_id"], r["question"], s, a) for s, a in zip(ss, aa)]
-                                           for ss, aa in zip(qs, qa)]
-            for r, rule, qs, qa in zip(todo, rules, samples, answers)]
+    key_fns = [_key_of(rule, r["image_id"], r["question"]) for r, rule in zip(todo, rules)]
+    keys = [None if key is None else [[key(s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
+            for key, qs, qa in zip(key_fns, samples, answers)]
     rules = iter(rules)
     votes = iter(zip(samples, answers, committee_votes(answers, keys, mode, grader)))
     out = []

@@ -29,8 +29,23 @@ MAX_LORA_ALPHA = 65536.0
 ROLE_REWARDS = {"questioner": (("questioner",), (1.0,)), "reasoner": (("accuracy", "format"), (0.9, 0.1))}
 
 
+class LoraKnobs:
+    """What a phase's LoRA settings (``lora_rank``, ``lora_alpha``) mean, one definition for a GRPO
+    phase and the SFT objective (`visplay.evolve.lora` reads them)."""
+
+    @property
+    def lora(self) -> bool:
+        """True when the phase trains LoRA adapters instead of every parameter."""
+        return self.lora_rank > 0
+
+    @property
+    def lora_scale_alpha(self) -> float:
+        """``lora_alpha``, defaulting to 2 x rank (the adapter's update is scaled by alpha / rank)."""
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
+
+
 @dataclass
-class GRPOPhase:
+class GRPOPhase(LoraKnobs):
     """One GRPO phase (questioner or reasoner), in the reference's (EasyR1) units.
 
     A *step* is one rollout batch: ``prompts_per_rollout`` prompts x ``num_generations`` samples,
@@ -120,16 +135,6 @@ class GRPOPhase:
         check_lora("", self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
     @property
-    def lora(self) -> bool:
-        """True when the phase trains LoRA adapters instead of every parameter."""
-        return self.lora_rank > 0
-
-    @property
-    def lora_scale_alpha(self) -> float:
-        """``lora_alpha``, defaulting to 2 x rank (the adapter's update is scaled by alpha / rank)."""
-        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
-
-    @property
     def rollout_prompts(self) -> int:
         """Prompts per rollout batch (one step)."""
         return self.prompts_per_rollout or self.prompts_per_step
@@ -159,7 +164,7 @@ SFT_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
-class SFTPhase:
+class SFTPhase(LoraKnobs):
     """The reasoner's other objective, SFT on its own agreeing chains (`visplay.evolve.sft`), read
     by nothing else. Its keys sit flat in the evolve section (``evolve.sft_epochs``, ...: the
     presets' spelling); `EvolveConfig.sft` groups them here, where they are checked together."""
@@ -193,16 +198,6 @@ class SFTPhase:
             raise ConfigError(f"evolve.sft_warmup must be in [0, 1), got {self.warmup}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise ConfigError(f"evolve.sft_lr must be in (0, 1), got {self.lr}")
-
-    @property
-    def lora(self) -> bool:
-        """True when the SFT trains LoRA adapters instead of every (non-vision) parameter."""
-        return self.lora_rank > 0
-
-    @property
-    def lora_scale_alpha(self) -> float:
-        """``lora_alpha``, defaulting to 2 x rank."""
-        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.lora_rank
 
     @property
     def freeze_vision(self) -> bool:
