@@ -6,7 +6,7 @@ those are right (the oracle answer recorded beside the labels, for measurement o
 rule, so the difference is the rule alone. Rules:
 
 * ``answer``: the members' majority answers agree (the plain committee vote);
-* ``answer unanimous``: ... and every member's samples all give that answer;
+* ``RULE@X``: ... and every member has at least a share X of its samples on the label (``answer@1``: unanimous);
 * ``trace``: the world's trace key (listed objects + answer, answer follows from the listing: a task verifier);
 * ``chain``: the members' modal chains agree as multisets of tokens (`visplay.answers.committee.chain_key`),
   which knows no task: order-free exact agreement of whole chains.
@@ -25,20 +25,20 @@ from visplay.answers.committee import chain_key, committee_votes
 from visplay.evolve.rows import grade
 from visplay.worlds.trace import trace_key
 
-RULES = ("answer", "answer unanimous", "trace", "chain", "chain unanimous")
+RULES = ("answer", "answer@1", "trace", "trace@0.75", "chain", "chain@0.75", "chain@1")
 
 
 def vote(rule, rows, answers, samples, grader):
-    if rule.startswith("answer"):
+    rule, _, floor = rule.partition("@")  # "chain@0.75": keep where every member has >= 0.75 of its samples on it
+    if rule == "answer":
         votes = committee_votes(answers, None, "answer", grader)
     else:
         key = (lambda q, s, a: trace_key(q, s, a)) if rule == "trace" else (lambda q, s, a: chain_key(s, a))
         keys = [[[key(r["question"], s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
                 for r, qs, qa in zip(rows, samples, answers)]
         votes = committee_votes(answers, keys, "trace", grader)
-    if rule.endswith("unanimous"):
-        return [v if v.label is not None and min(v.member_agreement) == 1.0 else None for v in votes]
-    return [v if v.label is not None else None for v in votes]
+    floor = float(floor or 0)
+    return [v if v.label is not None and min(v.member_agreement) >= floor else None for v in votes]
 
 
 def main() -> None:
