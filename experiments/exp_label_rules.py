@@ -6,10 +6,11 @@ those are right (the oracle answer recorded beside the labels, for measurement o
 rule, so the difference is the rule alone. Rules:
 
 * ``answer``: the members' majority answers agree (the plain committee vote);
-* ``RULE@X``: ... and every member has at least a share X of its samples on the label (``answer@1``: unanimous);
 * ``trace``: the world's trace key (listed objects + answer, answer follows from the listing: a task verifier);
-* ``chain``: the members' modal chains agree as multisets of tokens (`visplay.answers.committee.chain_key`),
-  which knows no task: order-free exact agreement of whole chains.
+* ``chain``: the members' modal chains state the same clauses, numbers masked (`visplay.answers.committee.chain_key`),
+  which knows no task: order-free exact agreement of whole chains;
+* ``last``: ``chain``, counting only chains whose last number is their answer (a generic consistency check);
+* ``RULE@X``: ... and every member has at least a share X of its samples on the label (``answer@1``: unanimous);
 
 Run: ``python experiments/exp_label_rules.py runs/study17/default-s1*/iter1/labels.parquet``.
 """
@@ -21,11 +22,23 @@ import argparse
 import pyarrow.parquet as pq
 
 from visplay.answers import Grader
-from visplay.answers.committee import chain_key, committee_votes
+from visplay.answers.committee import _NUMBER, chain_key, committee_votes
 from visplay.evolve.rows import grade
-from visplay.worlds.trace import trace_key
+from visplay.worlds.trace import think_text, trace_key
 
-RULES = ("answer", "answer@1", "trace", "trace@0.75", "chain", "chain@0.75", "chain@1")
+RULES = ("answer", "answer@1", "trace", "trace@0.75", "chain", "chain@0.75", "chain@1", "last", "last@0.75")
+
+
+def last_key(completion, answer):
+    """``chain_key``, only for chains whose last number is their (numeric) answer: a generic consistency
+    check (the answer is the last quantity the chain computed), no task rule."""
+    key, numbers = chain_key(completion, answer), _NUMBER.findall(think_text(completion) or "")
+    try:
+        return None if key and numbers and float(numbers[-1]) != float(answer) else key
+    except (TypeError, ValueError):  # a non-numeric answer: nothing to check
+        return key
+
+KEYS = {"trace": trace_key, "chain": lambda q, s, a: chain_key(s, a), "last": lambda q, s, a: last_key(s, a)}
 
 
 def vote(rule, rows, answers, samples, grader):
@@ -33,7 +46,7 @@ def vote(rule, rows, answers, samples, grader):
     if rule == "answer":
         votes = committee_votes(answers, None, "answer", grader)
     else:
-        key = (lambda q, s, a: trace_key(q, s, a)) if rule == "trace" else (lambda q, s, a: chain_key(s, a))
+        key = KEYS[rule]
         keys = [[[key(r["question"], s, a) for s, a in zip(ss, aa)] for ss, aa in zip(qs, qa)]
                 for r, qs, qa in zip(rows, samples, answers)]
         votes = committee_votes(answers, keys, "trace", grader)
