@@ -52,6 +52,19 @@ def test_presets_carry_the_reference_recipe(preset):
 
 
 @pytest.mark.parametrize("preset", PRESETS)
+def test_the_labels_stage_of_every_real_preset_fits_its_card(preset):
+    """The reasoner's weights and one sampler batch's KV cache at full length fit the preset's GPU, under the
+    README's SFT + LoRA command as under GRPO (the same in-process sampler labels both). With the default
+    `sampler.batch_rows` 256 the 3B preset planned 91 GiB of 80, and the 7B ones more."""
+    from visplay.evolve.plan import GIB
+
+    cfg = load_config(preset, ["evolve.reasoner_objective=sft", "evolve.sft_lora_rank=8"])
+    (reasoner,) = build_plan(cfg, preset)["members"]
+    assert reasoner["kv_cache"] > 0 and reasoner["weights"] + reasoner["kv_cache"] <= cfg.hardware.gpu_memory_gib * GIB
+    assert cfg.sampler.batch_rows < load_config("tiny").sampler.batch_rows
+
+
+@pytest.mark.parametrize("preset", PRESETS)
 def test_param_counts_meta_equal_formulas_and_published(preset):
     arch = load_config(preset).arch
     counts = param_counts(arch)
