@@ -38,6 +38,7 @@ def last_key(completion, answer):
     except (TypeError, ValueError):  # a non-numeric answer: nothing to check
         return key
 
+
 KEYS = {"trace": trace_key, "chain": lambda q, s, a: chain_key(s, a), "last": lambda q, s, a: last_key(s, a)}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from evolve_study import models_of, score  # noqa: E402
+from evolve_study import _acc, models_of, score  # noqa: E402
 
 from visplay.config import load_config  # noqa: E402
 from visplay.eval.world import seeds_gain  # noqa: E402
@@ -40,9 +40,7 @@ def main() -> None:
                     key=lambda kv: int(kv[0][4:]))  # iter<t>: the last evaluated iteration's reasoner
         name = f"{run.parent.name}-{run.name}-{final[0]}-n{args.eval_n}-seed{args.eval_seed}.parquet"
         scored[run] = score(final[1], args.cache / name, cfg, args.eval_n, args.eval_seed)
-        acc = {g: 100 * sum(r["greedy_correct"] for r in scored[run] if r["level"] in lv)
-               / max(1, sum(r["level"] in lv for r in scored[run])) for g, lv in GROUPS.items()}
-        print(f"{run} ({final[0]}): " + ", ".join(f"{g} {a:.1f}" for g, a in acc.items()))
+        print(f"{run} ({final[0]}): " + ", ".join(f"{g} {100 * _acc(scored[run], lv):.1f}" for g, lv in GROUPS.items()))
     ref = args.runs[0]
     for run in args.runs[1:]:
         parts = []
