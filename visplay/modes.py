@@ -207,7 +207,7 @@ def labelling_rule(ev) -> str:
     else:
         rule = "majority vote: the majority answer is the label"
     share = "c = the weakest member's share of its samples on it" if ev.committee else "c = its share of the samples"
-    return f"{rule}; {share}; kept when c is in [{ev.band_low:g}, {ev.band_high:g}]"
+    return f"{rule}; {share}; kept when c is in {ev.band_text()}"
 
 
 def labellers(ev) -> str:

@@ -322,7 +322,7 @@ def _stage_lines(cfg: Config, plan: dict) -> list[str]:
                     f"<= {ev.max_new_tokens} tokens, {ev.chunk_size} images per durable part"]
         elif stage.kind == "labels":
             text = [f"{ev.images_per_iteration * ev.questions_per_image:,} questions x {ev.label_samples} answers from "
-                    f"{modes.labellers(ev)}; {ev.agreement} agreement; keep agreement in [{ev.band_low:g}, {ev.band_high:g}]"
+                    f"{modes.labellers(ev)}; {ev.agreement} agreement; keep agreement in {ev.band_text()}"
                     + ("; labels of every iteration so far" if ev.accumulate_labels else "")]
         elif stage.kind == "reasoner" and ev.reasoner_objective == "sft":
             text = [modes.objective(ev)]

@@ -64,7 +64,7 @@ def chunk_fn(ctx: Context, kind: str, sampler):
                                                    lambda index, rung=ctx.rung(): ctx.cfg.scene_world(rung, index))
     return lambda chunk, i: label_questions(sampler, chunk, ev.label_samples,
                                             replace(sample, seed=sample.seed + CHUNK_SEED_STRIDE * i), ctx.grader,
-                                            (ev.band_low, ev.band_high), ev.agreement)
+                                            ev.band(ctx.t), ev.agreement)
 
 
 def run_stage(ctx: Context, kind: str, items) -> list[dict]:

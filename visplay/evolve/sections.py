@@ -235,6 +235,8 @@ class EvolveConfig(Sampling):
     label_samples: int = 9  # m: reasoner answers per question for the silver label
     band_low: float = 0.25  # the reasoner trains on questions whose agreement c is in [band_low, band_high]
     band_high: float = 0.75  #   (VisPlay's band; [0.7, 1] = an agreement threshold, the ladder's filter)
+    band_low_from: int = 1  # the first iteration band_low applies to; earlier ones keep c in [0, band_high] (a guard
+    #   for the frontier rounds only, where members are least sure: docs/experiments.md, session 18)
     accumulate_labels: bool = False  # train each reasoner on the kept labels of every iteration so far
     stop_agreement: float | None = None  # end the run when the labels' mean agreement reaches this (collapse guard)
     min_kept: int = 1  # with a committee: a round that keeps fewer new labels than this ends the run before training
@@ -285,6 +287,8 @@ class EvolveConfig(Sampling):
             raise ConfigError(f"evolve.min_valid_share must be in [0, 1] or null, got {self.min_valid_share}")
         if not 0 <= self.band_low <= self.band_high <= 1:
             raise ConfigError(f"need 0 <= evolve.band_low <= evolve.band_high <= 1, got {self.band_low}, {self.band_high}")
+        if self.band_low_from < 1:
+            raise ConfigError(f"evolve.band_low_from must be an iteration >= 1, got {self.band_low_from}")
         if self.source_objects is not None and (len(self.source_objects) != 2
                                                 or not 0 <= self.source_objects[0] <= self.source_objects[1]):
             raise ConfigError(f"evolve.source_objects must be [min, max] with 0 <= min <= max, got {self.source_objects}")
@@ -336,6 +340,15 @@ class EvolveConfig(Sampling):
             setattr(self, role, dataclasses.replace(phase, rewards=tuple(rewards),
                                                     reward_weights=tuple(phase.reward_weights or default)))
 
+    def band(self, t: int) -> tuple[float, float]:
+        """The agreement band iteration ``t``'s labels are kept in: ``band_low`` from iteration
+        ``band_low_from`` on, 0 before it."""
+        return (self.band_low if t >= self.band_low_from else 0.0), self.band_high
+
+    def band_text(self) -> str:
+        """The band as the plan and the report say it."""
+        text = f"[{self.band_low:g}, {self.band_high:g}]"
+        return text if self.band_low_from <= 1 else f"[0, {self.band_high:g}] before iteration {self.band_low_from}, {text} from it"
 
     @property
     def ends_when_nothing_kept(self) -> bool:
