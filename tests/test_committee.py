@@ -146,6 +146,30 @@ def test_the_labels_stage_samples_every_member_and_records_them() -> None:
     assert strict["label"] is None and strict["skip_reason"] == "committee members disagree" and not strict["kept"]
 
 
+def test_the_band_guards_only_the_rounds_from_band_low_from_on(tmp_path) -> None:
+    """`evolve.band_low_from`: the labels stage of an earlier round keeps a label the members are
+    unsure of (c = 2/3), the same samples from that round on drop it under `band_low`."""
+    from visplay import modes
+    from visplay.evolve.context import Context
+    from visplay.evolve.sampling_stages import chunk_fn
+    from visplay.run.rundir import RunDir
+
+    full, short = "<think>a1 red 1. b2 blue -</think>\\boxed{1}", "<think>a1 red 1</think>\\boxed{1}"
+    cfg = load_config("tiny", ["evolve.band_low=0.75", "evolve.band_low_from=3", "evolve.label_samples=3"])
+    run = RunDir(tmp_path / "run")
+    kept = {}
+    with Grader(workers=0) as g:
+        for t in (1, 2, 3, 4):
+            members = [_Says([full] * 3), _Says([full, full, short])]
+            (row,) = chunk_fn(Context(cfg, run, Path("base"), t, g), "labels", members)([_row("world/unlabeled/5")], 0)
+            assert row["label"] == "1" and row["agreement"] == pytest.approx(2 / 3)
+            kept[t] = row["kept"]
+    assert kept == {1: True, 2: True, 3: False, 4: False}
+    assert modes.labelling_rule(cfg.evolve).endswith("kept when c is in [0, 1] before iteration 3, [0.75, 1] from it")
+    with pytest.raises(ConfigError, match="evolve.band_low_from must be an iteration >= 1"):
+        load_config("tiny", ["evolve.band_low_from=0"])
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["evolve.agreement=votes"], "evolve.agreement must be one of"),
     (["evolve.coevolve=true", "evolve.committee=[walk-random]"], "evolve.coevolve trains"),
