@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -98,6 +99,24 @@ def test_pretrain_smoke_saves_and_resumes(tmp_path):
     again = pretrain(tmp_path / "m", cfg)
     model2, _ = load_model(again)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
+
+
+def test_a_pretraining_killed_after_a_checkpoint_resumes_there_quietly_to_the_same_weights(tmp_path, capfd):
+    """A phase interrupted after checkpoint-3 continues from it (`train_resumable`) to the weights of
+    an uninterrupted run, without the Trainer's warning that every weight is missing (its legacy key
+    names; `restore_weights` loads them)."""
+    from visplay.models import load_model
+
+    cfg = PretrainConfig(steps=6, batch_size=4, save_steps=3, logging_steps=1, warmup_steps=1, model=MICRO)
+    whole, _ = load_model(pretrain(tmp_path / "whole", cfg))
+    pretrain(tmp_path / "cut", cfg)
+    shutil.rmtree(tmp_path / "cut")  # as if killed after checkpoint-3 was written
+    shutil.rmtree(tmp_path / "cut.ckpt" / "checkpoint-6")
+    capfd.readouterr()
+    resumed, _ = load_model(pretrain(tmp_path / "cut", cfg))
+    said = "".join(capfd.readouterr())
+    assert "missing keys" not in said and "unexpected keys" not in said
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
 def test_examples_are_deterministic():

@@ -127,6 +127,26 @@ def restore_weights(model, checkpoint: str | Path) -> None:
                          f"unexpected {unexpected[:3]}")
 
 
+_TRAINER_KEY_WARNINGS = ("There were missing keys in the checkpoint", "There were unexpected keys in the checkpoint")
+
+
+@contextmanager
+def _trainer_key_warnings_muted(muted: bool):
+    """Drop the Trainer's "missing keys / unexpected keys" warnings of a resume whose weights
+    `restore_weights` already loaded: they list every weight under its legacy name and read as if the
+    resume had lost the model, when it has not."""
+    import logging
+
+    log = logging.getLogger("transformers.trainer")
+    keep = lambda record: not record.getMessage().startswith(_TRAINER_KEY_WARNINGS)  # noqa: E731
+    if muted:
+        log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
+
+
 def training_args(output_dir: str | Path, *, steps: int, lr: float, weight_decay: float, max_grad_norm: float,
                   save_steps: int, save_total_limit: int, seed: int, report_to) -> dict:
     """The Trainer arguments pretraining and GRPO set alike: optimizer steps, checkpoints, and one
@@ -160,9 +180,10 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     the weights are gathered by ``trainer.save_model`` (ZeRO-3/FSDP shards) and only the main rank
     writes. A LoRA phase (a peft model) resumes from its adapter checkpoint and is saved merged."""
     ckpt = last_checkpoint(ckpt_dir) if resume else None
-    if ckpt and not is_adapter_checkpoint(ckpt):  # a LoRA phase's checkpoint is its adapter: the Trainer loads it
+    restored = bool(ckpt) and not is_adapter_checkpoint(ckpt)  # a LoRA phase's checkpoint is its adapter: the Trainer loads it
+    if restored:
         restore_weights(trainer.model, ckpt)
-    with denormals_flushed():
+    with denormals_flushed(), _trainer_key_warnings_muted(restored):
         trainer.train(resume_from_checkpoint=ckpt)
     model = merged_model(trainer.model)  # a LoRA phase's PeftModel is saved as the plain model, adapters merged
     lora = model is not trainer.model
