@@ -64,7 +64,8 @@ def test_overrides_coerce_by_declared_type():
 def test_a_preset_extends_another_and_sets_only_what_differs(tmp_path):
     long, tiny = load_config("tiny-long"), load_config("tiny")
     assert long.evolve.iterations == 6 and long.evolve.survey_images == 3584
-    assert long.evolve.min_kept > tiny.evolve.min_kept and long.evolve.band_low == tiny.evolve.band_low
+    assert long.evolve.min_kept > tiny.evolve.min_kept and long.evolve.band_high == tiny.evolve.band_high
+    assert long.evolve.band(3) == tiny.evolve.band(3) and long.evolve.band(4) > tiny.evolve.band(4)  # the frontier guard
     assert long.evolve.committee == tiny.evolve.committee and long.world == tiny.world and long.model == tiny.model
     (tmp_path / "mine.yaml").write_text("extends: tiny-long\nevolve: {iterations: 2}\n")
     mine = load_config(str(tmp_path / "mine.yaml"))
