@@ -180,7 +180,7 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     the weights are gathered by ``trainer.save_model`` (ZeRO-3/FSDP shards) and only the main rank
     writes. A LoRA phase (a peft model) resumes from its adapter checkpoint and is saved merged."""
     ckpt = last_checkpoint(ckpt_dir) if resume else None
-    restored = bool(ckpt) and not is_adapter_checkpoint(ckpt)  # a LoRA phase's checkpoint is its adapter: the Trainer loads it
+    restored = bool(ckpt) and not is_adapter_checkpoint(ckpt)  # a LoRA phase's adapter: the Trainer loads it
     if restored:
         restore_weights(trainer.model, ckpt)
     with denormals_flushed(), _trainer_key_warnings_muted(restored):

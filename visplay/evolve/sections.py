@@ -348,7 +348,9 @@ class EvolveConfig(Sampling):
     def band_text(self) -> str:
         """The band as the plan and the report say it."""
         text = f"[{self.band_low:g}, {self.band_high:g}]"
-        return text if self.band_low_from <= 1 else f"[0, {self.band_high:g}] before iteration {self.band_low_from}, {text} from it"
+        if self.band_low_from <= 1:
+            return text
+        return f"[0, {self.band_high:g}] before iteration {self.band_low_from}, {text} from it"
 
     @property
     def ends_when_nothing_kept(self) -> bool:
