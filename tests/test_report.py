@@ -38,6 +38,7 @@ from PIL import Image
 
 import visplay.report.data
 from visplay.cli import main as cli_main
+from visplay.config import config_from_manifest
 from visplay.run.stages import stage_names
 from visplay.run.rundir import RunDir
 from visplay.report import write_report
@@ -378,7 +379,7 @@ def test_qtype_agreement_and_skipped_tables(finished):
     run, out = finished
     doc = parse(out)
     m = manifest(run)
-    stages, ev = m["stages"], m["config"]["evolve"]
+    stages = m["stages"]
     for t in range(1, n_iterations(run) + 1):
         questions = pq.read_table(run / f"iter{t}" / "questions.parquet").to_pylist()
         c = cells(doc.find("table", id="qtype-mix").find("tr", data_iter=str(t)))
@@ -394,8 +395,8 @@ def test_qtype_agreement_and_skipped_tables(finished):
         for value, count in shown.items():
             assert count == sum(math.isclose(r["agreement"], value) for r in labels)
         assert_shows(cells(row)["in_band"], stages[f"iter{t}/labels"]["n_kept"])
-        low = ev["band_low"] if t >= ev["band_low_from"] else 0.0
-        assert stages[f"iter{t}/labels"]["n_kept"] == sum(low <= r["agreement"] <= ev["band_high"] for r in labels)
+        low, high = config_from_manifest(m["config"]).evolve.band(t)
+        assert stages[f"iter{t}/labels"]["n_kept"] == sum(low <= r["agreement"] <= high for r in labels)
     reasons = []  # (stage, reason as the report words it, count), from the manifest
     for stage, info in stages.items():
         reasons += [(stage, f"image skipped: {r}", n) for r, n in (info.get("skipped_images") or {}).items()]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from visplay.dist import Ranks, barrier
@@ -131,16 +131,15 @@ _TRAINER_KEY_WARNINGS = ("There were missing keys in the checkpoint", "There wer
 
 
 @contextmanager
-def _trainer_key_warnings_muted(muted: bool):
+def _trainer_key_warnings_muted():
     """Drop the Trainer's "missing keys / unexpected keys" warnings of a resume whose weights
     `restore_weights` already loaded: they list every weight under its legacy name and read as if the
-    resume had lost the model, when it has not."""
+    resume had lost the model, when it has not (`restore_weights` raises on a real mismatch)."""
     import logging
 
     log = logging.getLogger("transformers.trainer")
     keep = lambda record: not record.getMessage().startswith(_TRAINER_KEY_WARNINGS)  # noqa: E731
-    if muted:
-        log.addFilter(keep)
+    log.addFilter(keep)
     try:
         yield
     finally:
@@ -183,7 +182,7 @@ def train_resumable(trainer, processor, out_dir: Path, ckpt_dir: Path, resume: b
     restored = bool(ckpt) and not is_adapter_checkpoint(ckpt)  # a LoRA phase's adapter: the Trainer loads it
     if restored:
         restore_weights(trainer.model, ckpt)
-    with denormals_flushed(), _trainer_key_warnings_muted(restored):
+    with denormals_flushed(), (_trainer_key_warnings_muted() if restored else nullcontext()):
         trainer.train(resume_from_checkpoint=ckpt)
     model = merged_model(trainer.model)  # a LoRA phase's PeftModel is saved as the plain model, adapters merged
     lora = model is not trainer.model

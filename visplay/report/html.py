@@ -479,10 +479,10 @@ def labels(run: Run) -> str:
         hists[t] = Counter(float(r["agreement"]) for r in it.labels
                            if r.get("label") is not None and r.get("agreement") is not None)
     section = _evolve_section(run)
-    band = section.band if section is not None else (lambda t: (lo, hi))
+    bands = {t: section.band(t) if section is not None else (lo, hi) for t in hists}  # each round's own band
     cs = sorted({c for h in hists.values() for c in h})
     rows = [f'<tr data-iter="{t}">{text(_label(t))}' + "".join(num(f"{c:.3f}", h.get(c, 0), data_c=repr(c)) for c in cs)
-            + num("in_band", sum(v for c, v in h.items() if band(t)[0] <= c <= band(t)[1])) + num("labeled", sum(h.values()))
+            + num("in_band", sum(v for c, v in h.items() if bands[t][0] <= c <= bands[t][1])) + num("labeled", sum(h.values()))
             + "</tr>" for t, h in sorted(hists.items())]
     rule = (f"from {modes.labellers(section)}; {modes.labelling_rule(section)}" if section is not None
             else f"the majority answer is the silver label and c = its share; kept when c is in [{fmt(lo)}, {fmt(hi)}]")
